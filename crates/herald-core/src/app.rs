@@ -1,0 +1,77 @@
+//! An application: the tenant every connection, channel and publish belongs to.
+
+use crate::outbox::OutboxLimits;
+use crate::retained::RetainedLimits;
+
+/// One tenant's identity and switches. Credentials are opaque to the engine; fronts use them.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// Public id used by the HTTP API (`/apps/{id}/...`).
+    pub id: String,
+    /// Public key clients connect with.
+    pub key: String,
+    /// Shared secret for signatures.
+    pub secret: String,
+    /// A disabled app refuses new connections.
+    pub enabled: bool,
+    /// Whether clients may send `client-*` events.
+    pub enable_client_messages: bool,
+    /// Whether clients may sign in as a user.
+    pub enable_user_authentication: bool,
+    /// Whether subscribers receive subscription-count updates.
+    pub enable_subscription_count: bool,
+    /// Limits applied to this app.
+    pub limits: AppLimits,
+}
+
+/// Per-app limits. Every one is enforced with a clear error to the offending client only.
+#[derive(Debug, Clone)]
+pub struct AppLimits {
+    /// Concurrent connections; `None` is unlimited.
+    pub max_connections: Option<usize>,
+    /// Channels one connection may be subscribed to at once.
+    pub max_channels_per_connection: usize,
+    /// Distinct users in one presence channel.
+    pub max_presence_members: usize,
+    /// Bytes of one presence member's `user_info`.
+    pub max_presence_member_size: usize,
+    /// Bytes of one event's `data` (HTTP publish or client event).
+    pub max_event_size: usize,
+    /// Client events one connection may send per second.
+    pub client_events_per_second: u32,
+    /// Outbound queue bounds for every connection of this app.
+    pub outbox: OutboxLimits,
+    /// Bounds of the cache-channel store.
+    pub retained: RetainedLimits,
+}
+
+impl Default for AppLimits {
+    fn default() -> Self {
+        AppLimits {
+            max_connections: None,
+            max_channels_per_connection: 100,
+            max_presence_members: 100,
+            max_presence_member_size: 1024,
+            max_event_size: 10 * 1024,
+            client_events_per_second: 10,
+            outbox: OutboxLimits::default(),
+            retained: RetainedLimits::default(),
+        }
+    }
+}
+
+impl App {
+    /// The development app: `app-id` / `app-key` / `app-secret`, client events and user sign-in on.
+    pub fn dev() -> Self {
+        App {
+            id: "app-id".into(),
+            key: "app-key".into(),
+            secret: "app-secret".into(),
+            enabled: true,
+            enable_client_messages: true,
+            enable_user_authentication: true,
+            enable_subscription_count: true,
+            limits: AppLimits::default(),
+        }
+    }
+}

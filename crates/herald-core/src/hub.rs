@@ -1,0 +1,445 @@
+//! The per-app hub: who is connected, who is subscribed where, who is present, who is signed in.
+//!
+//! Concurrency: connections, channels and users live in sharded maps ([`DashMap`]). No code path holds
+//! guards of two maps at once, so there is no lock ordering to get wrong. All mutations of one
+//! connection's state come from that connection's own task, so subscribe/unsubscribe/disconnect of one
+//! connection never race each other.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use metrics::{Counter, Gauge};
+use parking_lot::Mutex;
+
+use crate::app::App;
+use crate::error::{ConnectError, SignInError, SubscribeError};
+use crate::ids::SocketId;
+use crate::outbox::{Disconnect, Outbox};
+use crate::presence::{Member, Presence};
+use crate::retained::Retained;
+
+/// Every app's hub, looked up by id (HTTP API) or key (WebSocket path).
+pub struct Engine {
+    by_id: HashMap<String, Arc<Hub>>,
+    by_key: HashMap<String, Arc<Hub>>,
+}
+
+impl Engine {
+    /// An engine serving these apps.
+    pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
+        let mut by_id = HashMap::new();
+        let mut by_key = HashMap::new();
+        for app in apps {
+            let hub = Arc::new(Hub::new(app));
+            by_key.insert(hub.app.key.clone(), hub.clone());
+            by_id.insert(hub.app.id.clone(), hub);
+        }
+        Engine { by_id, by_key }
+    }
+
+    /// The hub of the app with this id.
+    pub fn by_id(&self, id: &str) -> Option<&Arc<Hub>> {
+        self.by_id.get(id)
+    }
+
+    /// The hub of the app with this key.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<Hub>> {
+        self.by_key.get(key)
+    }
+
+    /// Every hub.
+    pub fn hubs(&self) -> impl Iterator<Item = &Arc<Hub>> {
+        self.by_id.values()
+    }
+
+    /// Asks every connection of every app to close for `reason`. Returns how many were asked.
+    pub fn close_all(&self, reason: Disconnect) -> usize {
+        self.hubs().map(|hub| hub.close_all(reason)).sum()
+    }
+}
+
+/// A presence member joining with a subscription.
+#[derive(Debug, Clone)]
+pub struct MemberJoin {
+    /// The user's id.
+    pub user_id: Arc<str>,
+    /// The user's info, encoded by the front.
+    pub info: Bytes,
+}
+
+/// A state change that fronts turn into protocol events and webhooks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Transition {
+    /// The channel got its first subscriber.
+    Occupied,
+    /// The channel lost its last subscriber.
+    Vacated,
+    /// A user's first connection joined the presence channel.
+    MemberAdded(Member),
+    /// A user's last connection left the presence channel.
+    MemberRemoved {
+        /// The user who left.
+        user_id: Arc<str>,
+    },
+}
+
+/// What changed on one channel after a subscribe, unsubscribe or disconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelChange {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// Subscribers after the change.
+    pub subscribers: usize,
+    /// Transitions in the order they happened.
+    pub transitions: Vec<Transition>,
+}
+
+/// A successful subscription.
+#[derive(Debug, Clone)]
+pub struct Subscribed {
+    /// The connection was already subscribed; nothing changed.
+    pub already: bool,
+    /// What changed on the channel.
+    pub change: ChannelChange,
+    /// Presence channels: every member, including the joiner.
+    pub members: Option<Vec<Member>>,
+}
+
+/// Counts of one channel, for the HTTP API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelInfo {
+    /// Connections subscribed.
+    pub subscribers: usize,
+    /// Distinct users (presence channels only).
+    pub users: Option<usize>,
+}
+
+struct Conn {
+    outbox: Outbox,
+    user: Option<Arc<str>>,
+    channels: Vec<Arc<str>>,
+}
+
+struct Subscriber {
+    outbox: Outbox,
+    user: Option<Arc<str>>,
+}
+
+struct Channel {
+    subscribers: HashMap<SocketId, Subscriber>,
+    presence: Option<Presence>,
+}
+
+impl Channel {
+    fn info(&self) -> ChannelInfo {
+        ChannelInfo { subscribers: self.subscribers.len(), users: self.presence.as_ref().map(Presence::user_count) }
+    }
+}
+
+struct HubMetrics {
+    connections: Gauge,
+    channels: Gauge,
+    subscriptions: Gauge,
+    messages_out: Counter,
+    bytes_out: Counter,
+}
+
+/// One app's live state.
+pub struct Hub {
+    app: App,
+    connections: DashMap<SocketId, Conn>,
+    connection_count: AtomicUsize,
+    channels: DashMap<Arc<str>, Channel>,
+    users: DashMap<Arc<str>, Vec<(SocketId, Outbox)>>,
+    retained: Mutex<Retained>,
+    metrics: HubMetrics,
+}
+
+impl Hub {
+    /// An empty hub for `app`.
+    pub fn new(app: App) -> Self {
+        let label = [("app", app.id.clone())];
+        let metrics = HubMetrics {
+            connections: metrics::gauge!("herald_connections", &label),
+            channels: metrics::gauge!("herald_channels", &label),
+            subscriptions: metrics::gauge!("herald_subscriptions", &label),
+            messages_out: metrics::counter!("herald_messages_out_total", &label),
+            bytes_out: metrics::counter!("herald_bytes_out_total", &label),
+        };
+        Hub {
+            retained: Mutex::new(Retained::new(app.limits.retained)),
+            app,
+            connections: DashMap::new(),
+            connection_count: AtomicUsize::new(0),
+            channels: DashMap::new(),
+            users: DashMap::new(),
+            metrics,
+        }
+    }
+
+    /// The app this hub serves.
+    pub fn app(&self) -> &App {
+        &self.app
+    }
+
+    /// Registers a connection, enforcing the app's switches and quota. Returns its id and the outbox its
+    /// socket task drains (bounded by the app's [`crate::OutboxLimits`]).
+    pub fn connect(&self) -> Result<(SocketId, Outbox), ConnectError> {
+        if !self.app.enabled {
+            return Err(ConnectError::AppDisabled);
+        }
+        let limit = self.app.limits.max_connections.unwrap_or(usize::MAX);
+        let admitted = self
+            .connection_count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
+        if admitted.is_err() {
+            return Err(ConnectError::OverQuota { limit });
+        }
+        let mut id = SocketId::random();
+        while self.connections.contains_key(&id) {
+            id = SocketId::random();
+        }
+        let outbox = Outbox::new(self.app.limits.outbox);
+        self.connections.insert(id, Conn { outbox: outbox.clone(), user: None, channels: Vec::new() });
+        self.metrics.connections.increment(1.0);
+        Ok((id, outbox))
+    }
+
+    /// Removes a connection and all its subscriptions and sign-in. Returns the channel changes.
+    pub fn disconnect(&self, socket: SocketId) -> Vec<ChannelChange> {
+        let Some((_, conn)) = self.connections.remove(&socket) else { return Vec::new() };
+        self.connection_count.fetch_sub(1, Ordering::AcqRel);
+        self.metrics.connections.decrement(1.0);
+        if let Some(user) = &conn.user {
+            self.users.remove_if_mut(user, |_, sockets| {
+                sockets.retain(|(id, _)| *id != socket);
+                sockets.is_empty()
+            });
+        }
+        conn.channels.iter().filter_map(|channel| self.leave_channel(socket, channel)).collect()
+    }
+
+    /// Live connections of this app.
+    pub fn connection_count(&self) -> usize {
+        self.connection_count.load(Ordering::Acquire)
+    }
+
+    /// Subscribes `socket` to `channel`; `member` makes it a presence subscription.
+    pub fn subscribe(
+        &self,
+        socket: SocketId,
+        channel: &str,
+        member: Option<MemberJoin>,
+    ) -> Result<Subscribed, SubscribeError> {
+        let limits = &self.app.limits;
+        let (outbox, count) = {
+            let conn = self.connections.get(&socket).ok_or(SubscribeError::UnknownConnection)?;
+            (conn.outbox.clone(), conn.channels.len())
+        };
+        if let Some(m) = &member {
+            if m.info.len() > limits.max_presence_member_size {
+                return Err(SubscribeError::MemberInfoTooLarge {
+                    size: m.info.len(),
+                    limit: limits.max_presence_member_size,
+                });
+            }
+        }
+        let name: Arc<str> = Arc::from(channel);
+        let mut entry = self
+            .channels
+            .entry(name.clone())
+            .or_insert_with(|| Channel { subscribers: HashMap::new(), presence: member.as_ref().map(|_| Presence::default()) });
+        let ch = entry.value_mut();
+        if ch.subscribers.contains_key(&socket) {
+            let info = ch.info();
+            let members = ch.presence.as_ref().map(Presence::snapshot);
+            return Ok(Subscribed {
+                already: true,
+                change: ChannelChange { channel: name, subscribers: info.subscribers, transitions: Vec::new() },
+                members,
+            });
+        }
+        if count >= limits.max_channels_per_connection {
+            drop(entry);
+            self.channels.remove_if(&name, |_, ch| ch.subscribers.is_empty());
+            return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
+        }
+        let mut transitions = Vec::new();
+        let mut user = None;
+        if let (Some(presence), Some(m)) = (ch.presence.as_mut(), &member) {
+            let first = match presence.join(&m.user_id, &m.info, limits.max_presence_members) {
+                Ok(first) => first,
+                Err(e) => {
+                    drop(entry);
+                    self.channels.remove_if(&name, |_, ch| ch.subscribers.is_empty());
+                    return Err(e);
+                }
+            };
+            if first {
+                transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() }));
+            }
+            user = Some(m.user_id.clone());
+        }
+        if ch.subscribers.is_empty() {
+            transitions.insert(0, Transition::Occupied);
+            self.metrics.channels.increment(1.0);
+        }
+        ch.subscribers.insert(socket, Subscriber { outbox, user });
+        let subscribers = ch.subscribers.len();
+        let members = ch.presence.as_ref().map(Presence::snapshot);
+        drop(entry);
+        self.metrics.subscriptions.increment(1.0);
+        if let Some(mut conn) = self.connections.get_mut(&socket) {
+            conn.channels.push(name.clone());
+        }
+        Ok(Subscribed { already: false, change: ChannelChange { channel: name, subscribers, transitions }, members })
+    }
+
+    /// Unsubscribes `socket` from `channel`. `None` if it was not subscribed.
+    pub fn unsubscribe(&self, socket: SocketId, channel: &str) -> Option<ChannelChange> {
+        {
+            let mut conn = self.connections.get_mut(&socket)?;
+            let before = conn.channels.len();
+            conn.channels.retain(|c| &**c != channel);
+            if conn.channels.len() == before {
+                return None;
+            }
+        }
+        self.leave_channel(socket, channel)
+    }
+
+    fn leave_channel(&self, socket: SocketId, channel: &str) -> Option<ChannelChange> {
+        let mut entry = self.channels.get_mut(channel)?;
+        let ch = entry.value_mut();
+        let sub = ch.subscribers.remove(&socket)?;
+        self.metrics.subscriptions.decrement(1.0);
+        let mut transitions = Vec::new();
+        if let (Some(presence), Some(user)) = (ch.presence.as_mut(), &sub.user) {
+            if presence.leave(user) {
+                transitions.push(Transition::MemberRemoved { user_id: user.clone() });
+            }
+        }
+        let subscribers = ch.subscribers.len();
+        let name = entry.key().clone();
+        drop(entry);
+        if subscribers == 0 && self.channels.remove_if(channel, |_, ch| ch.subscribers.is_empty()).is_some() {
+            self.metrics.channels.decrement(1.0);
+            transitions.push(Transition::Vacated);
+        }
+        Some(ChannelChange { channel: name, subscribers, transitions })
+    }
+
+    /// Whether `socket` is subscribed to `channel`.
+    pub fn is_subscribed(&self, socket: SocketId, channel: &str) -> bool {
+        self.channels.get(channel).is_some_and(|ch| ch.subscribers.contains_key(&socket))
+    }
+
+    /// Queues `frame` to every subscriber of `channel` except `except`. Returns how many got it.
+    pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        let Some(ch) = self.channels.get(channel) else { return 0 };
+        let mut delivered = 0;
+        for (id, sub) in &ch.subscribers {
+            if Some(*id) != except && sub.outbox.push(frame.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        drop(ch);
+        self.count_out(delivered, frame.len());
+        delivered
+    }
+
+    fn count_out(&self, delivered: usize, len: usize) {
+        self.metrics.messages_out.increment(delivered as u64);
+        self.metrics.bytes_out.increment((delivered * len) as u64);
+    }
+
+    /// Remembers `frame` as the last event of the cache channel `channel`.
+    pub fn retain(&self, channel: &str, frame: Bytes) {
+        self.retained.lock().put(channel, frame, Instant::now());
+    }
+
+    /// The last event of the cache channel `channel`, if one is remembered and fresh.
+    pub fn retained(&self, channel: &str) -> Option<Bytes> {
+        self.retained.lock().get(channel, Instant::now())
+    }
+
+    /// Queues `frame` to one connection.
+    pub fn send_to(&self, socket: SocketId, frame: Bytes) -> bool {
+        let Some(outbox) = self.connections.get(&socket).map(|c| c.outbox.clone()) else { return false };
+        outbox.push(frame).is_ok()
+    }
+
+    /// Signs `socket` in as `user_id`, so it receives that user's messages.
+    pub fn sign_in(&self, socket: SocketId, user_id: &str) -> Result<(), SignInError> {
+        let user: Arc<str> = Arc::from(user_id);
+        let outbox = {
+            let mut conn = self.connections.get_mut(&socket).ok_or(SignInError::UnknownConnection)?;
+            match &conn.user {
+                Some(existing) if **existing == *user_id => return Ok(()),
+                Some(_) => return Err(SignInError::AlreadySignedIn),
+                None => conn.user = Some(user.clone()),
+            }
+            conn.outbox.clone()
+        };
+        self.users.entry(user).or_default().push((socket, outbox));
+        Ok(())
+    }
+
+    /// The user `socket` is signed in as.
+    pub fn user_of(&self, socket: SocketId) -> Option<Arc<str>> {
+        self.connections.get(&socket).and_then(|c| c.user.clone())
+    }
+
+    /// Queues `frame` to every connection signed in as `user_id` except `except`.
+    pub fn publish_to_user(&self, user_id: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        let Some(sockets) = self.users.get(user_id) else { return 0 };
+        let mut delivered = 0;
+        for (id, outbox) in sockets.iter() {
+            if Some(*id) != except && outbox.push(frame.clone()).is_ok() {
+                delivered += 1;
+            }
+        }
+        drop(sockets);
+        self.count_out(delivered, frame.len());
+        delivered
+    }
+
+    /// Asks every connection signed in as `user_id` to close. Returns how many.
+    pub fn terminate_user(&self, user_id: &str) -> usize {
+        let Some(sockets) = self.users.get(user_id) else { return 0 };
+        sockets.iter().for_each(|(_, outbox)| outbox.close(Disconnect::Terminated));
+        sockets.len()
+    }
+
+    /// Asks every connection to close for `reason`. Returns how many.
+    pub fn close_all(&self, reason: Disconnect) -> usize {
+        self.connections.iter().map(|c| c.outbox.close(reason)).count()
+    }
+
+    /// Counts of one occupied channel.
+    pub fn channel(&self, name: &str) -> Option<ChannelInfo> {
+        self.channels.get(name).map(|ch| ch.info())
+    }
+
+    /// Every occupied channel whose name starts with `prefix`.
+    pub fn channels(&self, prefix: &str) -> Vec<(Arc<str>, ChannelInfo)> {
+        self.channels
+            .iter()
+            .filter(|e| e.key().starts_with(prefix))
+            .map(|e| (e.key().clone(), e.value().info()))
+            .collect()
+    }
+
+    /// Members of an occupied presence channel.
+    pub fn members(&self, name: &str) -> Option<Vec<Member>> {
+        self.channels.get(name).and_then(|ch| ch.presence.as_ref().map(Presence::snapshot))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,186 @@
+use super::*;
+use crate::outbox::{Drained, OutboxLimits};
+use crate::AppLimits;
+
+fn hub_with(limits: AppLimits) -> Hub {
+    Hub::new(App { limits, ..App::dev() })
+}
+
+fn hub() -> Hub {
+    hub_with(AppLimits::default())
+}
+
+fn connect(hub: &Hub) -> (SocketId, Outbox) {
+    hub.connect().unwrap()
+}
+
+async fn frames(outbox: &Outbox) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    if !outbox.is_empty() {
+        outbox.drain(&mut out).await;
+    }
+    out
+}
+
+fn join(user: &str) -> Option<MemberJoin> {
+    Some(MemberJoin { user_id: Arc::from(user), info: Bytes::from(format!("{{\"name\":\"{user}\"}}")) })
+}
+
+#[tokio::test]
+async fn publish_reaches_subscribers_except_the_excluded_one() {
+    let hub = hub();
+    let (a, oa) = connect(&hub);
+    let (b, ob) = connect(&hub);
+    let (_c, oc) = connect(&hub);
+    hub.subscribe(a, "news", None).unwrap();
+    hub.subscribe(b, "news", None).unwrap();
+    let frame = Bytes::from("hello");
+    assert_eq!(hub.publish("news", &frame, Some(a)), 1);
+    assert!(frames(&oa).await.is_empty());
+    assert_eq!(frames(&ob).await, vec![frame.clone()]);
+    assert!(frames(&oc).await.is_empty(), "not subscribed");
+    assert_eq!(hub.publish("nobody-here", &frame, None), 0);
+}
+
+#[tokio::test]
+async fn occupied_and_vacated_transitions() {
+    let hub = hub();
+    let (a, _) = connect(&hub);
+    let (b, _) = connect(&hub);
+    let s = hub.subscribe(a, "c", None).unwrap();
+    assert_eq!(s.change.transitions, vec![Transition::Occupied]);
+    let s = hub.subscribe(b, "c", None).unwrap();
+    assert!(s.change.transitions.is_empty());
+    assert_eq!(s.change.subscribers, 2);
+    assert!(hub.subscribe(b, "c", None).unwrap().already);
+    assert_eq!(hub.channel("c"), Some(ChannelInfo { subscribers: 2, users: None }));
+    assert!(hub.unsubscribe(a, "c").unwrap().transitions.is_empty());
+    assert!(hub.unsubscribe(a, "c").is_none(), "second unsubscribe is a no-op");
+    assert_eq!(hub.unsubscribe(b, "c").unwrap().transitions, vec![Transition::Vacated]);
+    assert_eq!(hub.channel("c"), None);
+    assert!(hub.channels("").is_empty());
+}
+
+#[tokio::test]
+async fn presence_is_per_user_across_tabs() {
+    let hub = hub();
+    let (tab1, _) = connect(&hub);
+    let (tab2, _) = connect(&hub);
+    let (bob, _) = connect(&hub);
+    let s = hub.subscribe(tab1, "presence-room", join("alice")).unwrap();
+    assert!(matches!(&s.change.transitions[..], [Transition::Occupied, Transition::MemberAdded(m)] if &*m.user_id == "alice"));
+    let s = hub.subscribe(tab2, "presence-room", join("alice")).unwrap();
+    assert!(s.change.transitions.is_empty(), "second tab adds no member");
+    assert_eq!(s.members.unwrap().len(), 1);
+    hub.subscribe(bob, "presence-room", join("bob")).unwrap();
+    assert_eq!(hub.channel("presence-room"), Some(ChannelInfo { subscribers: 3, users: Some(2) }));
+
+    assert!(hub.disconnect(tab1)[0].transitions.is_empty(), "alice still has a tab");
+    let changes = hub.disconnect(tab2);
+    assert_eq!(changes[0].transitions, vec![Transition::MemberRemoved { user_id: Arc::from("alice") }]);
+    let mut ids: Vec<_> = hub.members("presence-room").unwrap().into_iter().map(|m| m.user_id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![Arc::from("bob")]);
+    let changes = hub.disconnect(bob);
+    assert_eq!(
+        changes[0].transitions,
+        vec![Transition::MemberRemoved { user_id: Arc::from("bob") }, Transition::Vacated]
+    );
+    assert_eq!(hub.connection_count(), 0);
+}
+
+#[tokio::test]
+async fn limits_are_enforced_per_connection_and_channel() {
+    let hub = hub_with(AppLimits {
+        max_connections: Some(2),
+        max_channels_per_connection: 2,
+        max_presence_members: 1,
+        max_presence_member_size: 20,
+        ..AppLimits::default()
+    });
+    let (a, _) = connect(&hub);
+    let (b, _) = connect(&hub);
+    assert_eq!(hub.connect().map(|(id, _)| id), Err(ConnectError::OverQuota { limit: 2 }));
+    hub.subscribe(a, "x", None).unwrap();
+    hub.subscribe(a, "y", None).unwrap();
+    assert_eq!(hub.subscribe(a, "z", None).unwrap_err(), SubscribeError::TooManyChannels { limit: 2 });
+    assert_eq!(hub.channel("z"), None, "a refused subscribe leaves no empty channel behind");
+    hub.subscribe(b, "presence-p", join("u1")).unwrap();
+    let (c, _) = {
+        hub.disconnect(a);
+        connect(&hub)
+    };
+    assert_eq!(hub.subscribe(c, "presence-p", join("u2")).unwrap_err(), SubscribeError::TooManyMembers { limit: 1 });
+    let big = MemberJoin { user_id: Arc::from("u3"), info: Bytes::from(vec![b'x'; 21]) };
+    assert!(matches!(hub.subscribe(c, "presence-q", Some(big)), Err(SubscribeError::MemberInfoTooLarge { size: 21, .. })));
+    assert_eq!(hub.channel("presence-q"), None);
+}
+
+#[tokio::test]
+async fn disabled_app_refuses_connections() {
+    let hub = Hub::new(App { enabled: false, ..App::dev() });
+    assert_eq!(hub.connect().map(|(id, _)| id), Err(ConnectError::AppDisabled));
+}
+
+#[tokio::test]
+async fn user_routing_reaches_every_device_but_the_sender() {
+    let hub = hub();
+    let (phone, o_phone) = connect(&hub);
+    let (tv, o_tv) = connect(&hub);
+    let (web, o_web) = connect(&hub);
+    for s in [phone, tv, web] {
+        hub.sign_in(s, "u1").unwrap();
+    }
+    assert_eq!(hub.sign_in(phone, "u2"), Err(SignInError::AlreadySignedIn));
+    let frame = Bytes::from("progress");
+    assert_eq!(hub.publish_to_user("u1", &frame, Some(phone)), 2);
+    assert!(frames(&o_phone).await.is_empty());
+    assert_eq!(frames(&o_tv).await.len(), 1);
+    assert_eq!(frames(&o_web).await.len(), 1);
+
+    hub.disconnect(tv);
+    assert_eq!(hub.terminate_user("u1"), 2);
+    let mut out = Vec::new();
+    assert_eq!(o_phone.drain(&mut out).await, Drained::Closed(Disconnect::Terminated));
+    assert_eq!(o_web.drain(&mut out).await, Drained::Closed(Disconnect::Terminated));
+    hub.disconnect(phone);
+    hub.disconnect(web);
+    assert_eq!(hub.terminate_user("u1"), 0, "user entry is gone with the last device");
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_and_others_still_receive() {
+    let hub = hub_with(AppLimits {
+        outbox: OutboxLimits { max_messages: 3, ..OutboxLimits::default() },
+        ..AppLimits::default()
+    });
+    let (slow, o_slow) = connect(&hub);
+    let (fast, o_fast) = connect(&hub);
+    hub.subscribe(slow, "c", None).unwrap();
+    hub.subscribe(fast, "c", None).unwrap();
+    let mut received = 0;
+    for i in 0..10 {
+        hub.publish("c", &Bytes::from(format!("m{i}")), None);
+        received += frames(&o_fast).await.len();
+    }
+    assert_eq!(received, 10, "the fast subscriber got everything");
+    let mut out = Vec::new();
+    assert_eq!(o_slow.drain(&mut out).await, Drained::Closed(Disconnect::SlowConsumer));
+}
+
+#[tokio::test]
+async fn cache_channel_remembers_last_frame() {
+    let hub = hub();
+    assert_eq!(hub.retained("cache-x"), None);
+    hub.retain("cache-x", Bytes::from("1"));
+    hub.retain("cache-x", Bytes::from("2"));
+    assert_eq!(hub.retained("cache-x"), Some(Bytes::from("2")));
+}
+
+#[test]
+fn engine_finds_apps_by_id_and_key() {
+    let engine = Engine::new([App::dev(), App { id: "2".into(), key: "k2".into(), ..App::dev() }]);
+    assert_eq!(engine.by_key("app-key").unwrap().app().id, "app-id");
+    assert_eq!(engine.by_id("2").unwrap().app().key, "k2");
+    assert!(engine.by_key("nope").is_none());
+}

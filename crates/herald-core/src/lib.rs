@@ -1,0 +1,31 @@
+//! Herald's engine: apps, connections, channels, subscriptions, presence, per-user routing, fan-out.
+//!
+//! The engine knows nothing about JSON, WebSockets or HTTP. Protocol fronts (such as `herald-pusher`)
+//! encode a publication to its wire frame once and hand the engine ready-to-write [`bytes::Bytes`]; the
+//! engine queues the same bytes (a refcount, no copy) to every subscriber's bounded [`Outbox`].
+//!
+//! Invariants:
+//! - every queue a client can grow is bounded ([`OutboxLimits`], [`RetainedLimits`]) and has a named
+//!   overflow policy;
+//! - subscriber and member counts are maintained, never computed by scanning;
+//! - presence is keyed by user id with a per-user connection count, so a user with several tabs is one
+//!   member, added on their first connection and removed on their last;
+//! - state changes that fronts turn into protocol events or webhooks are reported as [`Transition`]s.
+
+mod app;
+mod error;
+mod hub;
+mod ids;
+mod outbox;
+mod presence;
+mod retained;
+
+pub use app::{App, AppLimits};
+pub use error::{ConnectError, SignInError, SubscribeError};
+pub use hub::{
+    ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition,
+};
+pub use ids::{ParseSocketIdError, SocketId};
+pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
+pub use presence::Member;
+pub use retained::RetainedLimits;

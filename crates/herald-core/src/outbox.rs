@@ -1,0 +1,245 @@
+//! A connection's bounded outbound queue.
+//!
+//! The engine pushes ready-to-write frames; the connection's socket task drains them in batches (one
+//! flush per batch, not per frame). The queue is bounded in frames *and* bytes. When a push would exceed
+//! either bound, the [`OverflowPolicy`] decides; today the only policy is to disconnect the slow consumer,
+//! so a publisher never waits for, and other subscribers never suffer from, one slow socket.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+/// Bounds of one connection's outbound queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxLimits {
+    /// Frames waiting to be written.
+    pub max_messages: usize,
+    /// Bytes waiting to be written.
+    pub max_bytes: usize,
+    /// What happens when a push would exceed a bound.
+    pub overflow: OverflowPolicy,
+}
+
+impl Default for OutboxLimits {
+    fn default() -> Self {
+        OutboxLimits { max_messages: 1000, max_bytes: 1 << 20, overflow: OverflowPolicy::DisconnectSlowConsumer }
+    }
+}
+
+/// What a full outbox does with a new frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OverflowPolicy {
+    /// Drop the queue and close the connection with [`Disconnect::SlowConsumer`]; the client reconnects
+    /// with backoff and recovers state from its backend. Counted in `herald_slow_consumer_disconnects_total`.
+    DisconnectSlowConsumer,
+}
+
+/// Why the engine asks a connection to close. Fronts map these to protocol close codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The outbound queue overflowed.
+    SlowConsumer,
+    /// An operator terminated the connection (e.g. terminate a user's connections).
+    Terminated,
+    /// The server is shutting down; reconnect elsewhere now.
+    Shutdown,
+}
+
+/// Why a push failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PushError {
+    /// The outbox is closed; the frame was dropped.
+    #[error("connection is closing")]
+    Closed,
+    /// The outbox was full; the overflow policy was applied and the frame dropped.
+    #[error("outbound queue is full")]
+    Overflow,
+}
+
+/// What [`Outbox::drain`] returns: frames to write, then, once the queue is empty, a close request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Drained {
+    /// Frames were moved into the caller's buffer.
+    Frames,
+    /// The outbox is closed and empty: close the socket for this reason.
+    Closed(Disconnect),
+}
+
+/// The sending side is shared (cloned into every subscription); the socket task drains it.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    ready: Notify,
+    limits: OutboxLimits,
+}
+
+struct State {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+    closed: Option<Disconnect>,
+}
+
+impl Outbox {
+    /// An empty outbox with these bounds.
+    pub fn new(limits: OutboxLimits) -> Self {
+        Outbox {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State { frames: VecDeque::new(), bytes: 0, closed: None }),
+                ready: Notify::new(),
+                limits,
+            }),
+        }
+    }
+
+    /// Queues one frame, applying the overflow policy if a bound would be exceeded.
+    pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        let mut state = self.inner.state.lock();
+        if state.closed.is_some() {
+            return Err(PushError::Closed);
+        }
+        let limits = &self.inner.limits;
+        if state.frames.len() >= limits.max_messages || state.bytes + frame.len() > limits.max_bytes {
+            match limits.overflow {
+                OverflowPolicy::DisconnectSlowConsumer => {
+                    state.frames.clear();
+                    state.bytes = 0;
+                    state.closed = Some(Disconnect::SlowConsumer);
+                }
+            }
+            drop(state);
+            metrics::counter!("herald_slow_consumer_disconnects_total").increment(1);
+            self.inner.ready.notify_one();
+            return Err(PushError::Overflow);
+        }
+        let was_empty = state.frames.is_empty();
+        state.bytes += frame.len();
+        state.frames.push_back(frame);
+        drop(state);
+        if was_empty {
+            self.inner.ready.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Asks the connection to close once it has written what is already queued. The first reason wins.
+    pub fn close(&self, reason: Disconnect) {
+        let mut state = self.inner.state.lock();
+        if state.closed.is_none() {
+            state.closed = Some(reason);
+        }
+        drop(state);
+        self.inner.ready.notify_one();
+    }
+
+    /// Whether a close has been requested.
+    pub fn is_closed(&self) -> bool {
+        self.inner.state.lock().closed.is_some()
+    }
+
+    /// Frames and bytes currently queued.
+    pub fn len(&self) -> (usize, usize) {
+        let state = self.inner.state.lock();
+        (state.frames.len(), state.bytes)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.inner.state.lock().frames.is_empty()
+    }
+
+    /// Waits until frames are queued or a close is requested. Moves every queued frame into `out`
+    /// (one lock, so the writer can flush once per batch). Only the connection's own task calls this.
+    pub async fn drain(&self, out: &mut Vec<Bytes>) -> Drained {
+        loop {
+            {
+                let mut state = self.inner.state.lock();
+                if !state.frames.is_empty() {
+                    out.extend(state.frames.drain(..));
+                    state.bytes = 0;
+                    return Drained::Frames;
+                }
+                if let Some(reason) = state.closed {
+                    return Drained::Closed(reason);
+                }
+            }
+            self.inner.ready.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_messages: usize, max_bytes: usize) -> OutboxLimits {
+        OutboxLimits { max_messages, max_bytes, overflow: OverflowPolicy::DisconnectSlowConsumer }
+    }
+
+    #[tokio::test]
+    async fn drains_in_order_as_one_batch() {
+        let outbox = Outbox::new(limits(10, 1000));
+        for i in 0..3 {
+            outbox.push(Bytes::from(format!("m{i}"))).unwrap();
+        }
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(out, vec![Bytes::from("m0"), Bytes::from("m1"), Bytes::from("m2")]);
+        assert_eq!(outbox.len(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn message_bound_disconnects_slow_consumer() {
+        let outbox = Outbox::new(limits(2, 1000));
+        outbox.push(Bytes::from("a")).unwrap();
+        outbox.push(Bytes::from("b")).unwrap();
+        assert_eq!(outbox.push(Bytes::from("c")), Err(PushError::Overflow));
+        assert_eq!(outbox.push(Bytes::from("d")), Err(PushError::Closed));
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::SlowConsumer));
+        assert!(out.is_empty(), "an overflowed queue is dropped, not flushed");
+    }
+
+    #[tokio::test]
+    async fn byte_bound_disconnects_slow_consumer() {
+        let outbox = Outbox::new(limits(100, 10));
+        outbox.push(Bytes::from("123456")).unwrap();
+        assert_eq!(outbox.push(Bytes::from("123456")), Err(PushError::Overflow));
+        assert!(outbox.is_closed());
+    }
+
+    #[tokio::test]
+    async fn close_flushes_queued_frames_first() {
+        let outbox = Outbox::new(limits(10, 1000));
+        outbox.push(Bytes::from("last words")).unwrap();
+        outbox.close(Disconnect::Terminated);
+        outbox.close(Disconnect::Shutdown);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(out.len(), 1);
+        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::Terminated));
+    }
+
+    #[tokio::test]
+    async fn drain_wakes_on_push_from_another_task() {
+        let outbox = Outbox::new(limits(10, 1000));
+        let sender = outbox.clone();
+        let task = tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            sender.push(Bytes::from("hello")).unwrap();
+        });
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(out, vec![Bytes::from("hello")]);
+        task.await.unwrap();
+    }
+}
