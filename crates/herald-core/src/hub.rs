@@ -339,6 +339,11 @@ impl Hub {
         self.channels.get(channel).is_some_and(|ch| ch.subscribers.contains_key(&socket))
     }
 
+    /// The presence user `socket` joined `channel` as.
+    pub fn member_of(&self, socket: SocketId, channel: &str) -> Option<Arc<str>> {
+        self.channels.get(channel).and_then(|ch| ch.subscribers.get(&socket).and_then(|s| s.user.clone()))
+    }
+
     /// Queues `frame` to every subscriber of `channel` except `except`. Returns how many got it.
     pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         let Some(ch) = self.channels.get(channel) else { return 0 };

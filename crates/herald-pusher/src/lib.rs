@@ -1,1 +1,160 @@
-//! placeholder
+//! Herald's Pusher Channels v7 front: the WebSocket protocol, auth signatures and the HTTP API.
+//!
+//! This crate translates between the Pusher wire format and the engine (`herald-core`). It owns the
+//! Pusher close and error codes and maps engine errors to them; the engine never sees JSON.
+//!
+//! Mount [`Pusher::router`] in an axum application, or publish in-process with [`Pusher::trigger`].
+
+pub mod api;
+pub mod auth;
+pub mod channel;
+pub mod codes;
+mod events;
+pub mod publish;
+mod session;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use herald_core::Engine;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use publish::{PublishError, Trigger};
+
+/// Settings of the Pusher front that are not per app.
+#[derive(Debug, Clone)]
+pub struct PusherConfig {
+    /// Announced to clients; the server pings a connection silent for this long.
+    pub activity_timeout: Duration,
+    /// How long to wait for any reply to a server ping before closing with 4201.
+    pub pong_timeout: Duration,
+    /// Largest HTTP API request body, in bytes (413 beyond).
+    pub max_request_body: usize,
+    /// Connections this process accepts across all apps; beyond it new ones are refused with 4004.
+    pub max_connections: usize,
+}
+
+impl Default for PusherConfig {
+    fn default() -> Self {
+        PusherConfig {
+            activity_timeout: Duration::from_secs(120),
+            pong_timeout: Duration::from_secs(30),
+            max_request_body: 256 * 1024,
+            max_connections: 1_000_000,
+        }
+    }
+}
+
+/// Why an in-process trigger failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TriggerError {
+    /// No app has this id.
+    #[error("unknown app {0:?}")]
+    UnknownApp(String),
+    /// The event was refused.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// The Pusher front: shared by every connection and API request.
+pub struct Pusher {
+    engine: Arc<Engine>,
+    config: PusherConfig,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    admission: Arc<Semaphore>,
+}
+
+impl Pusher {
+    /// A front over `engine`. Sessions are spawned on `tasks` and close with 4200 when `shutdown` fires.
+    pub fn new(engine: Arc<Engine>, config: PusherConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Arc<Self> {
+        let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+        Arc::new(Pusher { engine, config, shutdown, tasks, admission })
+    }
+
+    /// The engine this front serves.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// The routes: `GET /app/{key}` (WebSocket) and the `/apps/{id}/...` HTTP API.
+    pub fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/app/{key}", get(connect))
+            .merge(api::routes())
+            .layer(DefaultBodyLimit::max(self.config.max_request_body))
+            .with_state(self.clone())
+    }
+
+    /// Publishes an event in-process, exactly as `POST /apps/{id}/events` would. Returns how many
+    /// connections it was queued to.
+    pub fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
+        let hub = self.engine.by_id(app_id).ok_or_else(|| TriggerError::UnknownApp(app_id.to_string()))?;
+        Ok(publish::trigger(hub, trigger)?)
+    }
+}
+
+/// Checks the `protocol` query parameter: 5 to 7 are spoken.
+fn check_protocol(protocol: Option<&String>) -> Result<(), (u16, &'static str)> {
+    let Some(p) = protocol else { return Err((codes::NO_PROTOCOL, "No protocol version supplied")) };
+    match p.parse::<u32>() {
+        Err(_) => Err((codes::INVALID_VERSION, "Invalid version string format")),
+        Ok(5..=7) => Ok(()),
+        Ok(_) => Err((codes::UNSUPPORTED_PROTOCOL, "Unsupported protocol version")),
+    }
+}
+
+async fn connect(
+    State(front): State<Arc<Pusher>>,
+    Path(key): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let hub = front.engine.by_key(&key).cloned();
+    let max_message = hub.as_ref().map_or(16 * 1024, |h| h.app().limits.max_event_size * 2 + 4096);
+    let refusal: Option<(u16, String)> = if front.shutdown.is_cancelled() {
+        Some((codes::RECONNECT_NOW, "Server is shutting down".into()))
+    } else if hub.is_none() {
+        Some((codes::APP_NOT_FOUND, format!("App key {key} does not exist")))
+    } else {
+        check_protocol(query.get("protocol")).err().map(|(c, m)| (c, m.to_string()))
+    };
+    let permit = front.admission.clone().try_acquire_owned().ok();
+    let tasks = front.tasks.clone();
+    ws.max_message_size(max_message)
+        .max_frame_size(max_message)
+        .read_buffer_size(4096)
+        .write_buffer_size(8192)
+        .on_upgrade(move |socket| {
+            tasks.track_future(async move {
+                match (refusal, hub, permit) {
+                    (Some((code, message)), _, _) => session::refuse(socket, code, &message).await,
+                    (None, _, None) => session::refuse(socket, codes::OVER_QUOTA, "Server is at its connection limit").await,
+                    (None, Some(hub), Some(_permit)) => session::run(front, hub, socket).await,
+                    (None, None, _) => {}
+                }
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn protocol_versions() {
+        assert_eq!(check_protocol(Some(&"7".into())), Ok(()));
+        assert_eq!(check_protocol(None).unwrap_err().0, codes::NO_PROTOCOL);
+        assert_eq!(check_protocol(Some(&"x".into())).unwrap_err().0, codes::INVALID_VERSION);
+        assert_eq!(check_protocol(Some(&"3".into())).unwrap_err().0, codes::UNSUPPORTED_PROTOCOL);
+    }
+}

@@ -1,0 +1,82 @@
+//! Turning engine transitions into the Pusher events subscribers see.
+
+use std::fmt::Write;
+
+use herald_core::{ChannelChange, Hub, Member, SocketId, Transition};
+
+use crate::channel::{Access, ChannelKind};
+use crate::wire::{self, Data};
+
+/// Member info as stored in the engine: the raw JSON of `user_info`, or `null` when there was none.
+pub(crate) fn info_json(info: &[u8]) -> &str {
+    match std::str::from_utf8(info) {
+        Ok(text) if !text.is_empty() => text,
+        _ => "null",
+    }
+}
+
+/// The `data` of `pusher_internal:subscription_succeeded` on a presence channel.
+pub(crate) fn presence_data(members: &[Member]) -> String {
+    let quote = |s: &str| serde_json::to_string(s).expect("strings serialise");
+    let mut ids = String::new();
+    let mut hash = String::new();
+    for (i, m) in members.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        let id = quote(&m.user_id);
+        let _ = write!(ids, "{sep}{id}");
+        let _ = write!(hash, "{sep}{id}:{}", info_json(&m.info));
+    }
+    format!(r#"{{"presence":{{"ids":[{ids}],"hash":{{{hash}}},"count":{}}}}}"#, members.len())
+}
+
+/// Broadcasts what a subscription change means to the channel's subscribers: member added/removed
+/// (never to `actor`, the connection that caused it) and the new subscription count if the app wants it.
+pub(crate) fn announce(hub: &Hub, change: &ChannelChange, actor: Option<SocketId>) {
+    let channel = &*change.channel;
+    for t in &change.transitions {
+        match t {
+            Transition::MemberAdded(m) => {
+                let data = format!(
+                    r#"{{"user_id":{},"user_info":{}}}"#,
+                    serde_json::to_string(&*m.user_id).expect("strings serialise"),
+                    info_json(&m.info)
+                );
+                let frame = wire::frame("pusher_internal:member_added", Some(channel), Data::Str(&data), None);
+                hub.publish(channel, &frame, actor);
+            }
+            Transition::MemberRemoved { user_id } => {
+                let data = format!(r#"{{"user_id":{}}}"#, serde_json::to_string(&**user_id).expect("strings serialise"));
+                let frame = wire::frame("pusher_internal:member_removed", Some(channel), Data::Str(&data), None);
+                hub.publish(channel, &frame, actor);
+            }
+            _ => {}
+        }
+    }
+    let counted = change.subscribers > 0 && ChannelKind::of(channel).access != Access::Presence;
+    if hub.app().enable_subscription_count && counted {
+        let data = format!(r#"{{"subscription_count":{}}}"#, change.subscribers);
+        let frame = wire::frame("pusher_internal:subscription_count", Some(channel), Data::Str(&data), None);
+        hub.publish(channel, &frame, None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    #[test]
+    fn presence_payload_shape() {
+        let members = vec![
+            Member { user_id: Arc::from("1"), info: Bytes::from(r#"{"name":"A"}"#) },
+            Member { user_id: Arc::from("2"), info: Bytes::new() },
+        ];
+        let v: serde_json::Value = serde_json::from_str(&presence_data(&members)).unwrap();
+        assert_eq!(v["presence"]["count"], 2);
+        assert_eq!(v["presence"]["ids"], serde_json::json!(["1", "2"]));
+        assert_eq!(v["presence"]["hash"]["1"]["name"], "A");
+        assert!(v["presence"]["hash"]["2"].is_null());
+        assert_eq!(presence_data(&[]), r#"{"presence":{"ids":[],"hash":{},"count":0}}"#);
+    }
+}

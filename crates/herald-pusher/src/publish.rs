@@ -1,0 +1,159 @@
+//! Publishing an event to channels: shared by the HTTP API and the in-process Rust API.
+//!
+//! Validation happens here once (names, sizes, encrypted-channel rules); each channel's frame is encoded
+//! once and the same bytes go to every subscriber.
+
+use herald_core::{Hub, SocketId};
+
+use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
+use crate::wire::{self, Data};
+
+/// Channels one publish may name.
+pub const MAX_CHANNELS_PER_EVENT: usize = 100;
+/// Longest event name.
+pub const MAX_EVENT_NAME: usize = 200;
+
+/// One event to publish.
+#[derive(Debug, Clone)]
+pub struct Trigger<'a> {
+    /// Event name.
+    pub name: &'a str,
+    /// Event data, relayed verbatim as a JSON string.
+    pub data: &'a str,
+    /// Target channels (including `#server-to-user-{id}`).
+    pub channels: &'a [String],
+    /// The connection that must not receive it (the originating device).
+    pub socket_id: Option<SocketId>,
+}
+
+/// Why a publish was refused. Nothing was delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// No channel was named.
+    #[error("no channels given")]
+    NoChannels,
+    /// More than [`MAX_CHANNELS_PER_EVENT`] channels.
+    #[error("too many channels: {0} (limit {MAX_CHANNELS_PER_EVENT})")]
+    TooManyChannels(usize),
+    /// A channel name is not valid.
+    #[error("invalid channel name {0:?}")]
+    InvalidChannel(String),
+    /// The event name is empty or too long.
+    #[error("invalid event name (1 to {MAX_EVENT_NAME} characters)")]
+    InvalidName,
+    /// `data` is larger than the app allows.
+    #[error("event data is {size} bytes, limit {limit}")]
+    DataTooLarge {
+        /// Size of the data.
+        size: usize,
+        /// The app's limit.
+        limit: usize,
+    },
+    /// An encrypted channel was sent something that is not a `{nonce, ciphertext}` envelope.
+    #[error("data for encrypted channel {0:?} must be an encrypted envelope with nonce and ciphertext")]
+    Plaintext(String),
+    /// Encrypted channels must be triggered one at a time (each has its own key).
+    #[error("encrypted channels cannot be triggered together with other channels")]
+    EncryptedMulti,
+}
+
+/// Checks that `data` is an end-to-end encrypted envelope, so plaintext never reaches subscribers.
+fn is_encrypted_envelope(data: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        nonce: String,
+        ciphertext: String,
+    }
+    serde_json::from_str::<Envelope>(data).is_ok_and(|e| !e.nonce.is_empty() && !e.ciphertext.is_empty())
+}
+
+/// Validates a trigger against the app's limits without delivering anything.
+pub fn validate(hub: &Hub, t: &Trigger<'_>) -> Result<(), PublishError> {
+    if t.channels.is_empty() {
+        return Err(PublishError::NoChannels);
+    }
+    if t.channels.len() > MAX_CHANNELS_PER_EVENT {
+        return Err(PublishError::TooManyChannels(t.channels.len()));
+    }
+    if t.name.is_empty() || t.name.len() > MAX_EVENT_NAME {
+        return Err(PublishError::InvalidName);
+    }
+    let limit = hub.app().limits.max_event_size;
+    if t.data.len() > limit {
+        return Err(PublishError::DataTooLarge { size: t.data.len(), limit });
+    }
+    for channel in t.channels {
+        if !is_valid_name(channel) {
+            return Err(PublishError::InvalidChannel(channel.chars().take(200).collect()));
+        }
+        if ChannelKind::of(channel).access == Access::Encrypted {
+            if t.channels.len() > 1 {
+                return Err(PublishError::EncryptedMulti);
+            }
+            if !is_encrypted_envelope(t.data) {
+                return Err(PublishError::Plaintext(channel.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Validates and delivers a trigger. Returns how many connections it was queued to.
+pub fn trigger(hub: &Hub, t: &Trigger<'_>) -> Result<usize, PublishError> {
+    validate(hub, t)?;
+    let mut delivered = 0;
+    for channel in t.channels {
+        let frame = wire::frame(t.name, Some(channel), Data::Str(t.data), None);
+        if let Some(user) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
+            delivered += hub.publish_to_user(user, &frame, t.socket_id);
+            continue;
+        }
+        if ChannelKind::of(channel).cache {
+            hub.retain(channel, frame.clone());
+        }
+        delivered += hub.publish(channel, &frame, t.socket_id);
+    }
+    metrics::counter!("herald_publishes_total").increment(1);
+    Ok(delivered)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use herald_core::App;
+
+    fn t<'a>(channels: &'a [String], data: &'a str) -> Trigger<'a> {
+        Trigger { name: "e", data, channels, socket_id: None }
+    }
+
+    #[test]
+    fn validates_channels_names_sizes_and_encryption() {
+        let hub = Hub::new(App::dev());
+        let one = vec!["news".to_string()];
+        assert_eq!(validate(&hub, &t(&one, "{}")), Ok(()));
+        assert_eq!(validate(&hub, &t(&[], "{}")), Err(PublishError::NoChannels));
+        let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+        assert_eq!(validate(&hub, &t(&many, "{}")), Err(PublishError::TooManyChannels(101)));
+        let bad = vec!["bad name".to_string()];
+        assert!(matches!(validate(&hub, &t(&bad, "{}")), Err(PublishError::InvalidChannel(_))));
+        let big = "x".repeat(10 * 1024 + 1);
+        assert!(matches!(validate(&hub, &t(&one, &big)), Err(PublishError::DataTooLarge { .. })));
+        let enc = vec!["private-encrypted-a".to_string()];
+        assert!(matches!(validate(&hub, &t(&enc, r#"{"secret":"plain"}"#)), Err(PublishError::Plaintext(_))));
+        assert_eq!(validate(&hub, &t(&enc, r#"{"nonce":"bm9uY2U=","ciphertext":"Y2lwaGVy"}"#)), Ok(()));
+        let mixed = vec!["private-encrypted-a".to_string(), "news".to_string()];
+        assert_eq!(validate(&hub, &t(&mixed, r#"{"nonce":"a","ciphertext":"b"}"#)), Err(PublishError::EncryptedMulti));
+        let no_name = Trigger { name: "", ..t(&one, "{}") };
+        assert_eq!(validate(&hub, &no_name), Err(PublishError::InvalidName));
+    }
+
+    #[tokio::test]
+    async fn caches_last_event_of_cache_channels() {
+        let hub = Hub::new(App::dev());
+        let ch = vec!["cache-score".to_string()];
+        assert_eq!(trigger(&hub, &t(&ch, "1")), Ok(0));
+        let cached = hub.retained("cache-score").unwrap();
+        assert_eq!(&cached[..], br#"{"event":"e","channel":"cache-score","data":"1"}"#);
+    }
+}

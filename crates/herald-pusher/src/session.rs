@@ -1,0 +1,342 @@
+//! One WebSocket connection speaking Pusher v7: handshake, the read/write loop, keep-alive, commands.
+//!
+//! The session task owns the socket. Everything it sends, replies included, goes through the
+//! connection's [`Outbox`], so replies and fan-out keep their order and share one bound. The loop
+//! writes queued frames in batches (feed each, flush once).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::{Drained, Hub, MemberJoin, Outbox, SocketId};
+use tokio::time::Instant;
+use tracing::{debug, info_span, Instrument};
+
+use crate::auth;
+use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
+use crate::codes;
+use crate::events::{announce, presence_data};
+use crate::wire::{self, ChannelData, Data, Incoming, SigninData, SubscribeData, UnsubscribeData};
+use crate::Pusher;
+
+/// Sends an error frame and a close frame, for connections refused before they start.
+pub(crate) async fn refuse(mut socket: WebSocket, code: u16, message: &str) {
+    let data = serde_json::json!({ "code": code, "message": message });
+    let frame = wire::frame("pusher:error", None, Data::Raw(&serde_json::value::to_raw_value(&data).expect("json")), None);
+    let _ = socket.send(text(frame)).await;
+    let _ = socket.send(close(code, message)).await;
+    metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
+}
+
+fn text(frame: Bytes) -> Message {
+    Message::Text(Utf8Bytes::try_from(frame).expect("frames are encoded from UTF-8 JSON"))
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(reason) }))
+}
+
+/// Counts client events per one-second window.
+struct RateLimit {
+    window: Instant,
+    used: u32,
+    per_second: u32,
+}
+
+impl RateLimit {
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Duration::from_secs(1) {
+            self.window = now;
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= self.per_second
+    }
+}
+
+struct Session {
+    front: Arc<Pusher>,
+    hub: Arc<Hub>,
+    id: SocketId,
+    id_text: String,
+    outbox: Outbox,
+    client_events: RateLimit,
+}
+
+/// Runs an accepted connection to completion.
+pub(crate) async fn run(front: Arc<Pusher>, hub: Arc<Hub>, socket: WebSocket) {
+    let (id, outbox) = match hub.connect() {
+        Ok(registered) => registered,
+        Err(e) => {
+            let (code, message) = codes::connect_error(&e);
+            return refuse(socket, code, &message).await;
+        }
+    };
+    let span = info_span!("conn", app = %hub.app().id, socket_id = %id);
+    let session = Session {
+        client_events: RateLimit {
+            window: Instant::now(),
+            used: 0,
+            per_second: hub.app().limits.client_events_per_second,
+        },
+        id_text: id.to_string(),
+        front,
+        hub,
+        id,
+        outbox,
+    };
+    session.serve(socket).instrument(span).await;
+}
+
+impl Session {
+    async fn serve(mut self, socket: WebSocket) {
+        let activity = self.front.config.activity_timeout;
+        let established = serde_json::json!({ "socket_id": self.id_text, "activity_timeout": activity.as_secs() });
+        self.reply(wire::frame_json("pusher:connection_established", None, &established));
+        debug!("connected");
+
+        let (mut sink, mut stream) = socket.split();
+        let shutdown = self.front.shutdown.clone();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut last_seen = Instant::now();
+        let mut awaiting_pong = false;
+        let keepalive = tokio::time::sleep(activity);
+        tokio::pin!(keepalive);
+
+        let close_with: Option<(u16, &str)> = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Some(codes::disconnect(herald_core::Disconnect::Shutdown)),
+                drained = self.outbox.drain(&mut batch) => match drained {
+                    Drained::Frames => {
+                        let mut failed = false;
+                        for frame in batch.drain(..) {
+                            if sink.feed(text(frame)).await.is_err() {
+                                failed = true;
+                                break;
+                            }
+                        }
+                        if failed || sink.flush().await.is_err() {
+                            break None;
+                        }
+                    }
+                    Drained::Closed(reason) => break Some(codes::disconnect(reason)),
+                },
+                incoming = stream.next() => {
+                    last_seen = Instant::now();
+                    awaiting_pong = false;
+                    match incoming {
+                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()),
+                        Some(Ok(Message::Binary(_))) => self.error(codes::GENERIC_ERROR, "binary frames are not supported", "binary"),
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Close(_))) | None => break None,
+                        Some(Err(e)) => {
+                            debug!(error = %e, "read failed");
+                            let too_big = matches!(
+                                &e.into_inner().downcast_ref::<tungstenite::Error>(),
+                                Some(tungstenite::Error::Capacity(_))
+                            );
+                            if too_big {
+                                metrics::counter!("herald_errors_total", "kind" => "frame_too_large").increment(1);
+                                break Some((codes::MESSAGE_TOO_BIG, "Message too big"));
+                            }
+                            break None;
+                        }
+                    }
+                },
+                _ = &mut keepalive => {
+                    let idle_until = last_seen + activity;
+                    let now = Instant::now();
+                    if awaiting_pong {
+                        break Some((codes::PONG_TIMEOUT, "Pong reply not received in time"));
+                    } else if now < idle_until {
+                        keepalive.as_mut().reset(idle_until);
+                    } else {
+                        self.reply(wire::frame_json("pusher:ping", None, &serde_json::json!({})));
+                        awaiting_pong = true;
+                        keepalive.as_mut().reset(now + self.front.config.pong_timeout);
+                    }
+                },
+            }
+        };
+        if let Some((code, reason)) = close_with {
+            debug!(code, reason, "closing");
+            let _ = sink.send(close(code, reason)).await;
+        }
+        for change in self.hub.disconnect(self.id) {
+            announce(&self.hub, &change, None);
+        }
+        debug!("disconnected");
+    }
+
+    fn reply(&self, frame: Bytes) {
+        let _ = self.outbox.push(frame);
+    }
+
+    fn error(&self, code: u16, message: &str, kind: &'static str) {
+        metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
+        let data = serde_json::json!({ "code": code, "message": message });
+        let raw = serde_json::value::to_raw_value(&data).expect("json");
+        self.reply(wire::frame("pusher:error", None, Data::Raw(&raw), None));
+    }
+
+    fn subscription_error(&self, channel: &str, kind: &str, status: u16, message: &str) {
+        metrics::counter!("herald_errors_total", "kind" => "subscription").increment(1);
+        let data = serde_json::json!({ "type": kind, "error": message, "status": status });
+        let raw = serde_json::value::to_raw_value(&data).expect("json");
+        self.reply(wire::frame("pusher:subscription_error", Some(channel), Data::Raw(&raw), None));
+    }
+
+    fn handle(&mut self, text: &str) {
+        metrics::counter!("herald_messages_in_total").increment(1);
+        metrics::counter!("herald_bytes_in_total").increment(text.len() as u64);
+        let msg = match Incoming::parse(text) {
+            Ok(msg) => msg,
+            Err(_) => return self.error(codes::GENERIC_ERROR, "Invalid JSON: expected {\"event\":..., \"data\":...}", "invalid_json"),
+        };
+        match msg.event.as_str() {
+            "pusher:ping" => self.reply(wire::frame_json("pusher:pong", None, &serde_json::json!({}))),
+            "pusher:pong" => {}
+            "pusher:subscribe" => match msg.data_as::<SubscribeData>() {
+                Some(data) => self.subscribe(data),
+                None => self.error(codes::GENERIC_ERROR, "pusher:subscribe needs data.channel", "invalid_data"),
+            },
+            "pusher:unsubscribe" => match msg.data_as::<UnsubscribeData>() {
+                Some(data) => {
+                    if let Some(change) = self.hub.unsubscribe(self.id, &data.channel) {
+                        announce(&self.hub, &change, Some(self.id));
+                    }
+                }
+                None => self.error(codes::GENERIC_ERROR, "pusher:unsubscribe needs data.channel", "invalid_data"),
+            },
+            "pusher:signin" => match msg.data_as::<SigninData>() {
+                Some(data) => self.sign_in(data),
+                None => self.error(codes::GENERIC_ERROR, "pusher:signin needs data.auth and data.user_data", "invalid_data"),
+            },
+            event if event.starts_with("client-") => self.client_event(&msg),
+            _ => self.error(codes::GENERIC_ERROR, "Unknown event", "unknown_event"),
+        }
+    }
+
+    fn subscribe(&mut self, data: SubscribeData) {
+        let channel = data.channel.as_str();
+        if !is_valid_name(channel) {
+            return self.subscription_error(channel, "InvalidChannel", 400, "Invalid channel name");
+        }
+        let kind = ChannelKind::of(channel);
+        let app = self.hub.app();
+        let signed = |message: &str| {
+            data.auth.as_deref().is_some_and(|token| auth::verify_token(&app.key, &app.secret, message, token))
+        };
+        let mut member = None;
+        match kind.access {
+            Access::Public => {}
+            Access::Private | Access::Encrypted => {
+                if !signed(&auth::channel_message(&self.id_text, channel, None)) {
+                    return self.subscription_error(channel, "AuthError", 401, "Invalid signature");
+                }
+            }
+            Access::Presence => {
+                let Some(channel_data) = data.channel_data.as_deref() else {
+                    return self.subscription_error(channel, "AuthError", 401, "Presence channels need channel_data");
+                };
+                if !signed(&auth::channel_message(&self.id_text, channel, Some(channel_data))) {
+                    return self.subscription_error(channel, "AuthError", 401, "Invalid signature");
+                }
+                let parsed: Option<ChannelData> = serde_json::from_str(channel_data).ok();
+                let user_id = parsed.as_ref().and_then(|d| match &d.user_id {
+                    serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+                    serde_json::Value::Number(n) => Some(n.to_string()),
+                    _ => None,
+                });
+                let (Some(parsed), Some(user_id)) = (parsed, user_id) else {
+                    return self.subscription_error(channel, "AuthError", 400, "channel_data needs a user_id");
+                };
+                let info = parsed.user_info.map(|raw| Bytes::from(raw.get().to_owned())).unwrap_or_default();
+                member = Some(MemberJoin { user_id: Arc::from(user_id), info });
+            }
+            Access::User => {
+                let wanted = &channel[USER_CHANNEL_PREFIX.len()..];
+                if self.hub.user_of(self.id).as_deref() != Some(wanted) {
+                    return self.subscription_error(channel, "AuthError", 403, "Sign in as this user first");
+                }
+                // Delivery to a user goes through the engine's user routing, not a channel.
+                return self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str("{}"), None));
+            }
+        }
+        let subscribed = match self.hub.subscribe(self.id, channel, member) {
+            Ok(s) => s,
+            Err(e) => {
+                let (kind, status, message) = codes::subscribe_error(&e);
+                return self.subscription_error(channel, kind, status, &message);
+            }
+        };
+        let data = match &subscribed.members {
+            Some(members) => presence_data(members),
+            None => "{}".to_string(),
+        };
+        self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str(&data), None));
+        if kind.cache {
+            match self.hub.retained(channel) {
+                Some(frame) => self.reply(frame),
+                None => self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None)),
+            }
+        }
+        if !subscribed.already {
+            announce(&self.hub, &subscribed.change, Some(self.id));
+        }
+    }
+
+    fn sign_in(&mut self, data: SigninData) {
+        let app = self.hub.app();
+        if !app.enable_user_authentication {
+            return self.error(codes::TERMINATED, "User authentication is disabled for this app", "signin");
+        }
+        if !auth::verify_token(&app.key, &app.secret, &auth::user_message(&self.id_text, &data.user_data), &data.auth) {
+            return self.error(codes::TERMINATED, "Invalid signature for pusher:signin", "signin");
+        }
+        #[derive(serde::Deserialize)]
+        struct UserData {
+            id: serde_json::Value,
+        }
+        let id = match serde_json::from_str::<UserData>(&data.user_data).map(|u| u.id) {
+            Ok(serde_json::Value::String(id)) if !id.is_empty() => id,
+            _ => return self.error(codes::TERMINATED, "user_data needs a non-empty string id", "signin"),
+        };
+        if let Err(e) = self.hub.sign_in(self.id, &id) {
+            return self.error(codes::TERMINATED, &e.to_string(), "signin");
+        }
+        let reply = serde_json::json!({ "user_data": data.user_data });
+        self.reply(wire::frame_json("pusher:signin_success", None, &reply));
+    }
+
+    fn client_event(&mut self, msg: &Incoming) {
+        let app = self.hub.app();
+        if !app.enable_client_messages {
+            return self.error(codes::GENERIC_ERROR, "Client events are disabled for this app", "client_event");
+        }
+        let Some(channel) = msg.channel.as_deref() else {
+            return self.error(codes::GENERIC_ERROR, "Client events need a channel", "client_event");
+        };
+        if !ChannelKind::of(channel).allows_client_events() {
+            return self.error(codes::GENERIC_ERROR, "Client events are only allowed on private and presence channels", "client_event");
+        }
+        if !self.hub.is_subscribed(self.id, channel) {
+            return self.error(codes::GENERIC_ERROR, "Subscribe to the channel before sending client events", "client_event");
+        }
+        let size = msg.data.as_ref().map_or(0, |d| d.get().len());
+        if size > app.limits.max_event_size {
+            let message = format!("Client event data is {size} bytes, limit {}", app.limits.max_event_size);
+            return self.error(codes::GENERIC_ERROR, &message, "event_too_large");
+        }
+        if !self.client_events.allow(Instant::now()) {
+            return self.error(codes::CLIENT_EVENT_RATE_LIMIT, "Client event rejected due to rate limit", "client_event_rate_limit");
+        }
+        let null = serde_json::value::RawValue::NULL;
+        let data = msg.data.as_deref().unwrap_or(null);
+        let user = if ChannelKind::of(channel).access == Access::Presence { self.hub.member_of(self.id, channel) } else { None };
+        let frame = wire::frame(&msg.event, Some(channel), Data::Raw(data), user.as_deref());
+        self.hub.publish(channel, &frame, Some(self.id));
+    }
+}
