@@ -70,7 +70,7 @@ impl App {
             enabled: true,
             enable_client_messages: true,
             enable_user_authentication: true,
-            enable_subscription_count: true,
+            enable_subscription_count: false,
             limits: AppLimits::default(),
         }
     }

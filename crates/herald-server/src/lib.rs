@@ -1,1 +1,105 @@
-//! placeholder
+//! The Herald server: the `herald` binary's building blocks, usable as a library.
+//!
+//! [`Herald`] ties the engine, the Pusher front, operational endpoints (`/up`, `/health`, `/metrics`)
+//! and graceful shutdown together. An axum application can mount [`Herald::router`] and publish
+//! in-process with [`Herald::trigger`] (see `examples/embedded.rs`).
+
+pub mod config;
+mod metrics_http;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use herald_core::{App, Disconnect, Engine};
+use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{Cli, Config, ConfigError};
+
+/// A running Herald: engine, fronts, and the shutdown signal every task watches.
+#[derive(Clone)]
+pub struct Herald {
+    pusher: Arc<Pusher>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Herald {
+    /// A Herald serving `apps` with the in-memory engine.
+    pub fn new(apps: Vec<App>, pusher: PusherConfig) -> Herald {
+        metrics_http::install();
+        let engine = Arc::new(Engine::new(apps));
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let pusher = Pusher::new(engine, pusher, shutdown.clone(), tasks.clone());
+        Herald { pusher, shutdown, tasks }
+    }
+
+    /// A Herald from a resolved [`Config`].
+    pub fn from_config(config: &Config) -> Herald {
+        Herald::new(config.apps.clone(), config.pusher.clone())
+    }
+
+    /// Every route: the Pusher protocol and API, plus `/up`, `/health` and `/metrics`.
+    pub fn router(&self) -> Router {
+        let ops = Router::new()
+            .route("/up", get(health))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_http::render))
+            .with_state(self.clone());
+        self.pusher.router().merge(ops)
+    }
+
+    /// Publishes in-process, as `POST /apps/{id}/events` does.
+    pub fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
+        self.pusher.trigger(app_id, trigger)
+    }
+
+    /// The Pusher front (for its engine and API).
+    pub fn pusher(&self) -> &Arc<Pusher> {
+        &self.pusher
+    }
+
+    /// The token that, when cancelled, starts a graceful shutdown.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Serves on `listener` until `signal` completes, then drains: stops accepting, asks every client to
+    /// reconnect elsewhere (4200), and waits up to `grace` for sessions to finish.
+    pub async fn serve(self, listener: TcpListener, signal: impl Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
+        let token = self.shutdown.clone();
+        tokio::spawn({
+            let token = token.clone();
+            async move {
+                tokio::select! {
+                    _ = signal => token.cancel(),
+                    _ = token.cancelled() => {}
+                }
+            }
+        });
+        let app = self.router();
+        let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
+        server.await?;
+        let asked = self.pusher.engine().close_all(Disconnect::Shutdown);
+        self.tasks.close();
+        tracing::info!(connections = asked, "draining");
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
+            tracing::warn!(remaining = self.tasks.len(), "drain timed out");
+        }
+        Ok(())
+    }
+}
+
+async fn health(State(herald): State<Herald>) -> Json<serde_json::Value> {
+    let engine = herald.pusher.engine();
+    let connections: usize = engine.hubs().map(|h| h.connection_count()).sum();
+    let status = if herald.shutdown.is_cancelled() { "draining" } else { "ok" };
+    Json(serde_json::json!({ "status": status, "engine": "memory", "connections": connections }))
+}
