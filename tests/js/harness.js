@@ -1,0 +1,236 @@
+// Test harness: starts a real `herald` process and a backend whose auth endpoints use the `pusher`
+// server SDK (authorizeChannel / authenticateUser), as a real application would.
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import net from 'node:net';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import PusherServer from 'pusher';
+import PusherJs from 'pusher-js';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+export const HERALD_BIN = process.env.HERALD_BIN || path.join(here, '..', '..', 'target', 'debug', 'herald');
+
+export const APPS = {
+  main: { id: 'app-id', key: 'app-key', secret: 'app-secret' },
+  stream: { id: 'stream-id', key: 'stream-key', secret: 'stream-secret' },
+  tiny: { id: 'tiny-id', key: 'tiny-key', secret: 'tiny-secret' },
+  off: { id: 'off-id', key: 'off-key', secret: 'off-secret' },
+};
+
+// 32 bytes, base64: the key the SDK derives per-channel encryption keys from.
+export const ENCRYPTION_MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
+
+const CONFIG = `
+log = "warn"
+[[apps]]
+id = "app-id"
+key = "app-key"
+secret = "app-secret"
+enable_client_messages = true
+enable_user_authentication = true
+client_events_per_second = 10
+
+[[apps]]
+id = "stream-id"
+key = "stream-key"
+secret = "stream-secret"
+enable_subscription_count = true
+enable_client_messages = true
+
+[[apps]]
+id = "tiny-id"
+key = "tiny-key"
+secret = "tiny-secret"
+max_connections = 3
+max_presence_members = 2
+max_presence_member_size = 64
+enable_client_messages = false
+
+[[apps]]
+id = "off-id"
+key = "off-key"
+secret = "off-secret"
+enabled = false
+`;
+
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Starts herald with the test config; resolves once /up answers. */
+export async function startHerald(extraArgs = []) {
+  const port = await freePort();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-'));
+  const configPath = path.join(dir, 'herald.toml');
+  fs.writeFileSync(configPath, CONFIG);
+  const proc = spawn(HERALD_BIN, ['--config', configPath, '--port', String(port), ...extraArgs], {
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
+  for (let i = 0; i < 200; i++) {
+    try {
+      const res = await fetch(`http://127.0.0.1:${port}/up`);
+      if (res.ok) break;
+    } catch {}
+    await sleep(50);
+  }
+  return {
+    port,
+    proc,
+    exited,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/** A `pusher` SDK client for one app of the running herald. */
+export function sdk(herald, app = APPS.main, extra = {}) {
+  return new PusherServer({
+    appId: app.id,
+    key: app.key,
+    secret: app.secret,
+    host: '127.0.0.1',
+    port: String(herald.port),
+    useTLS: false,
+    ...extra,
+  });
+}
+
+function readBody(req) {
+  return new Promise((resolve) => {
+    let body = '';
+    req.on('data', (c) => (body += c));
+    req.on('end', () => resolve(body));
+  });
+}
+
+/**
+ * The application backend: `/pusher/auth` and `/pusher/user-auth`. The user is named by the
+ * `x-user-id` header; channels containing `forbidden` are refused with 403, and channels containing
+ * `forged` get a signature made with the wrong secret (so Herald must reject it).
+ */
+export async function startBackend(herald, app = APPS.main) {
+  const signer = sdk(herald, app, { encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY });
+  const forger = new PusherServer({ appId: app.id, key: app.key, secret: 'not-the-secret', host: '127.0.0.1' });
+  const server = http.createServer(async (req, res) => {
+    const params = new URLSearchParams(await readBody(req));
+    const socketId = params.get('socket_id');
+    const user = req.headers['x-user-id'] || 'anonymous';
+    const name = req.headers['x-user-name'] || user;
+    let reply;
+    if (req.url === '/pusher/auth') {
+      const channel = params.get('channel_name');
+      if (channel.includes('forbidden')) {
+        res.writeHead(403).end('forbidden');
+        return;
+      }
+      const who = channel.startsWith('presence-') ? { user_id: user, user_info: { name } } : undefined;
+      reply = (channel.includes('forged') ? forger : signer).authorizeChannel(socketId, channel, who);
+    } else if (req.url === '/pusher/user-auth') {
+      reply = signer.authenticateUser(socketId, { id: user, name });
+    } else {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(reply));
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return { url, close: () => new Promise((r) => server.close(r)) };
+}
+
+/** Options every pusher-js client here uses (unmodified pusher-js, pointed at herald). */
+export function clientOptions(herald, backend, user, extra = {}) {
+  const headers = user ? { 'x-user-id': user } : {};
+  return {
+    cluster: 'mt1',
+    wsHost: '127.0.0.1',
+    wsPort: herald.port,
+    forceTLS: false,
+    enabledTransports: ['ws'],
+    disableStats: true,
+    channelAuthorization: backend ? { endpoint: `${backend.url}/pusher/auth`, transport: 'ajax', headers } : undefined,
+    userAuthentication: backend ? { endpoint: `${backend.url}/pusher/user-auth`, transport: 'ajax', headers } : undefined,
+    ...extra,
+  };
+}
+
+const clients = new Set();
+
+/** A connected pusher-js client. */
+export async function connect(herald, backend, user, { app = APPS.main, ...extra } = {}) {
+  const pusher = new PusherJs(app.key, clientOptions(herald, backend, user, extra));
+  clients.add(pusher);
+  await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('connect timed out')), 5000);
+    pusher.connection.bind('connected', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+  return pusher;
+}
+
+/** Disconnects every client made by `connect`. */
+export function disconnectAll() {
+  for (const c of clients) c.disconnect();
+  clients.clear();
+}
+
+/** Resolves with the next `event` on `target` (a channel, connection or user facade). */
+export function next(target, event, ms = 3000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      target.unbind(event, handler);
+      reject(new Error(`timed out waiting for ${event}`));
+    }, ms);
+    function handler(data) {
+      clearTimeout(timer);
+      target.unbind(event, handler);
+      resolve(data);
+    }
+    target.bind(event, handler);
+  });
+}
+
+/** Collects every `event` on `target` into an array. */
+export function collect(target, event) {
+  const seen = [];
+  target.bind(event, (data) => seen.push(data));
+  return seen;
+}
+
+/** Subscribes and waits for success (or rejects on subscription_error). */
+export function subscribe(pusher, name) {
+  const channel = pusher.subscribe(name);
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`subscribe ${name} timed out`)), 3000);
+    channel.bind('pusher:subscription_succeeded', () => {
+      clearTimeout(timer);
+      resolve(channel);
+    });
+    channel.bind('pusher:subscription_error', (err) => {
+      clearTimeout(timer);
+      const e = new Error(`subscription_error on ${name}`);
+      e.detail = err;
+      reject(e);
+    });
+  });
+}
+
+
+export { PusherJs };
