@@ -150,12 +150,20 @@ export async function startBackend(herald, app = APPS.main) {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${server.address().port}`;
-  return { url, close: () => new Promise((r) => server.close(r)) };
+  return {
+    url,
+    close: () =>
+      new Promise((r) => {
+        server.close(r);
+        server.closeAllConnections();
+      }),
+  };
 }
 
 /** Options every pusher-js client here uses (unmodified pusher-js, pointed at herald). */
-export function clientOptions(herald, backend, user, extra = {}) {
+export function clientOptions(herald, backend, user, { userName, ...extra } = {}) {
   const headers = user ? { 'x-user-id': user } : {};
+  if (userName) headers['x-user-name'] = userName;
   return {
     cluster: 'mt1',
     wsHost: '127.0.0.1',
