@@ -85,15 +85,22 @@ impl Herald {
             }
         });
         let app = self.router();
-        let server = axum::serve(listener, app).with_graceful_shutdown(token.clone().cancelled_owned());
-        server.await?;
+        axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
+        self.drain(grace).await;
+        Ok(())
+    }
+
+    /// Drains every session: asks clients to reconnect elsewhere (4200) and waits up to `grace` for
+    /// their sessions to finish. Call it after the HTTP server has stopped accepting; [`Herald::serve`]
+    /// does this itself, an embedding application calls it after its own `axum::serve` returns.
+    pub async fn drain(&self, grace: Duration) {
+        self.shutdown.cancel();
         let asked = self.pusher.engine().close_all(Disconnect::Shutdown);
         self.tasks.close();
         tracing::info!(connections = asked, "draining");
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             tracing::warn!(remaining = self.tasks.len(), "drain timed out");
         }
-        Ok(())
     }
 }
 

@@ -1,0 +1,59 @@
+//! Embedding Herald in an axum application.
+//!
+//! The application owns the HTTP server: it mounts Herald's router (Pusher WebSocket + HTTP API,
+//! `/up`, `/metrics`) next to its own routes, and publishes from Rust in-process, with no HTTP round
+//! trip and no signature. Unmodified pusher-js clients connect to it as to any Pusher server.
+//!
+//! ```text
+//! cargo run -p herald-server --example embedded            # listens on 127.0.0.1:6001
+//! curl -X POST localhost:6001/orders/42/ship               # pusher-js on channel "orders" gets "order-shipped"
+//! ```
+
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use herald_core::App;
+use herald_pusher::{PusherConfig, Trigger};
+use herald_server::Herald;
+
+/// The application's own handler: ships an order, then tells every browser watching `orders`.
+async fn ship(State(herald): State<Herald>, Path(id): Path<u64>) -> (StatusCode, Json<serde_json::Value>) {
+    let data = serde_json::json!({ "id": id, "status": "shipped" }).to_string();
+    let channels = ["orders".to_string()];
+    let event = Trigger { name: "order-shipped", data: &data, channels: &channels, socket_id: None };
+    match herald.trigger("app-id", &event) {
+        Ok(delivered) => (StatusCode::OK, Json(serde_json::json!({ "delivered": delivered }))),
+        Err(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": e.to_string() }))),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // The dev app (app-id / app-key / app-secret); a real application builds its `App`s from its config.
+    let herald = Herald::new(vec![App::dev()], PusherConfig::default());
+
+    let app = Router::new()
+        .route("/orders/{id}/ship", post(ship))
+        .with_state(herald.clone())
+        .merge(herald.router());
+
+    let addr = std::env::var("EMBEDDED_ADDR").unwrap_or_else(|_| "127.0.0.1:6001".into());
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    println!("embedded herald on http://{addr}");
+
+    // Ctrl-C (or Herald's own shutdown token) stops accepting; then Herald drains its sockets.
+    let token = herald.shutdown_token();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = token.cancelled() => {}
+            }
+        })
+        .await?;
+    herald.drain(Duration::from_secs(10)).await;
+    Ok(())
+}
