@@ -121,12 +121,18 @@ function readBody(req) {
 /**
  * The application backend: `/pusher/auth` and `/pusher/user-auth`. The user is named by the
  * `x-user-id` header; channels containing `forbidden` are refused with 403, and channels containing
- * `forged` get a signature made with the wrong secret (so Herald must reject it).
+ * `forged` get a signature made with the wrong secret (so Herald must reject it). `routes` maps extra
+ * paths to static `{ type, body }` responses (the browser test serves its page and pusher-js this way).
  */
-export async function startBackend(herald, app = APPS.main) {
+export async function startBackend(herald, app = APPS.main, routes = {}) {
   const signer = sdk(herald, app, { encryptionMasterKeyBase64: ENCRYPTION_MASTER_KEY });
   const forger = new PusherServer({ appId: app.id, key: app.key, secret: 'not-the-secret', host: '127.0.0.1' });
   const server = http.createServer(async (req, res) => {
+    const extra = routes[req.url];
+    if (extra) {
+      res.writeHead(200, { 'content-type': extra.type }).end(extra.body);
+      return;
+    }
     const params = new URLSearchParams(await readBody(req));
     const socketId = params.get('socket_id');
     const user = req.headers['x-user-id'] || 'anonymous';
