@@ -1,0 +1,142 @@
+//! The Pusher client side of the bench: opening connections (spread over loopback source addresses so one
+//! machine can open more than 64k), subscribing, and reading deliveries.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::stats::{self, Stats};
+use crate::Target;
+
+/// One client WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Connections per loopback source address (the ephemeral port range holds ~28k).
+const PER_SOURCE: usize = 20_000;
+/// How long a handshake or subscription may take before it counts as failed.
+const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Opens client connections to one target.
+pub struct Connector {
+    target: Target,
+    sources: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl Connector {
+    /// A connector that will open about `connections` sockets; on loopback it spreads them over
+    /// 127.0.0.1, 127.0.0.2, ... so each source address stays within its ephemeral port range.
+    pub fn new(target: Target, connections: usize) -> Connector {
+        let sources = if target.addr.ip().is_loopback() {
+            let n = connections.div_ceil(PER_SOURCE).clamp(1, 250);
+            (0..n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))).collect()
+        } else {
+            vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
+        };
+        Connector { target, sources, next: AtomicUsize::new(0) }
+    }
+
+    /// Opens one connection and waits for `pusher:connection_established`; returns the socket id.
+    /// `query` is appended to the upgrade URL (the ceiling server reads its channel from it).
+    pub async fn open(&self, query: &str) -> anyhow::Result<(Ws, String)> {
+        let source = self.sources[self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
+        let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")??;
+        stream.set_nodelay(true)?;
+        let url = format!(
+            "ws://{}/app/{}?protocol=7&client=herald-bench&version=0.1{query}",
+            self.target.addr, self.target.key
+        );
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async_with_config(url, stream, Some(config)))
+            .await
+            .context("handshake timed out")??;
+        let established = expect(&mut ws, "pusher:connection_established", None).await?;
+        let data: serde_json::Value = serde_json::from_str(established["data"].as_str().unwrap_or("{}"))?;
+        let id = data["socket_id"].as_str().ok_or_else(|| anyhow!("no socket_id"))?.to_string();
+        Ok((ws, id))
+    }
+}
+
+/// Subscribes to a public channel and waits for the confirmation.
+pub async fn subscribe(ws: &mut Ws, channel: &str) -> anyhow::Result<()> {
+    let frame = serde_json::json!({ "event": "pusher:subscribe", "data": { "channel": channel } });
+    ws.send(Message::text(frame.to_string())).await?;
+    expect(ws, "pusher_internal:subscription_succeeded", Some(channel)).await?;
+    Ok(())
+}
+
+/// Reads frames until one named `event` (on `channel`) arrives; answers pings on the way.
+async fn expect(ws: &mut Ws, event: &str, channel: Option<&str>) -> anyhow::Result<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.with_context(|| format!("waiting for {event}"))?;
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                let v: serde_json::Value = serde_json::from_str(t.as_str())?;
+                if v["event"] == "pusher:error" {
+                    bail!("server error: {}", v["data"]);
+                }
+                if v["event"] == event && channel.is_none_or(|c| v["channel"] == c) {
+                    return Ok(v);
+                }
+                if v["event"] == "pusher:ping" {
+                    ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#)).await?;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Received {
+    /// Bench events received.
+    pub events: u64,
+    /// The close code, if the server closed the connection (e.g. 4100 for a slow consumer).
+    pub closed_with: Option<u16>,
+}
+
+/// Reads deliveries until `stop`, recording each bench event's publish→receive latency.
+pub async fn receive(mut ws: Ws, stats: &Stats, shard: usize, stop: CancellationToken) -> Received {
+    let mut seen = Received::default();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            msg = ws.next() => msg,
+        };
+        match msg {
+            Some(Ok(Message::Text(t))) => {
+                if let Some(sent) = stats::sent_at(t.as_str()) {
+                    stats.record(shard, sent);
+                    seen.events += 1;
+                } else if t.as_str().contains("\"pusher:ping\"") {
+                    let _ = ws.send(Message::text(r#"{"event":"pusher:pong","data":{}}"#)).await;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                seen.closed_with = Some(frame.map(|f| u16::from(f.code)).unwrap_or(1005));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(_)) | None => {
+                seen.closed_with = Some(1006);
+                break;
+            }
+        }
+    }
+    seen
+}

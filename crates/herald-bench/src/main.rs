@@ -1,0 +1,124 @@
+//! `herald-bench`: a load generator that speaks the Pusher protocol (WebSocket client + signed HTTP
+//! API), so the same run measures Herald and any Pusher-compatible server, plus an in-process raw
+//! server that shows the machine's fan-out ceiling.
+//!
+//! Scenarios: `idle` (memory per connection), `connect` (connection storm), `fanout` (deliveries/s and
+//! latency), `ceiling` (fanout against the raw server). Each prints a table and can write JSON and an
+//! SVG plot.
+
+mod ceiling;
+mod client;
+mod publisher;
+mod report;
+mod rss;
+mod scenario;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The server under test.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Host and port of both the WebSocket endpoint and the HTTP API.
+    pub addr: SocketAddr,
+    /// App id (HTTP API path).
+    pub app_id: String,
+    /// App key (WebSocket path, API signature).
+    pub key: String,
+    /// App secret (API signature).
+    pub secret: String,
+}
+
+/// Options shared by every scenario.
+#[derive(Debug, clap::Args)]
+pub struct Common {
+    /// Server address (WebSocket and HTTP API).
+    #[arg(long, global = true, default_value = "127.0.0.1:6001")]
+    pub server: SocketAddr,
+    /// App id.
+    #[arg(long, global = true, default_value = "app-id")]
+    pub app_id: String,
+    /// App key.
+    #[arg(long, global = true, default_value = "app-key")]
+    pub app_key: String,
+    /// App secret.
+    #[arg(long, global = true, default_value = "app-secret")]
+    pub app_secret: String,
+    /// PID of the server process, to read its memory (idle).
+    #[arg(long, global = true)]
+    pub pid: Option<u32>,
+    /// Name of the server in reports.
+    #[arg(long, global = true)]
+    pub name: Option<String>,
+    /// Write the result as JSON here.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// Write an SVG plot (latency CDF, rate over time) here.
+    #[arg(long, global = true)]
+    pub plot: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+}
+
+impl Common {
+    /// The target described by the flags.
+    pub fn target(&self) -> Target {
+        Target { addr: self.server, app_id: self.app_id.clone(), key: self.app_key.clone(), secret: self.app_secret.clone() }
+    }
+
+    /// The report label.
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| self.server.to_string())
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "herald-bench", version, about = "Load generator for Pusher-protocol servers")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// N idle connections, one channel each: connect rate and server RSS per connection.
+    Idle(scenario::idle::IdleArgs),
+    /// Connection storm: connects/s, time to connection_established, failures.
+    Connect(scenario::connect::ConnectArgs),
+    /// S subscribers over C channels, publishes via the HTTP API: deliveries/s, latency, losses.
+    Fanout(scenario::fanout::FanoutArgs),
+    /// The same fan-out against an in-process raw WebSocket server: the machine's ceiling.
+    Ceiling(scenario::fanout::FanoutArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let report = runtime.block_on(async {
+        match &cli.scenario {
+            Scenario::Idle(a) => scenario::idle::run(&cli.common, a).await,
+            Scenario::Connect(a) => scenario::connect::run(&cli.common, a).await,
+            Scenario::Fanout(a) => scenario::fanout::run(&cli.common, a, false).await,
+            Scenario::Ceiling(a) => scenario::fanout::run(&cli.common, a, true).await,
+        }
+    })?;
+    report.print();
+    if let Some(path) = &cli.common.json {
+        report.write_json(path)?;
+    }
+    if let Some(path) = &cli.common.plot {
+        report.write_plot(path)?;
+    }
+    // Open sockets and tasks go with the runtime; don't wait for peers to finish closing.
+    runtime.shutdown_background();
+    Ok(())
+}
