@@ -95,10 +95,19 @@ enum Scenario {
     Fanout(scenario::fanout::FanoutArgs),
     /// The same fan-out against an in-process raw WebSocket server: the machine's ceiling.
     Ceiling(scenario::fanout::FanoutArgs),
+    /// Prints a markdown table comparing JSON results (written by --json), grouped by scenario.
+    Table {
+        /// Result files.
+        files: Vec<PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if let Scenario::Table { files } = &cli.scenario {
+        print!("{}", report::markdown(files)?);
+        return Ok(());
+    }
     if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
         let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
     }
@@ -109,6 +118,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Connect(a) => scenario::connect::run(&cli.common, a).await,
             Scenario::Fanout(a) => scenario::fanout::run(&cli.common, a, false).await,
             Scenario::Ceiling(a) => scenario::fanout::run(&cli.common, a, true).await,
+            Scenario::Table { .. } => unreachable!("handled above"),
         }
     })?;
     report.print();

@@ -102,3 +102,55 @@ impl Report {
         Ok(())
     }
 }
+
+/// A markdown table per scenario (and parameters), one column per result file, one row per metric.
+pub fn markdown(files: &[std::path::PathBuf]) -> anyhow::Result<String> {
+    use std::fmt::Write;
+    let mut groups: Vec<(String, Vec<serde_json::Value>)> = Vec::new();
+    for f in files {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(f).with_context(|| format!("read {}", f.display()))?)?;
+        // The ceiling runs the fanout scenario against the raw server: same table as fanout.
+        let scenario = match v["scenario"].as_str().unwrap_or("?") {
+            "ceiling" => "fanout",
+            s => s,
+        };
+        let key = format!("{scenario} {}", v["params"]);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, runs)) => runs.push(v),
+            None => groups.push((key, vec![v])),
+        }
+    }
+    let mut out = String::new();
+    for (key, runs) in &groups {
+        let (scenario, params) = key.split_once(' ').unwrap_or((key, ""));
+        writeln!(out, "### {scenario}\n\nparameters: `{params}`\n")?;
+        let labels: Vec<&str> = runs.iter().map(|r| r["label"].as_str().unwrap_or("?")).collect();
+        writeln!(out, "| metric | {} |", labels.join(" | "))?;
+        writeln!(out, "|---|{}", "---:|".repeat(labels.len()))?;
+        let mut names: Vec<String> = Vec::new();
+        for r in runs {
+            for pair in r["results"].as_array().into_iter().flatten() {
+                if let Some(n) = pair[0].as_str() {
+                    if !names.iter().any(|x| x == n) {
+                        names.push(n.to_string());
+                    }
+                }
+            }
+        }
+        for name in &names {
+            let cells: Vec<String> = runs
+                .iter()
+                .map(|r| {
+                    r["results"]
+                        .as_array()
+                        .and_then(|a| a.iter().find(|p| p[0] == name.as_str()))
+                        .map(|p| p[1].to_string())
+                        .unwrap_or_else(|| "–".into())
+                })
+                .collect();
+            writeln!(out, "| {name} | {} |", cells.join(" | "))?;
+        }
+        writeln!(out)?;
+    }
+    Ok(out)
+}
