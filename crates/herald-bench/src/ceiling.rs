@@ -17,16 +17,17 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-/// Frames a socket may have queued before the ceiling server drops for it (counted).
-const QUEUE: usize = 4096;
+/// Frames a socket may have queued; a publish waits for room (backpressure, nothing is dropped).
+const QUEUE: usize = 64;
+
+/// Sockets by channel; each list is copied on write so a publish can iterate it without the lock.
+type Registry = Arc<Mutex<HashMap<String, Arc<Vec<mpsc::Sender<Bytes>>>>>>;
 
 /// A running ceiling server.
 pub struct Ceiling {
     /// Where it listens.
     pub addr: std::net::SocketAddr,
-    channels: Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>>,
-    /// Frames dropped because a socket's queue was full.
-    pub dropped: Arc<std::sync::atomic::AtomicU64>,
+    channels: Registry,
 }
 
 /// Encodes an unmasked server text frame.
@@ -53,7 +54,7 @@ impl Ceiling {
     pub async fn start(shutdown: CancellationToken, tasks: TaskTracker) -> anyhow::Result<Ceiling> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let channels: Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>> = Arc::default();
+        let channels: Registry = Arc::default();
         let registry = channels.clone();
         let inner = tasks.clone();
         tasks.spawn(async move {
@@ -72,19 +73,17 @@ impl Ceiling {
                 });
             }
         });
-        Ok(Ceiling { addr, channels, dropped: Arc::default() })
+        Ok(Ceiling { addr, channels })
     }
 
-    /// Queues `frame` to every socket on `channel`; returns how many it was queued for.
-    pub fn publish(&self, channel: &str, frame: &Bytes) -> usize {
-        let map = self.channels.lock().expect("registry");
-        let Some(sockets) = map.get(channel) else { return 0 };
+    /// Queues `frame` to every socket on `channel`, waiting where a queue is full; returns how many
+    /// sockets it was queued for.
+    pub async fn publish(&self, channel: &str, frame: &Bytes) -> usize {
+        let sockets = self.channels.lock().expect("registry").get(channel).cloned();
         let mut n = 0;
-        for s in sockets {
-            if s.try_send(frame.clone()).is_ok() {
+        for s in sockets.iter().flat_map(|v| v.iter()) {
+            if s.send(frame.clone()).await.is_ok() {
                 n += 1;
-            } else {
-                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         n
@@ -93,7 +92,7 @@ impl Ceiling {
 
 async fn serve(
     mut stream: TcpStream,
-    registry: Arc<Mutex<HashMap<String, Vec<mpsc::Sender<Bytes>>>>>,
+    registry: Registry,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
@@ -130,7 +129,7 @@ async fn serve(
     stream.write_all(&text_frame(established.as_bytes())).await?;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
-    registry.lock().expect("registry").entry(channel.clone()).or_default().push(tx.clone());
+    Arc::make_mut(registry.lock().expect("registry").entry(channel.clone()).or_default()).push(tx.clone());
     let succeeded = text_frame(
         format!(r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{channel}","data":"{{}}"}}"#).as_bytes(),
     );

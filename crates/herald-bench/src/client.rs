@@ -20,7 +20,7 @@ use crate::Target;
 pub type Ws = WebSocketStream<TcpStream>;
 
 /// Connections per loopback source address (the ephemeral port range holds ~28k).
-const PER_SOURCE: usize = 20_000;
+const PER_SOURCE: usize = 10_000;
 /// How long a handshake or subscription may take before it counts as failed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -49,6 +49,8 @@ impl Connector {
     pub async fn open(&self, query: &str) -> anyhow::Result<(Ws, String)> {
         let source = self.sources[self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
         let socket = TcpSocket::new_v4()?;
+        // Lets bind() pick ports still in TIME_WAIT from earlier runs instead of running out.
+        socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
         let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")??;
         stream.set_nodelay(true)?;

@@ -102,15 +102,24 @@ enum Scenario {
     },
 }
 
+/// Raises the open-file limit as far as allowed: to the kernel's `nr_open` when privileged (100k
+/// sockets need it), else to the hard limit.
+fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, nr_open, nr_open).is_err() {
+        if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Scenario::Table { files } = &cli.scenario {
         print!("{}", report::markdown(files)?);
         return Ok(());
     }
-    if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
-    }
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let report = runtime.block_on(async {
         match &cli.scenario {

@@ -3,7 +3,9 @@
 use anyhow::Context;
 use clap::Parser;
 use herald_server::{Cli, Config, Herald};
-use tokio::net::TcpListener;
+use std::net::SocketAddr;
+
+use tokio::net::{TcpListener, TcpSocket};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -12,20 +14,36 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
         .init();
-    if let Ok((soft, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
-        if soft < hard {
-            let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
-        }
-    }
-    let listener = TcpListener::bind((config.host, config.port))
-        .await
-        .with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    raise_fd_limit();
+    let listener = listen(SocketAddr::new(config.host, config.port)).with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let apps: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
     tracing::info!(addr = %listener.local_addr()?, ?apps, engine = "memory", "herald listening");
     let herald = Herald::from_config(&config);
     herald.serve(listener, shutdown_signal(), config.shutdown_grace).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accept queue length: connection storms overflow tokio's default of 1024 and clients then wait for a
+/// SYN retransmit (1 s). The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 8192;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Raises the open-file limit (one per connection) to the kernel's `nr_open` when privileged, else to
+/// the hard limit.
+fn raise_fd_limit() {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(1 << 20);
+    if rlimit::setrlimit(rlimit::Resource::NOFILE, nr_open, nr_open).is_err() {
+        if let Ok((_, hard)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+            let _ = rlimit::setrlimit(rlimit::Resource::NOFILE, hard, hard);
+        }
+    }
 }
 
 async fn shutdown_signal() {

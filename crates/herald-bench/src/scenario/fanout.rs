@@ -59,7 +59,7 @@ impl Via {
             Via::Http(p) => matches!(p.trigger(channel, data).await, Ok(200)),
             Via::Ceiling(c) => {
                 let frame = serde_json::json!({ "event": "bench", "channel": channel, "data": data }).to_string();
-                c.publish(channel, &text_frame(frame.as_bytes()));
+                c.publish(channel, &text_frame(frame.as_bytes())).await;
                 true
             }
         }
@@ -204,9 +204,6 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
     report.put("closed_by_server", closed);
     if !closed_codes.is_empty() {
         report.put("close_codes", serde_json::to_value(&closed_codes)?);
-    }
-    if let Via::Ceiling(c) = &*via {
-        report.put("ceiling_dropped", c.dropped.load(Ordering::Relaxed));
     }
     report.latency(&stats.latency());
     Ok(report)
