@@ -23,7 +23,9 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use herald_core::Engine;
+use futures_util::future::Either;
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -130,21 +132,35 @@ async fn connect(
     };
     let permit = front.admission.clone().try_acquire_owned().ok();
     let tasks = front.tasks.clone();
+    // A small read buffer: Pusher client frames are small, tungstenite grows it for larger ones, and
+    // every idle connection keeps it (see ARCHITECTURE.md, memory per connection).
     ws.max_message_size(max_message)
         .max_frame_size(max_message)
-        .read_buffer_size(4096)
-        .write_buffer_size(8192)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BATCH)
         .on_upgrade(move |socket| {
-            tasks.track_future(async move {
-                match (refusal, hub, permit) {
-                    (Some((code, message)), _, _) => session::refuse(socket, code, &message).await,
-                    (None, _, None) => session::refuse(socket, codes::OVER_QUOTA, "Server is at its connection limit").await,
-                    (None, Some(hub), Some(_permit)) => session::run(front, hub, socket).await,
-                    (None, None, _) => {}
+            // Registration is synchronous and the session future is not wrapped in further async
+            // blocks: the task holds this future for the connection's whole life.
+            let opened = match (refusal, hub, permit) {
+                (Some(refusal), _, _) => Err(refusal),
+                (None, Some(hub), Some(permit)) => session::open(front, hub, permit),
+                (None, _, _) => Err((codes::OVER_QUOTA, "Server is at its connection limit".to_string())),
+            };
+            let session = match opened {
+                Ok(session) => {
+                    let span = session.span();
+                    Either::Left(session.serve(socket).instrument(span))
                 }
-            })
+                Err((code, message)) => Either::Right(async move { session::refuse(socket, code, &message).await }),
+            };
+            tasks.track_future(session)
         })
 }
+
+/// Bytes tungstenite reads at a time (and keeps per connection).
+const READ_BUFFER: usize = 512;
+/// Queued outgoing bytes after which tungstenite writes without waiting for a flush.
+const WRITE_BATCH: usize = 8192;
 
 #[cfg(test)]
 mod tests {

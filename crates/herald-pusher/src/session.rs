@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use herald_core::{Drained, Hub, MemberJoin, Outbox, SocketId};
 use tokio::time::Instant;
-use tracing::{debug, info_span, Instrument};
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{debug, info_span};
 
 use crate::auth;
 use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
@@ -32,6 +33,12 @@ pub(crate) async fn refuse(mut socket: WebSocket, code: u16, message: &str) {
 
 fn text(frame: Bytes) -> Message {
     Message::Text(Utf8Bytes::try_from(frame).expect("frames are encoded from UTF-8 JSON"))
+}
+
+/// `pusher:connection_established`, built and dropped before the session loop so it holds no memory.
+fn established(socket_id: &str, activity: Duration) -> Bytes {
+    let data = serde_json::json!({ "socket_id": socket_id, "activity_timeout": activity.as_secs() });
+    wire::frame_json("pusher:connection_established", None, &data)
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -56,26 +63,25 @@ impl RateLimit {
     }
 }
 
-struct Session {
+/// A registered connection, ready to be served.
+pub(crate) struct Session {
     front: Arc<Pusher>,
     hub: Arc<Hub>,
     id: SocketId,
     id_text: String,
     outbox: Outbox,
     client_events: RateLimit,
+    _admission: OwnedSemaphorePermit,
 }
 
-/// Runs an accepted connection to completion.
-pub(crate) async fn run(front: Arc<Pusher>, hub: Arc<Hub>, socket: WebSocket) {
-    let (id, outbox) = match hub.connect() {
-        Ok(registered) => registered,
-        Err(e) => {
-            let (code, message) = codes::connect_error(&e);
-            return refuse(socket, code, &message).await;
-        }
-    };
-    let span = info_span!("conn", app = %hub.app().id, socket_id = %id);
-    let session = Session {
+/// Registers a new connection with its app's hub. On refusal (e.g. the app's connection quota), returns
+/// the Pusher code and message to close with.
+///
+/// This is a plain function, not part of the session future: every connection's task holds that future
+/// for its whole life, and each level of `async fn` nesting adds to its size.
+pub(crate) fn open(front: Arc<Pusher>, hub: Arc<Hub>, admission: OwnedSemaphorePermit) -> Result<Session, (u16, String)> {
+    let (id, outbox) = hub.connect().map_err(|e| codes::connect_error(&e))?;
+    Ok(Session {
         client_events: RateLimit {
             window: Instant::now(),
             used: 0,
@@ -86,18 +92,24 @@ pub(crate) async fn run(front: Arc<Pusher>, hub: Arc<Hub>, socket: WebSocket) {
         hub,
         id,
         outbox,
-    };
-    session.serve(socket).instrument(span).await;
+        _admission: admission,
+    })
 }
 
 impl Session {
-    async fn serve(mut self, socket: WebSocket) {
+    /// The tracing span of this connection.
+    pub(crate) fn span(&self) -> tracing::Span {
+        info_span!("conn", app = %self.hub.app().id, socket_id = %self.id_text)
+    }
+
+    /// Runs the connection to completion.
+    pub(crate) async fn serve(mut self, mut socket: WebSocket) {
         let activity = self.front.config.activity_timeout;
-        let established = serde_json::json!({ "socket_id": self.id_text, "activity_timeout": activity.as_secs() });
-        self.reply(wire::frame_json("pusher:connection_established", None, &established));
+        self.reply(established(&self.id_text, activity));
         debug!("connected");
 
-        let (mut sink, mut stream) = socket.split();
+        // The socket is not split: each select! branch future is dropped before its handler runs, so
+        // the read branch and the write handler can both borrow it (no BiLock, less memory per socket).
         let shutdown = self.front.shutdown.clone();
         let mut batch: Vec<Bytes> = Vec::new();
         let mut last_seen = Instant::now();
@@ -112,18 +124,22 @@ impl Session {
                     Drained::Frames => {
                         let mut failed = false;
                         for frame in batch.drain(..) {
-                            if sink.feed(text(frame)).await.is_err() {
+                            if socket.feed(text(frame)).await.is_err() {
                                 failed = true;
                                 break;
                             }
                         }
-                        if failed || sink.flush().await.is_err() {
+                        if failed || socket.flush().await.is_err() {
                             break None;
+                        }
+                        // A burst may have grown the batch; idle connections should not keep it.
+                        if batch.capacity() > 64 {
+                            batch = Vec::new();
                         }
                     }
                     Drained::Closed(reason) => break Some(codes::disconnect(reason)),
                 },
-                incoming = stream.next() => {
+                incoming = socket.recv() => {
                     last_seen = Instant::now();
                     awaiting_pong = false;
                     match incoming {
@@ -162,7 +178,7 @@ impl Session {
         };
         if let Some((code, reason)) = close_with {
             debug!(code, reason, "closing");
-            let _ = sink.send(close(code, reason)).await;
+            let _ = socket.send(close(code, reason)).await;
         }
         for change in self.hub.disconnect(self.id) {
             announce(&self.hub, &change, None);
