@@ -2,7 +2,7 @@
 //! machine can open more than 64k), subscribing, and reading deliveries.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -19,40 +19,72 @@ use crate::Target;
 /// One client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// Connections per loopback source address (the ephemeral port range holds ~28k).
-const PER_SOURCE: usize = 10_000;
+/// Connections per loopback source address.
+const PER_SOURCE: usize = 40_000;
+/// Local ports the bench assigns itself (explicitly: letting `bind(ip, 0)` search for a free port is
+/// slow once thousands of ports sit in TIME_WAIT, and its range is only the ~28k ephemeral ports).
+const PORTS: std::ops::Range<u32> = 10_000..65_000;
 /// How long a handshake or subscription may take before it counts as failed.
 const STEP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One local source address and the next port to try on it.
+struct Source {
+    ip: IpAddr,
+    next_port: AtomicU32,
+}
 
 /// Opens client connections to one target.
 pub struct Connector {
     target: Target,
-    sources: Vec<IpAddr>,
+    sources: Vec<Source>,
     next: AtomicUsize,
 }
 
 impl Connector {
     /// A connector that will open about `connections` sockets; on loopback it spreads them over
-    /// 127.0.0.1, 127.0.0.2, ... so each source address stays within its ephemeral port range.
+    /// 127.0.0.1, 127.0.0.2, ... so one machine can open more than one address's worth of ports.
     pub fn new(target: Target, connections: usize) -> Connector {
-        let sources = if target.addr.ip().is_loopback() {
+        // Start each run at a different port so the previous run's TIME_WAIT ports are not hit first.
+        let offset = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % PORTS.len() as u32;
+        let ips: Vec<IpAddr> = if target.addr.ip().is_loopback() {
             let n = connections.div_ceil(PER_SOURCE).clamp(1, 250);
             (0..n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))).collect()
         } else {
             vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
         };
+        let sources = ips.into_iter().map(|ip| Source { ip, next_port: AtomicU32::new(offset) }).collect();
         Connector { target, sources, next: AtomicUsize::new(0) }
+    }
+
+    /// A connected TCP stream from the next source address and a free port on it.
+    async fn tcp(&self) -> anyhow::Result<TcpStream> {
+        let mut last_error = None;
+        for _ in 0..64 {
+            let source = &self.sources[self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
+            let socket = TcpSocket::new_v4()?;
+            if source.ip.is_unspecified() {
+                return Ok(tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")??);
+            }
+            let port = PORTS.start + source.next_port.fetch_add(1, Ordering::Relaxed) % PORTS.len() as u32;
+            // SO_REUSEADDR: a port whose old connection is in TIME_WAIT may be bound again.
+            socket.set_reuseaddr(true)?;
+            if let Err(e) = socket.bind(SocketAddr::new(source.ip, port as u16)) {
+                last_error = Some(e);
+                continue;
+            }
+            match tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")? {
+                Ok(stream) => return Ok(stream),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable) => last_error = Some(e),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(anyhow!("no free local port: {last_error:?}"))
     }
 
     /// Opens one connection and waits for `pusher:connection_established`; returns the socket id.
     /// `query` is appended to the upgrade URL (the ceiling server reads its channel from it).
     pub async fn open(&self, query: &str) -> anyhow::Result<(Ws, String)> {
-        let source = self.sources[self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
-        let socket = TcpSocket::new_v4()?;
-        // Lets bind() pick ports still in TIME_WAIT from earlier runs instead of running out.
-        socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("bind {source}"))?;
-        let stream = tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")??;
+        let stream = self.tcp().await?;
         stream.set_nodelay(true)?;
         let url = format!(
             "ws://{}/app/{}?protocol=7&client=herald-bench&version=0.1{query}",
