@@ -51,6 +51,11 @@ pub async fn open_many(
     query: impl Fn(usize) -> String,
     quiet: bool,
 ) -> Opened {
+    if let Ok((soft, _)) = rlimit::getrlimit(rlimit::Resource::NOFILE) {
+        if n as u64 + 64 > soft {
+            eprintln!("warning: {n} connections need {n} file descriptors, but this process may open only {soft} (RLIMIT_NOFILE); the rest will fail");
+        }
+    }
     let pb = bar(n as u64, "connecting", quiet);
     let start = Instant::now();
     let mut results = futures_util::stream::iter(0..n)
