@@ -16,7 +16,9 @@ IDLE_CHANNELS=${IDLE_CHANNELS:-100}
 CONNECT_N=${CONNECT_N:-10000}    # connection storm size
 FANOUT_S=${FANOUT_S:-10000}      # subscribers
 FANOUT_C=${FANOUT_C:-10}         # channels (S/C subscribers per channel)
-FANOUT_R=${FANOUT_R:-100}        # publishes/s for the latency run (R * S/C deliveries/s)
+FANOUT_R=${FANOUT_R:-100}        # publishes/s for the burst run (R * S/C deliveries/s: 1000-subscriber bursts)
+SPREAD_C=${SPREAD_C:-100}        # the spread run: same deliveries/s as smaller bursts (S/SPREAD_C each)
+SPREAD_R=${SPREAD_R:-1000}
 DURATION=${DURATION:-10}         # seconds of publishing
 PAYLOAD=${PAYLOAD:-100}          # bytes of event data
 SERVERS=${SERVERS:-"herald sockudo"}
@@ -71,25 +73,31 @@ run() { # name result-stem scenario args...
 }
 
 fanout_latency=(-s "$FANOUT_S" -c "$FANOUT_C" -r "$FANOUT_R" -d "$DURATION" --payload "$PAYLOAD")
+fanout_spread=(-s "$FANOUT_S" -c "$SPREAD_C" -r "$SPREAD_R" -d "$DURATION" --payload "$PAYLOAD")
 fanout_max=(-s "$FANOUT_S" -c "$FANOUT_C" -r 0 -d "$DURATION" --payload "$PAYLOAD")
 
 for name in $SERVERS; do
   start "$name"; run "$name" idle idle -n "$IDLE_N" --channels "$IDLE_CHANNELS"; stop
   start "$name"; run "$name" connect connect -n "$CONNECT_N"; stop
   start "$name"; run "$name" fanout fanout "${fanout_latency[@]}"; stop
+  start "$name"; run "$name" fanout-spread fanout "${fanout_spread[@]}"; stop
   start "$name"; run "$name" fanout-max fanout "${fanout_max[@]}"; stop
 done
 echo "== ceiling"
 "$bench" -q --name ceiling --json "$out/fanout-ceiling.json" --plot "$out/fanout-ceiling.svg" ceiling "${fanout_latency[@]}"
+"$bench" -q --name ceiling --json "$out/fanout-spread-ceiling.json" --plot "$out/fanout-spread-ceiling.svg" ceiling "${fanout_spread[@]}"
 "$bench" -q --name ceiling --json "$out/fanout-max-ceiling.json" --plot "$out/fanout-max-ceiling.svg" ceiling "${fanout_max[@]}"
 
 {
   echo "# Herald vs peers — $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
   echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load generator on the same machine."
-  echo "Command: \`IDLE_N=$IDLE_N CONNECT_N=$CONNECT_N FANOUT_S=$FANOUT_S FANOUT_C=$FANOUT_C FANOUT_R=$FANOUT_R DURATION=$DURATION bash bench/compare.sh\`"
+  echo "Command: \`IDLE_N=$IDLE_N CONNECT_N=$CONNECT_N FANOUT_S=$FANOUT_S FANOUT_C=$FANOUT_C FANOUT_R=$FANOUT_R SPREAD_C=$SPREAD_C SPREAD_R=$SPREAD_R DURATION=$DURATION bash bench/compare.sh\`"
   echo
-  "$bench" table "$out"/idle-*.json "$out"/connect-*.json $(ls "$out"/fanout-*.json | grep -v fanout-max) "$out"/fanout-max-*.json
+  echo "Fan-out runs, in order: 1000-subscriber bursts at R/s; 100-subscriber bursts at the same deliveries/s;"
+  echo "as fast as the server accepts publishes. The ceiling runs in the bench process (publishing in-process, no HTTP)."
+  echo
+  "$bench" table "$out"/idle-*.json "$out"/connect-*.json $(ls "$out"/fanout-*.json | grep -v -e fanout-max -e fanout-spread) "$out"/fanout-spread-*.json "$out"/fanout-max-*.json
 } > "$out/README.md"
 cp "$out/README.md" "bench/results/latest.md"
 cat "$out/README.md"

@@ -110,7 +110,10 @@ impl Session {
 
         // The socket is not split: each select! branch future is dropped before its handler runs, so
         // the read branch and the write handler can both borrow it (no BiLock, less memory per socket).
+        // Created once: a fresh `cancelled()` per loop turn would re-register with the token every time.
         let shutdown = self.front.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
         let mut batch: Vec<Bytes> = Vec::new();
         let mut last_seen = Instant::now();
         let mut awaiting_pong = false;
@@ -119,7 +122,7 @@ impl Session {
 
         let close_with: Option<(u16, &str)> = loop {
             tokio::select! {
-                _ = shutdown.cancelled() => break Some(codes::disconnect(herald_core::Disconnect::Shutdown)),
+                _ = &mut cancelled => break Some(codes::disconnect(herald_core::Disconnect::Shutdown)),
                 drained = self.outbox.drain(&mut batch) => match drained {
                     Drained::Frames => {
                         let mut failed = false;
