@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 
 use crate::app::App;
+use crate::broker::{Broker, Remote, Topic};
 use crate::error::{ConnectError, SignInError, SubscribeError};
 use crate::ids::SocketId;
 use crate::outbox::{Disconnect, Outbox};
@@ -54,6 +55,17 @@ impl Engine {
     /// Every hub.
     pub fn hubs(&self) -> impl Iterator<Item = &Arc<Hub>> {
         self.by_id.values()
+    }
+
+    /// Connects every hub to other nodes through `broker`. Only the first call takes effect; returns
+    /// whether this one did.
+    pub fn attach(&self, broker: Arc<dyn Broker>) -> bool {
+        self.hubs().fold(true, |ok, hub| hub.broker.set(broker.clone()).is_ok() && ok)
+    }
+
+    /// The attached broker, if this node is part of a cluster.
+    pub fn broker(&self) -> Option<&Arc<dyn Broker>> {
+        self.hubs().next().and_then(|hub| hub.broker.get())
     }
 
     /// Asks every connection of every app to close for `reason`. Returns how many were asked.
@@ -158,6 +170,7 @@ pub struct Hub {
     users: DashMap<Arc<str>, Vec<(SocketId, Outbox)>>,
     retained: Mutex<Retained>,
     metrics: HubMetrics,
+    broker: OnceLock<Arc<dyn Broker>>,
 }
 
 impl Hub {
@@ -179,6 +192,7 @@ impl Hub {
             channels: DashMap::new(),
             users: DashMap::new(),
             metrics,
+            broker: OnceLock::new(),
         }
     }
 
@@ -216,10 +230,13 @@ impl Hub {
         self.connection_count.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connections.decrement(1.0);
         if let Some(user) = &conn.user {
-            self.users.remove_if_mut(user, |_, sockets| {
+            let gone = self.users.remove_if_mut(user, |_, sockets| {
                 sockets.retain(|(id, _)| *id != socket);
                 sockets.is_empty()
             });
+            if gone.is_some() {
+                self.interest_changed(Topic::User(user.clone()));
+            }
         }
         conn.channels.iter().filter_map(|channel| self.leave_channel(socket, channel)).collect()
     }
@@ -297,6 +314,9 @@ impl Hub {
         if let Some(mut conn) = self.connections.get_mut(&socket) {
             conn.channels.push(name.clone());
         }
+        if transitions.first() == Some(&Transition::Occupied) {
+            self.interest_changed(Topic::Channel(name.clone()));
+        }
         Ok(Subscribed { already: false, change: ChannelChange { channel: name, subscribers, transitions }, members })
     }
 
@@ -330,6 +350,7 @@ impl Hub {
         if subscribers == 0 && self.channels.remove_if(channel, |_, ch| ch.subscribers.is_empty()).is_some() {
             self.metrics.channels.decrement(1.0);
             transitions.push(Transition::Vacated);
+            self.interest_changed(Topic::Channel(name.clone()));
         }
         Some(ChannelChange { channel: name, subscribers, transitions })
     }
@@ -344,8 +365,22 @@ impl Hub {
         self.channels.get(channel).and_then(|ch| ch.subscribers.get(&socket).and_then(|s| s.user.clone()))
     }
 
-    /// Queues `frame` to every subscriber of `channel` except `except`. Returns how many got it.
+    /// Queues `frame` to every subscriber of `channel` except `except`, on this node and (through the
+    /// broker) on every other. Returns how many local subscribers got it.
     pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        self.broadcast(&Topic::Channel(Arc::from(channel)), Remote::Deliver { frame: frame.clone(), except, retain: false });
+        self.deliver(channel, frame, except)
+    }
+
+    /// Like [`Hub::publish`], and remembers `frame` as the channel's last event on every node (cache
+    /// channels replay it to new subscribers).
+    pub fn publish_retained(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        self.broadcast(&Topic::Channel(Arc::from(channel)), Remote::Deliver { frame: frame.clone(), except, retain: true });
+        self.retain(channel, frame.clone());
+        self.deliver(channel, frame, except)
+    }
+
+    fn deliver(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         let Some(ch) = self.channels.get(channel) else { return 0 };
         let mut delivered = 0;
         for (id, sub) in &ch.subscribers {
@@ -356,6 +391,48 @@ impl Hub {
         drop(ch);
         self.count_out(delivered, frame.len());
         delivered
+    }
+
+    fn broadcast(&self, topic: &Topic, message: Remote) {
+        if let Some(broker) = self.broker.get() {
+            broker.publish(&self.app.id, topic, message);
+        }
+    }
+
+    fn interest_changed(&self, topic: Topic) {
+        if let Some(broker) = self.broker.get() {
+            broker.interest_changed(&self.app.id, topic);
+        }
+    }
+
+    /// Applies a message another node published (called by the broker). Returns local deliveries.
+    pub fn receive(&self, topic: &Topic, message: Remote) -> usize {
+        match (topic, message) {
+            (Topic::Channel(channel), Remote::Deliver { frame, except, retain }) => {
+                if retain {
+                    self.retain(channel, frame.clone());
+                }
+                self.deliver(channel, &frame, except)
+            }
+            (Topic::User(user), Remote::Deliver { frame, except, .. }) => self.deliver_to_user(user, &frame, except),
+            (Topic::User(user), Remote::Terminate) => self.terminate_local(user),
+            (Topic::Channel(_), Remote::Terminate) => 0,
+        }
+    }
+
+    /// Whether this node has local subscribers (channel) or signed-in connections (user) for `topic`.
+    pub fn has_local(&self, topic: &Topic) -> bool {
+        match topic {
+            Topic::Channel(name) => self.channels.contains_key(&**name),
+            Topic::User(id) => self.users.contains_key(&**id),
+        }
+    }
+
+    /// Every topic this node has local interest in (a broker re-subscribes them after reconnecting).
+    pub fn local_topics(&self) -> Vec<Topic> {
+        let channels = self.channels.iter().map(|e| Topic::Channel(e.key().clone()));
+        let users = self.users.iter().map(|e| Topic::User(e.key().clone()));
+        channels.chain(users).collect()
     }
 
     fn count_out(&self, delivered: usize, len: usize) {
@@ -391,7 +468,14 @@ impl Hub {
             }
             conn.outbox.clone()
         };
-        self.users.entry(user).or_default().push((socket, outbox));
+        let first = {
+            let mut sockets = self.users.entry(user.clone()).or_default();
+            sockets.push((socket, outbox));
+            sockets.len() == 1
+        };
+        if first {
+            self.interest_changed(Topic::User(user));
+        }
         Ok(())
     }
 
@@ -400,8 +484,14 @@ impl Hub {
         self.connections.get(&socket).and_then(|c| c.user.clone())
     }
 
-    /// Queues `frame` to every connection signed in as `user_id` except `except`.
+    /// Queues `frame` to every connection signed in as `user_id` except `except`, on every node.
+    /// Returns how many local connections got it.
     pub fn publish_to_user(&self, user_id: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        self.broadcast(&Topic::User(Arc::from(user_id)), Remote::Deliver { frame: frame.clone(), except, retain: false });
+        self.deliver_to_user(user_id, frame, except)
+    }
+
+    fn deliver_to_user(&self, user_id: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         let Some(sockets) = self.users.get(user_id) else { return 0 };
         let mut delivered = 0;
         for (id, outbox) in sockets.iter() {
@@ -414,8 +504,14 @@ impl Hub {
         delivered
     }
 
-    /// Asks every connection signed in as `user_id` to close. Returns how many.
+    /// Asks every connection signed in as `user_id`, on every node, to close. Returns how many local
+    /// ones were asked.
     pub fn terminate_user(&self, user_id: &str) -> usize {
+        self.broadcast(&Topic::User(Arc::from(user_id)), Remote::Terminate);
+        self.terminate_local(user_id)
+    }
+
+    fn terminate_local(&self, user_id: &str) -> usize {
         let Some(sockets) = self.users.get(user_id) else { return 0 };
         sockets.iter().for_each(|(_, outbox)| outbox.close(Disconnect::Terminated));
         sockets.len()

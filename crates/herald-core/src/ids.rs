@@ -20,6 +20,16 @@ impl SocketId {
     pub fn random() -> Self {
         SocketId { hi: fastrand::u64(1..HALF_LIMIT), lo: fastrand::u64(1..HALF_LIMIT) }
     }
+
+    /// The two halves, for compact binary encodings (see [`SocketId::from_parts`]).
+    pub fn parts(self) -> (u64, u64) {
+        (self.hi, self.lo)
+    }
+
+    /// An id from the halves [`SocketId::parts`] returned.
+    pub fn from_parts(hi: u64, lo: u64) -> Self {
+        SocketId { hi, lo }
+    }
 }
 
 impl fmt::Display for SocketId {

@@ -10,9 +10,12 @@
 //! - subscriber and member counts are maintained, never computed by scanning;
 //! - presence is keyed by user id with a per-user connection count, so a user with several tabs is one
 //!   member, added on their first connection and removed on their last;
-//! - state changes that fronts turn into protocol events or webhooks are reported as [`Transition`]s.
+//! - state changes that fronts turn into protocol events or webhooks are reported as [`Transition`]s;
+//! - with a [`Broker`] attached, publications also reach the other nodes interested in them, and local
+//!   interest changes are reported to it.
 
 mod app;
+mod broker;
 mod error;
 mod hub;
 mod ids;
@@ -21,6 +24,7 @@ mod presence;
 mod retained;
 
 pub use app::{App, AppLimits};
+pub use broker::{Broker, Remote, Topic};
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use hub::{
     ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition,

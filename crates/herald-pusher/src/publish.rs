@@ -109,10 +109,11 @@ pub fn trigger(hub: &Hub, t: &Trigger<'_>) -> Result<usize, PublishError> {
             delivered += hub.publish_to_user(user, &frame, t.socket_id);
             continue;
         }
-        if ChannelKind::of(channel).cache {
-            hub.retain(channel, frame.clone());
-        }
-        delivered += hub.publish(channel, &frame, t.socket_id);
+        delivered += if ChannelKind::of(channel).cache {
+            hub.publish_retained(channel, &frame, t.socket_id)
+        } else {
+            hub.publish(channel, &frame, t.socket_id)
+        };
     }
     metrics::counter!("herald_publishes_total").increment(1);
     Ok(delivered)

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
 use herald_pusher::PusherConfig;
+use herald_redis::RedisConfig;
 use serde::Deserialize;
 
 /// Command-line flags; each also reads its `HERALD_*` environment variable. Flags win over env,
@@ -39,6 +40,35 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `herald_pusher=debug` [default: info].
     #[arg(long, env = "HERALD_LOG")]
     pub log: Option<String>,
+    /// Engine: `memory` (one node) or `redis` (nodes sharing a Redis) [default: memory].
+    #[arg(long, env = "HERALD_ENGINE", value_enum)]
+    pub engine: Option<EngineKind>,
+    /// Redis URL for the redis engine [default: redis://127.0.0.1:6379].
+    #[arg(long, env = "HERALD_REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of Herald's Redis channel names; deployments sharing a Redis need different ones
+    /// [default: herald].
+    #[arg(long, env = "HERALD_REDIS_PREFIX")]
+    pub redis_prefix: Option<String>,
+}
+
+/// Which engine carries publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    /// In-process only: one node.
+    Memory,
+    /// Nodes sharing one Redis behave as one server.
+    Redis,
+}
+
+/// The resolved engine settings.
+#[derive(Debug, Clone)]
+pub enum EngineConfig {
+    /// In-process only.
+    Memory,
+    /// Through Redis.
+    Redis(RedisConfig),
 }
 
 /// The config file. Every key is optional and documented in the README with its default.
@@ -53,6 +83,9 @@ pub struct FileConfig {
     max_connections: Option<usize>,
     max_request_body: Option<usize>,
     shutdown_grace: Option<u64>,
+    engine: Option<EngineKind>,
+    redis_url: Option<String>,
+    redis_prefix: Option<String>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -126,6 +159,8 @@ pub struct Config {
     pub pusher: PusherConfig,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace: Duration,
+    /// The engine.
+    pub engine: EngineConfig,
 }
 
 impl Config {
@@ -176,6 +211,17 @@ impl Config {
                 max_connections: file.max_connections.unwrap_or(defaults.max_connections),
             },
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
+            engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {
+                EngineKind::Memory => EngineConfig::Memory,
+                EngineKind::Redis => {
+                    let d = RedisConfig::default();
+                    let prefix = cli.redis_prefix.clone().or(file.redis_prefix).unwrap_or(d.prefix);
+                    if prefix.is_empty() || prefix.contains(':') {
+                        return Err(ConfigError::Invalid("redis_prefix must be non-empty and contain no ':'".into()));
+                    }
+                    EngineConfig::Redis(RedisConfig { url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url), prefix, ..d })
+                }
+            },
         })
     }
 }
@@ -249,6 +295,19 @@ mod tests {
         assert_eq!((app.id.as_str(), app.key.as_str(), app.secret.as_str()), ("app-id", "app-key", "app-secret"));
         assert!(app.enable_client_messages && app.enable_user_authentication);
         assert_eq!(c.pusher.activity_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn engine_from_file_and_flags() {
+        let c = Config::resolve(parse("engine = \"redis\"\nredis_prefix = \"blue\"\n"), &Cli::default()).unwrap();
+        match c.engine {
+            EngineConfig::Redis(r) => assert_eq!((r.url.as_str(), r.prefix.as_str()), ("redis://127.0.0.1:6379", "blue")),
+            EngineConfig::Memory => panic!("expected redis"),
+        }
+        let cli = Cli { engine: Some(EngineKind::Memory), ..Cli::default() };
+        assert!(matches!(Config::resolve(parse("engine = \"redis\"\n"), &cli).unwrap().engine, EngineConfig::Memory));
+        assert!(Config::resolve(parse("engine = \"redis\"\nredis_prefix = \"a:b\"\n"), &Cli::default()).is_err());
+        assert!(toml::from_str::<FileConfig>("engine = \"nats\"\n").is_err());
     }
 
     #[test]

@@ -16,11 +16,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herald_core::{App, Disconnect, Engine};
 use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
+use herald_redis::{RedisBroker, RedisBrokerError};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Cli, Config, ConfigError};
+pub use config::{Cli, Config, ConfigError, EngineConfig, EngineKind};
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.
 #[derive(Clone)]
@@ -41,9 +42,14 @@ impl Herald {
         Herald { pusher, shutdown, tasks }
     }
 
-    /// A Herald from a resolved [`Config`].
-    pub fn from_config(config: &Config) -> Herald {
-        Herald::new(config.apps.clone(), config.pusher.clone())
+    /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
+    /// URL fails here, at start-up).
+    pub async fn start(config: &Config) -> Result<Herald, RedisBrokerError> {
+        let herald = Herald::new(config.apps.clone(), config.pusher.clone());
+        if let EngineConfig::Redis(redis) = &config.engine {
+            RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
+        }
+        Ok(herald)
     }
 
     /// Every route: the Pusher protocol and API, plus `/up`, `/health` and `/metrics`.
@@ -107,6 +113,22 @@ impl Herald {
 async fn health(State(herald): State<Herald>) -> Json<serde_json::Value> {
     let engine = herald.pusher.engine();
     let connections: usize = engine.hubs().map(|h| h.connection_count()).sum();
-    let status = if herald.shutdown.is_cancelled() { "draining" } else { "ok" };
-    Json(serde_json::json!({ "status": status, "engine": "memory", "connections": connections }))
+    let broker = engine.broker();
+    let backend_up = broker.is_none_or(|b| b.healthy());
+    let status = if herald.shutdown.is_cancelled() {
+        "draining"
+    } else if !backend_up {
+        "degraded"
+    } else {
+        "ok"
+    };
+    let mut body = serde_json::json!({
+        "status": status,
+        "engine": broker.map_or("memory", |b| b.name()),
+        "connections": connections,
+    });
+    if broker.is_some() {
+        body["backend"] = serde_json::json!(if backend_up { "up" } else { "down" });
+    }
+    Json(body)
 }

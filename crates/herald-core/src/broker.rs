@@ -1,0 +1,56 @@
+//! The boundary to other nodes: a [`Broker`] carries publications between Herald nodes that share
+//! a backend (Redis), so one node's publish reaches subscribers on every node.
+//!
+//! Routing is interest-based: a hub tells its broker whenever its *local* interest in a topic may have
+//! changed (a channel's first subscriber arrived or its last left, a user's first connection signed in
+//! or their last left); the broker re-reads the current state with [`Hub::has_local`] and subscribes or
+//! unsubscribes on the backend. Re-reading instead of trusting a flag makes racing joins and leaves
+//! converge on the truth.
+//!
+//! Local subscribers are served directly by the publishing node; the broker only carries the message to
+//! the others (and drops its own echo), so a single node pays nothing for the cluster.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::ids::SocketId;
+
+/// What a cross-node message is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Topic {
+    /// Subscribers of a channel.
+    Channel(Arc<str>),
+    /// Connections signed in as a user.
+    User(Arc<str>),
+}
+
+/// What a cross-node message asks the receiving nodes to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Remote {
+    /// Queue `frame` to local subscribers of the topic, except `except`; `retain` also remembers it
+    /// as the channel's last event (cache channels).
+    Deliver {
+        /// The encoded frame, opaque to the engine.
+        frame: Bytes,
+        /// The connection that must not receive it (it may live on any node).
+        except: Option<SocketId>,
+        /// Remember the frame as the channel's last event.
+        retain: bool,
+    },
+    /// Close every local connection of the user (the topic is a [`Topic::User`]).
+    Terminate,
+}
+
+/// Carries [`Remote`] messages between nodes. Called on hot paths: implementations must not block
+/// (queue, and say in their docs what happens when the queue is full).
+pub trait Broker: Send + Sync + 'static {
+    /// Sends `message` about `topic` of app `app_id` to every other node interested in it.
+    fn publish(&self, app_id: &str, topic: &Topic, message: Remote);
+    /// Local interest of app `app_id` in `topic` may have changed.
+    fn interest_changed(&self, app_id: &str, topic: Topic);
+    /// Whether the backend is reachable now (for health checks).
+    fn healthy(&self) -> bool;
+    /// The backend's name, e.g. `redis`.
+    fn name(&self) -> &'static str;
+}

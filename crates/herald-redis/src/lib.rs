@@ -1,0 +1,344 @@
+//! Herald's Redis broker: several Herald nodes sharing one Redis behave as one server.
+//!
+//! Routing is interest-based. A node SUBSCRIBEs to a Redis channel per Herald channel (and per signed-in
+//! user) only while it has local subscribers for it, and UNSUBSCRIBEs when the last one leaves, so a
+//! node never receives traffic for channels nobody on it listens to. A publish is delivered to local
+//! subscribers directly and PUBLISHed once; every other interested node delivers it to its own
+//! subscribers (honouring the `socket_id` exclusion, which may name a connection on any node). The
+//! sender drops its own echo.
+//!
+//! Redis channel names are `{prefix}:{app id}:c:{channel}` and `{prefix}:{app id}:u:{user id}`, so
+//! deployments with different prefixes can share one Redis without seeing each other.
+//!
+//! Failure behaviour: publishes are queued (bounded, [`RedisConfig::publish_queue`]) to one publisher
+//! task that pipelines them; when the queue is full or Redis is unreachable they are dropped for the
+//! other nodes and counted (`herald_redis_publish_dropped_total`), while local delivery carries on. The
+//! subscriber connection reconnects with backoff and re-subscribes every topic with local interest.
+//! [`RedisBroker::healthy`] (and so `/up`) reports the outage.
+//!
+//! Not here yet (see the cluster issue): cluster-wide presence and counts, node leases and the reaper,
+//! sharded pub/sub for Redis Cluster.
+
+mod envelope;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use herald_core::{Broker, Engine, Remote, Topic};
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, PubSubSink};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://host:port[/db]`.
+    pub url: String,
+    /// Prefix of every Redis channel name; deployments sharing a Redis use different prefixes.
+    pub prefix: String,
+    /// Publications queued for Redis before new ones are dropped (counted).
+    pub publish_queue: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into(), publish_queue: 65_536 }
+    }
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedisBrokerError {
+    /// The URL is not a Redis URL.
+    #[error("invalid redis url {url:?}: {source}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// The parse error.
+        source: redis::RedisError,
+    },
+    /// Redis did not answer at start-up.
+    #[error("cannot reach redis at {url}: {source}")]
+    Connect {
+        /// The URL given.
+        url: String,
+        /// The connection error.
+        source: redis::RedisError,
+    },
+}
+
+/// Counters of what crossed Redis, for metrics and tests.
+#[derive(Debug, Default)]
+pub struct RedisStats {
+    /// Messages PUBLISHed.
+    pub published: AtomicU64,
+    /// Messages not sent to other nodes (queue full or Redis unreachable).
+    pub dropped: AtomicU64,
+    /// Messages received from Redis (own echoes included).
+    pub received: AtomicU64,
+    /// Received messages for topics this node had no local interest in (interest routing keeps it 0
+    /// apart from races with a leave).
+    pub unwanted: AtomicU64,
+    /// This node's own publishes echoed back.
+    pub echoes: AtomicU64,
+}
+
+/// The Redis broker of one node.
+pub struct RedisBroker {
+    node: u128,
+    prefix: String,
+    outgoing: mpsc::Sender<(String, Bytes)>,
+    dirty: Mutex<HashSet<(Arc<str>, Topic)>>,
+    dirty_notify: Notify,
+    subscriber_up: AtomicBool,
+    publisher_up: AtomicBool,
+    subscriptions: AtomicUsize,
+    stats: RedisStats,
+}
+
+impl RedisBroker {
+    /// Connects to Redis, attaches the broker to `engine`, and starts its publisher and subscriber
+    /// tasks (tracked by `tasks`, stopped by `shutdown`). Fails if Redis is unreachable at start-up.
+    pub async fn start(
+        config: RedisConfig,
+        engine: &Arc<Engine>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Result<Arc<RedisBroker>, RedisBrokerError> {
+        let url = config.url.clone();
+        let client = redis::Client::open(config.url.as_str()).map_err(|source| RedisBrokerError::Url { url: url.clone(), source })?;
+        let publisher = ConnectionManager::new(client.clone()).await.map_err(|source| RedisBrokerError::Connect { url: url.clone(), source })?;
+        let (outgoing, queued) = mpsc::channel(config.publish_queue.max(1));
+        let broker = Arc::new(RedisBroker {
+            node: (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
+            prefix: config.prefix,
+            outgoing,
+            dirty: Mutex::new(HashSet::new()),
+            dirty_notify: Notify::new(),
+            subscriber_up: AtomicBool::new(false),
+            publisher_up: AtomicBool::new(true),
+            subscriptions: AtomicUsize::new(0),
+            stats: RedisStats::default(),
+        });
+        engine.attach(broker.clone());
+        tasks.spawn(publish_loop(publisher, queued, broker.clone(), shutdown.clone()));
+        tasks.spawn(subscribe_loop(client, Arc::downgrade(engine), broker.clone(), shutdown));
+        info!(%url, prefix = %broker.prefix, "redis broker started");
+        Ok(broker)
+    }
+
+    /// What crossed Redis so far.
+    pub fn stats(&self) -> &RedisStats {
+        &self.stats
+    }
+
+    /// Redis channels this node is subscribed to now.
+    pub fn subscriptions(&self) -> usize {
+        self.subscriptions.load(Ordering::Acquire)
+    }
+
+    fn key(&self, app: &str, topic: &Topic) -> String {
+        match topic {
+            Topic::Channel(c) => format!("{}:{app}:c:{c}", self.prefix),
+            Topic::User(u) => format!("{}:{app}:u:{u}", self.prefix),
+        }
+    }
+
+    fn set_subscriber_up(&self, up: bool) {
+        self.subscriber_up.store(up, Ordering::Release);
+        metrics::gauge!("herald_redis_connected").set(if self.healthy() { 1.0 } else { 0.0 });
+    }
+
+    /// Brings Redis subscriptions in line with local interest for every topic marked dirty.
+    async fn sync(&self, engine: &Engine, sink: &mut PubSubSink, subscribed: &mut HashMap<String, (Arc<str>, Topic)>) -> redis::RedisResult<()> {
+        let dirty: Vec<(Arc<str>, Topic)> = std::mem::take(&mut *self.dirty.lock()).into_iter().collect();
+        let (mut add, mut remove) = (Vec::new(), Vec::new());
+        for (app, topic) in dirty {
+            let wanted = engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
+            let key = self.key(&app, &topic);
+            match (wanted, subscribed.contains_key(&key)) {
+                (true, false) => {
+                    subscribed.insert(key.clone(), (app, topic));
+                    add.push(key);
+                }
+                (false, true) => {
+                    subscribed.remove(&key);
+                    remove.push(key);
+                }
+                _ => {}
+            }
+        }
+        for chunk in add.chunks(512) {
+            sink.subscribe(chunk).await?;
+        }
+        for chunk in remove.chunks(512) {
+            sink.unsubscribe(chunk).await?;
+        }
+        self.subscriptions.store(subscribed.len(), Ordering::Release);
+        if !add.is_empty() || !remove.is_empty() {
+            debug!(added = add.len(), removed = remove.len(), total = subscribed.len(), "redis subscriptions");
+        }
+        Ok(())
+    }
+
+    /// Delivers one message from Redis to local subscribers.
+    fn handle(&self, engine: &Engine, subscribed: &HashMap<String, (Arc<str>, Topic)>, name: &str, payload: Bytes) {
+        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("herald_redis_received_total").increment(1);
+        let Some((app, topic)) = subscribed.get(name) else {
+            self.stats.unwanted.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("herald_redis_received_unwanted_total").increment(1);
+            return;
+        };
+        let Some((node, message)) = envelope::decode(payload) else {
+            warn!(channel = name, "ignoring a message that is not a herald envelope");
+            return;
+        };
+        if node == self.node {
+            self.stats.echoes.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if let Some(hub) = engine.by_id(app) {
+            if !hub.has_local(topic) {
+                self.stats.unwanted.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("herald_redis_received_unwanted_total").increment(1);
+            }
+            hub.receive(topic, message);
+        }
+    }
+}
+
+impl Broker for RedisBroker {
+    /// Queues the message for Redis. Policy when the queue is full: drop it for the other nodes and
+    /// count it (local subscribers were already served).
+    fn publish(&self, app_id: &str, topic: &Topic, message: Remote) {
+        let payload = envelope::encode(self.node, &message);
+        if self.outgoing.try_send((self.key(app_id, topic), payload)).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("herald_redis_publish_dropped_total").increment(1);
+        }
+    }
+
+    fn interest_changed(&self, app_id: &str, topic: Topic) {
+        self.dirty.lock().insert((Arc::from(app_id), topic));
+        self.dirty_notify.notify_one();
+    }
+
+    fn healthy(&self) -> bool {
+        self.subscriber_up.load(Ordering::Acquire) && self.publisher_up.load(Ordering::Acquire)
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}
+
+/// Sends queued publications, pipelined in batches.
+async fn publish_loop(mut conn: ConnectionManager, mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = queued.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let mut pipe = redis::pipe();
+        for (channel, payload) in batch.drain(..) {
+            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
+        }
+        match pipe.query_async::<()>(&mut conn).await {
+            Ok(()) => {
+                broker.stats.published.fetch_add(n as u64, Ordering::Relaxed);
+                metrics::counter!("herald_redis_published_total").increment(n as u64);
+                if !broker.publisher_up.swap(true, Ordering::AcqRel) {
+                    info!("redis publishing recovered");
+                }
+            }
+            Err(e) => {
+                broker.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
+                metrics::counter!("herald_redis_publish_dropped_total").increment(n as u64);
+                if broker.publisher_up.swap(false, Ordering::AcqRel) {
+                    warn!(error = %e, "redis publish failed; other nodes miss messages until it is back");
+                }
+            }
+        }
+        metrics::gauge!("herald_redis_connected").set(if broker.healthy() { 1.0 } else { 0.0 });
+    }
+}
+
+/// Holds the subscriber connection: (re)connects with backoff, re-subscribes local interest, applies
+/// interest changes, and delivers incoming messages.
+async fn subscribe_loop(client: redis::Client, engine: Weak<Engine>, broker: Arc<RedisBroker>, shutdown: CancellationToken) {
+    const MIN_BACKOFF: Duration = Duration::from_millis(100);
+    const MAX_BACKOFF: Duration = Duration::from_secs(5);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            c = client.get_async_pubsub() => c,
+        };
+        let pubsub = match connected {
+            Ok(p) => p,
+            Err(e) => {
+                broker.set_subscriber_up(false);
+                debug!(error = %e, ?backoff, "redis subscriber connect failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                continue;
+            }
+        };
+        backoff = MIN_BACKOFF;
+        let Some(engine) = engine.upgrade() else { return };
+        let (mut sink, mut stream) = pubsub.split();
+        let mut subscribed = HashMap::new();
+        // A new connection has no subscriptions: re-assert everything this node listens to.
+        {
+            let mut dirty = broker.dirty.lock();
+            for hub in engine.hubs() {
+                let app: Arc<str> = Arc::from(hub.app().id.as_str());
+                dirty.extend(hub.local_topics().into_iter().map(|t| (app.clone(), t)));
+            }
+        }
+        let lost = match broker.sync(&engine, &mut sink, &mut subscribed).await {
+            Err(e) => Some(e.to_string()),
+            Ok(()) => {
+                broker.set_subscriber_up(true);
+                info!(subscriptions = subscribed.len(), "redis subscriber connected");
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        msg = stream.next() => match msg {
+                            Some(msg) => {
+                                let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+                                broker.handle(&engine, &subscribed, msg.get_channel_name(), payload);
+                            }
+                            None => break Some("connection closed".to_string()),
+                        },
+                        _ = broker.dirty_notify.notified() => {
+                            if let Err(e) = broker.sync(&engine, &mut sink, &mut subscribed).await {
+                                break Some(e.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        broker.set_subscriber_up(false);
+        broker.subscriptions.store(0, Ordering::Release);
+        warn!(reason = lost.as_deref().unwrap_or(""), "redis subscriber connection lost; reconnecting");
+        drop(engine);
+    }
+}
