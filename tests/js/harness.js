@@ -97,6 +97,34 @@ export async function startHerald(extraArgs = []) {
   };
 }
 
+/** A `redis-server` of the test's own on a free port (no persistence). */
+export async function startRedis() {
+  const port = await freePort();
+  const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const exited = new Promise((resolve) => proc.on('exit', resolve));
+  for (let i = 0; i < 100; i++) {
+    const up = await new Promise((resolve) => {
+      const s = net.connect(port, '127.0.0.1', () => {
+        s.end();
+        resolve(true);
+      });
+      s.on('error', () => resolve(false));
+    });
+    if (up) break;
+    await sleep(50);
+  }
+  return {
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      if (proc.exitCode === null) proc.kill('SIGKILL');
+      await exited;
+    },
+  };
+}
+
 /** A `pusher` SDK client for one app of the running herald. */
 export function sdk(herald, app = APPS.main, extra = {}) {
   return new PusherServer({

@@ -1,0 +1,106 @@
+// Two Herald nodes sharing one Redis (--engine redis): pusher-js clients on both, the HTTP API on
+// either. What must hold: a publish reaches every subscriber on every node exactly once, socket_id
+// exclusion works across nodes, client events and per-user delivery cross nodes.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, startRedis, subscribe } from './harness.js';
+
+let redis, node1, node2, backend1, backend2, api1, api2;
+before(async () => {
+  redis = await startRedis();
+  const args = ['--engine', 'redis', '--redis-url', redis.url, '--redis-prefix', 'jstest'];
+  [node1, node2] = await Promise.all([startHerald(args), startHerald(args)]);
+  [backend1, backend2] = await Promise.all([startBackend(node1), startBackend(node2)]);
+  [api1, api2] = [sdk(node1), sdk(node2)];
+});
+after(async () => {
+  disconnectAll();
+  await Promise.all([backend1.close(), backend2.close()]);
+  await Promise.all([node1.stop(), node2.stop()]);
+  await redis.stop();
+});
+
+/** Publishes until `received` resolves (a node's Redis SUBSCRIBE completes just after the client's). */
+async function eventually(publish, received, tries = 20) {
+  for (let i = 0; i < tries; i++) {
+    await publish();
+    const got = await Promise.race([received, sleep(150).then(() => undefined)]);
+    if (got !== undefined) return got;
+  }
+  throw new Error('never delivered');
+}
+
+test('health reports the redis engine', async () => {
+  const up = await (await fetch(`http://127.0.0.1:${node1.port}/up`)).json();
+  assert.equal(up.engine, 'redis');
+  assert.equal(up.backend, 'up');
+  assert.equal(up.status, 'ok');
+});
+
+test('a publish on one node reaches subscribers on both, once each', async () => {
+  const a = await connect(node1, backend1, 'a');
+  const b = await connect(node2, backend2, 'b');
+  const [chA, chB] = await Promise.all([subscribe(a, 'scores'), subscribe(b, 'scores')]);
+  const seenA = collect(chA, 'goal');
+  const seenB = collect(chB, 'goal');
+  // Published through node 2: a (node 1) gets it via Redis, b (node 2) directly.
+  await eventually(() => api2.trigger('scores', 'goal', { n: 0 }), new Promise((r) => chA.bind('goal', r)));
+  seenA.length = 0;
+  seenB.length = 0;
+  await api2.trigger('scores', 'goal', { n: 1 });
+  await api1.trigger('scores', 'goal', { n: 2 });
+  await sleep(300);
+  assert.deepEqual(seenA, [{ n: 1 }, { n: 2 }]);
+  assert.deepEqual(seenB, [{ n: 1 }, { n: 2 }]);
+});
+
+test('cross-device sync across nodes: socket_id exclusion names a connection on another node', async () => {
+  const A = await connect(node1, backend1, 'u-x'); // the device that made the change
+  const B = await connect(node2, backend2, 'u-x');
+  const C = await connect(node1, backend1, 'u-x');
+  const chans = await Promise.all([A, B, C].map((d) => subscribe(d, 'private-user.u-x')));
+  const gotA = collect(chans[0], 'progress');
+  await eventually(
+    () => api2.trigger('private-user.u-x', 'warmup', {}),
+    new Promise((r) => chans[0].bind('warmup', r)),
+  );
+  const toB = next(chans[1], 'progress');
+  const toC = next(chans[2], 'progress');
+  await api2.trigger('private-user.u-x', 'progress', { position: 42 }, { socket_id: A.connection.socket_id });
+  assert.deepEqual(await toB, { position: 42 });
+  assert.deepEqual(await toC, { position: 42 });
+  await sleep(200);
+  assert.equal(gotA.length, 0);
+});
+
+test('client events (whisper) cross nodes and are not echoed', async () => {
+  const alice = await connect(node1, backend1, 'alice');
+  const bob = await connect(node2, backend2, 'bob');
+  const [ra, rb] = await Promise.all([subscribe(alice, 'private-xr-room'), subscribe(bob, 'private-xr-room')]);
+  const echoed = collect(ra, 'client-pose');
+  const got = await eventually(async () => ra.trigger('client-pose', { x: 1 }), next(rb, 'client-pose', 4000));
+  assert.deepEqual(got, { x: 1 });
+  await sleep(200);
+  assert.equal(echoed.length, 0);
+});
+
+test('per-user delivery and termination cross nodes', async () => {
+  async function device(node, backend) {
+    const p = await connect(node, backend, 'u-roam');
+    p.signin();
+    await p.user.signinDonePromise;
+    for (let i = 0; i < 50 && !p.user.serverToUserChannel?.subscribed; i++) await sleep(20);
+    return p;
+  }
+  const phone = await device(node1, backend1);
+  const tv = await device(node2, backend2);
+  const onPhone = new Promise((r) => phone.user.bind('hello', r));
+  const onTv = next(tv.user, 'hello', 4000);
+  assert.deepEqual(await eventually(() => api2.sendToUser('u-roam', 'hello', { hi: 1 }), onPhone), { hi: 1 });
+  assert.deepEqual(await onTv, { hi: 1 });
+
+  const closed = next(phone.connection, 'error', 4000);
+  await api2.terminateUserConnections('u-roam');
+  const e = await closed;
+  assert.equal((e.error ?? e).data?.code ?? e.data?.code, 4009);
+});
