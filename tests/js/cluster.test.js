@@ -43,9 +43,8 @@ test('a publish on one node reaches subscribers on both, once each', async () =>
   const [chA, chB] = await Promise.all([subscribe(a, 'scores'), subscribe(b, 'scores')]);
   const seenA = collect(chA, 'goal');
   const seenB = collect(chB, 'goal');
-  // Wait until node 1's Redis subscription is live (a warm-up event of another name).
-  await eventually(() => api2.trigger('scores', 'warmup', {}), new Promise((r) => chA.bind('warmup', r)));
-  // Published through node 2: a (node 1) gets it via Redis, b (node 2) directly; through node 1, the
+  // No warm-up: once subscription_succeeded arrived, the node already receives the channel from the
+  // others. Published through node 2: a (node 1) gets it via Redis, b (node 2) directly; through node 1, the
   // other way round.
   await api2.trigger('scores', 'goal', { n: 1 });
   await api1.trigger('scores', 'goal', { n: 2 });
@@ -60,10 +59,6 @@ test('cross-device sync across nodes: socket_id exclusion names a connection on 
   const C = await connect(node1, backend1, 'u-x');
   const chans = await Promise.all([A, B, C].map((d) => subscribe(d, 'private-user.u-x')));
   const gotA = collect(chans[0], 'progress');
-  await eventually(
-    () => api2.trigger('private-user.u-x', 'warmup', {}),
-    new Promise((r) => chans[0].bind('warmup', r)),
-  );
   const toB = next(chans[1], 'progress');
   const toC = next(chans[2], 'progress');
   await api2.trigger('private-user.u-x', 'progress', { position: 42 }, { socket_id: A.connection.socket_id });
@@ -78,7 +73,9 @@ test('client events (whisper) cross nodes and are not echoed', async () => {
   const bob = await connect(node2, backend2, 'bob');
   const [ra, rb] = await Promise.all([subscribe(alice, 'private-xr-room'), subscribe(bob, 'private-xr-room')]);
   const echoed = collect(ra, 'client-pose');
-  const got = await eventually(async () => ra.trigger('client-pose', { x: 1 }), next(rb, 'client-pose', 4000));
+  const pose = next(rb, 'client-pose');
+  ra.trigger('client-pose', { x: 1 });
+  const got = await pose;
   assert.deepEqual(got, { x: 1 });
   await sleep(200);
   assert.equal(echoed.length, 0);

@@ -49,6 +49,13 @@ pub trait Broker: Send + Sync + 'static {
     fn publish(&self, app_id: &str, topic: &Topic, message: Remote);
     /// Local interest of app `app_id` in `topic` may have changed.
     fn interest_changed(&self, app_id: &str, topic: Topic);
+    /// Makes this node receive `topic` from other nodes *before* a first local subscriber is added, so
+    /// nothing published elsewhere after the subscriber is confirmed can be missed. Returns a receiver
+    /// that resolves once the backend subscription is live, or `None` if it already is. Every call must
+    /// be paired with [`Broker::release`].
+    fn prepare(&self, app_id: &str, topic: &Topic) -> Option<tokio::sync::oneshot::Receiver<()>>;
+    /// Ends a [`Broker::prepare`]: from now on local interest alone decides.
+    fn release(&self, app_id: &str, topic: &Topic);
     /// Whether the backend is reachable now (for health checks).
     fn healthy(&self) -> bool;
     /// The backend's name, e.g. `redis`.

@@ -405,6 +405,24 @@ impl Hub {
         }
     }
 
+    /// Before a connection subscribes to `channel`: if this node is in a cluster and has no local
+    /// subscriber yet, starts receiving the channel from other nodes and returns a receiver that
+    /// resolves when that is live. Pair with [`Hub::release_channel`] after subscribing.
+    pub fn prepare_channel(&self, channel: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let broker = self.broker.get()?;
+        if self.channels.contains_key(channel) {
+            return None;
+        }
+        broker.prepare(&self.app.id, &Topic::Channel(Arc::from(channel)))
+    }
+
+    /// Ends [`Hub::prepare_channel`].
+    pub fn release_channel(&self, channel: &str) {
+        if let Some(broker) = self.broker.get() {
+            broker.release(&self.app.id, &Topic::Channel(Arc::from(channel)));
+        }
+    }
+
     /// Applies a message another node published (called by the broker). Returns local deliveries.
     pub fn receive(&self, topic: &Topic, message: Remote) -> usize {
         match (topic, message) {

@@ -63,6 +63,15 @@ impl RateLimit {
     }
 }
 
+/// How long a subscribe waits for the cluster to route its channel here before going ahead anyway.
+const CLUSTER_SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+
+/// A subscribe waiting for the cluster (see [`Session::subscribe_when_ready`]).
+struct PendingSubscribe {
+    data: SubscribeData,
+    ready: tokio::sync::oneshot::Receiver<()>,
+}
+
 /// A registered connection, ready to be served.
 pub(crate) struct Session {
     front: Arc<Pusher>,
@@ -146,7 +155,12 @@ impl Session {
                     last_seen = Instant::now();
                     awaiting_pong = false;
                     match incoming {
-                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()),
+                        Some(Ok(Message::Text(t))) => {
+                            if let Some(pending) = self.handle(t.as_str()) {
+                                // Boxed: the wait is rare and short; the session future stays small.
+                                Box::pin(self.subscribe_when_ready(pending)).await;
+                            }
+                        }
                         Some(Ok(Message::Binary(_))) => self.error(codes::GENERIC_ERROR, "binary frames are not supported", "binary"),
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                         Some(Ok(Message::Close(_))) | None => break None,
@@ -207,18 +221,39 @@ impl Session {
         self.reply(wire::frame("pusher:subscription_error", Some(channel), Data::Raw(&raw), None));
     }
 
-    fn handle(&mut self, text: &str) {
+    /// Waits (bounded) until this node receives the channel from other nodes, then subscribes, so a
+    /// confirmed subscriber misses nothing published anywhere in the cluster.
+    async fn subscribe_when_ready(&mut self, pending: PendingSubscribe) {
+        if tokio::time::timeout(CLUSTER_SUBSCRIBE_WAIT, pending.ready).await.is_err() {
+            metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
+        }
+        let channel = pending.data.channel.clone();
+        self.subscribe(pending.data);
+        self.hub.release_channel(&channel);
+    }
+
+    /// Handles one client frame. Returns a subscribe that must wait for the cluster first.
+    fn handle(&mut self, text: &str) -> Option<PendingSubscribe> {
         metrics::counter!("herald_messages_in_total").increment(1);
         metrics::counter!("herald_bytes_in_total").increment(text.len() as u64);
         let msg = match Incoming::parse(text) {
             Ok(msg) => msg,
-            Err(_) => return self.error(codes::GENERIC_ERROR, "Invalid JSON: expected {\"event\":..., \"data\":...}", "invalid_json"),
+            Err(_) => {
+                self.error(codes::GENERIC_ERROR, "Invalid JSON: expected {\"event\":..., \"data\":...}", "invalid_json");
+                return None;
+            }
         };
         match msg.event.as_str() {
             "pusher:ping" => self.reply(wire::frame_json("pusher:pong", None, &serde_json::json!({}))),
             "pusher:pong" => {}
             "pusher:subscribe" => match msg.data_as::<SubscribeData>() {
-                Some(data) => self.subscribe(data),
+                Some(data) => {
+                    let clustered = is_valid_name(&data.channel) && ChannelKind::of(&data.channel).access != Access::User;
+                    match clustered.then(|| self.hub.prepare_channel(&data.channel)).flatten() {
+                        Some(ready) => return Some(PendingSubscribe { data, ready }),
+                        None => self.subscribe(data),
+                    }
+                }
                 None => self.error(codes::GENERIC_ERROR, "pusher:subscribe needs data.channel", "invalid_data"),
             },
             "pusher:unsubscribe" => match msg.data_as::<UnsubscribeData>() {
@@ -236,6 +271,7 @@ impl Session {
             event if event.starts_with("client-") => self.client_event(&msg),
             _ => self.error(codes::GENERIC_ERROR, "Unknown event", "unknown_event"),
         }
+        None
     }
 
     fn subscribe(&mut self, data: SubscribeData) {

@@ -31,7 +31,7 @@ use futures_util::StreamExt;
 use herald_core::{Broker, Engine, Remote, Topic};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
@@ -91,6 +91,12 @@ pub struct RedisStats {
     pub echoes: AtomicU64,
 }
 
+#[derive(Default)]
+struct Live {
+    keys: HashSet<String>,
+    waiting: HashMap<String, Vec<oneshot::Sender<()>>>,
+}
+
 /// The Redis broker of one node.
 pub struct RedisBroker {
     node: u128,
@@ -98,6 +104,10 @@ pub struct RedisBroker {
     outgoing: mpsc::Sender<(String, Bytes)>,
     dirty: Mutex<HashSet<(Arc<str>, Topic)>>,
     dirty_notify: Notify,
+    /// Topics prepared for a first local subscriber (count of pending subscribes per Redis key).
+    prepared: Mutex<HashMap<String, usize>>,
+    /// Redis keys whose subscription is live, and who waits for one.
+    live: Mutex<Live>,
     subscriber_up: AtomicBool,
     publisher_up: AtomicBool,
     subscriptions: AtomicUsize,
@@ -123,6 +133,8 @@ impl RedisBroker {
             outgoing,
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
+            prepared: Mutex::new(HashMap::new()),
+            live: Mutex::new(Live::default()),
             subscriber_up: AtomicBool::new(false),
             publisher_up: AtomicBool::new(true),
             subscriptions: AtomicUsize::new(0),
@@ -162,8 +174,8 @@ impl RedisBroker {
         let dirty: Vec<(Arc<str>, Topic)> = std::mem::take(&mut *self.dirty.lock()).into_iter().collect();
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for (app, topic) in dirty {
-            let wanted = engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
             let key = self.key(&app, &topic);
+            let wanted = self.prepared.lock().contains_key(&key) || engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
             match (wanted, subscribed.contains_key(&key)) {
                 (true, false) => {
                     subscribed.insert(key.clone(), (app, topic));
@@ -178,8 +190,21 @@ impl RedisBroker {
         }
         for chunk in add.chunks(512) {
             sink.subscribe(chunk).await?;
+            let mut live = self.live.lock();
+            for key in chunk {
+                live.keys.insert(key.clone());
+                for waiter in live.waiting.remove(key).unwrap_or_default() {
+                    let _ = waiter.send(());
+                }
+            }
         }
         for chunk in remove.chunks(512) {
+            {
+                let mut live = self.live.lock();
+                chunk.iter().for_each(|key| {
+                    live.keys.remove(key);
+                });
+            }
             sink.unsubscribe(chunk).await?;
         }
         self.subscriptions.store(subscribed.len(), Ordering::Release);
@@ -230,6 +255,47 @@ impl Broker for RedisBroker {
     fn interest_changed(&self, app_id: &str, topic: Topic) {
         self.dirty.lock().insert((Arc::from(app_id), topic));
         self.dirty_notify.notify_one();
+    }
+
+    fn prepare(&self, app_id: &str, topic: &Topic) -> Option<oneshot::Receiver<()>> {
+        let key = self.key(app_id, topic);
+        *self.prepared.lock().entry(key.clone()).or_default() += 1;
+        let waiting = {
+            let mut live = self.live.lock();
+            if live.keys.contains(&key) {
+                None
+            } else {
+                let (tx, rx) = oneshot::channel();
+                live.waiting.entry(key).or_default().push(tx);
+                Some(rx)
+            }
+        };
+        self.interest_changed(app_id, topic.clone());
+        waiting
+    }
+
+    fn release(&self, app_id: &str, topic: &Topic) {
+        let key = self.key(app_id, topic);
+        {
+            let mut prepared = self.prepared.lock();
+            if let Some(n) = prepared.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    prepared.remove(&key);
+                }
+            }
+        }
+        {
+            // Waiters that gave up (timed out) leave closed senders behind; drop them.
+            let mut live = self.live.lock();
+            if let Some(w) = live.waiting.get_mut(&key) {
+                w.retain(|tx| !tx.is_closed());
+                if w.is_empty() {
+                    live.waiting.remove(&key);
+                }
+            }
+        }
+        self.interest_changed(app_id, topic.clone());
     }
 
     fn healthy(&self) -> bool {
@@ -338,6 +404,7 @@ async fn subscribe_loop(client: redis::Client, engine: Weak<Engine>, broker: Arc
         };
         broker.set_subscriber_up(false);
         broker.subscriptions.store(0, Ordering::Release);
+        broker.live.lock().keys.clear();
         warn!(reason = lost.as_deref().unwrap_or(""), "redis subscriber connection lost; reconnecting");
         drop(engine);
     }

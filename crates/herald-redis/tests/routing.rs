@@ -245,3 +245,26 @@ async fn redis_restart_is_survived_without_restarting_nodes() {
     assert_eq!(got, Some(after));
     redis.stop().await;
 }
+
+#[tokio::test]
+async fn a_confirmed_first_subscriber_misses_nothing_published_elsewhere() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, "t6").await;
+    let b = Node::start(&redis, "t6").await;
+    for round in 0..5 {
+        let channel = format!("fresh-{round}");
+        // What the session does on subscribe: prepare, wait, subscribe, release.
+        let ready = b.hub().prepare_channel(&channel).expect("no local subscriber yet: must wait");
+        tokio::time::timeout(Duration::from_secs(2), ready).await.unwrap().unwrap();
+        let (id, outbox) = b.hub().connect().unwrap();
+        b.hub().subscribe(id, &channel, None).unwrap();
+        b.hub().release_channel(&channel);
+        // Published on A right after the subscriber was confirmed on B: it must arrive.
+        let frame = Bytes::from(format!("{{\"round\":{round}}}"));
+        a.hub().publish(&channel, &frame, None);
+        assert_eq!(next(&outbox, 1000).await.as_ref(), Some(&frame), "round {round}");
+        // A second subscriber on the same node does not wait.
+        assert!(b.hub().prepare_channel(&channel).is_none());
+    }
+    redis.stop().await;
+}
