@@ -38,6 +38,7 @@ pub struct Connector {
     target: Target,
     sources: Vec<Source>,
     next: AtomicUsize,
+    next_server: AtomicUsize,
 }
 
 impl Connector {
@@ -53,17 +54,17 @@ impl Connector {
             vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
         };
         let sources = ips.into_iter().map(|ip| Source { ip, next_port: AtomicU32::new(offset) }).collect();
-        Connector { target, sources, next: AtomicUsize::new(0) }
+        Connector { target, sources, next: AtomicUsize::new(0), next_server: AtomicUsize::new(0) }
     }
 
     /// A connected TCP stream from the next source address and a free port on it.
-    async fn tcp(&self) -> anyhow::Result<TcpStream> {
+    async fn tcp(&self, server: SocketAddr) -> anyhow::Result<TcpStream> {
         let mut last_error = None;
         for _ in 0..64 {
             let source = &self.sources[self.next.fetch_add(1, Ordering::Relaxed) % self.sources.len()];
             let socket = TcpSocket::new_v4()?;
             if source.ip.is_unspecified() {
-                return Ok(tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")??);
+                return Ok(tokio::time::timeout(STEP_TIMEOUT, socket.connect(server)).await.context("connect timed out")??);
             }
             let port = PORTS.start + source.next_port.fetch_add(1, Ordering::Relaxed) % PORTS.len() as u32;
             // SO_REUSEADDR: a port whose old connection is in TIME_WAIT may be bound again.
@@ -72,7 +73,7 @@ impl Connector {
                 last_error = Some(e);
                 continue;
             }
-            match tokio::time::timeout(STEP_TIMEOUT, socket.connect(self.target.addr)).await.context("connect timed out")? {
+            match tokio::time::timeout(STEP_TIMEOUT, socket.connect(server)).await.context("connect timed out")? {
                 Ok(stream) => return Ok(stream),
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::AddrInUse | std::io::ErrorKind::AddrNotAvailable) => last_error = Some(e),
                 Err(e) => return Err(e.into()),
@@ -84,12 +85,18 @@ impl Connector {
     /// Opens one connection and waits for `pusher:connection_established`; returns the socket id.
     /// `query` is appended to the upgrade URL (the ceiling server reads its channel from it).
     pub async fn open(&self, query: &str) -> anyhow::Result<(Ws, String)> {
-        let stream = self.tcp().await?;
+        let server = match self.target.spread.len() {
+            0 => self.target.addr,
+            // Hashed, not round-robin: round-robin would line up with the channel assignment (i % C) and
+            // put whole channels on one node.
+            n => {
+                let k = self.next_server.fetch_add(1, Ordering::Relaxed) as u64;
+                self.target.spread[(k.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as usize % n]
+            }
+        };
+        let stream = self.tcp(server).await?;
         stream.set_nodelay(true)?;
-        let url = format!(
-            "ws://{}/app/{}?protocol=7&client=herald-bench&version=0.1{query}",
-            self.target.addr, self.target.key
-        );
+        let url = format!("ws://{server}/app/{}?protocol=7&client=herald-bench&version=0.1{query}", self.target.key);
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async_with_config(url, stream, Some(config)))
             .await

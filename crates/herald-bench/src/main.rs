@@ -22,8 +22,10 @@ use clap::{Parser, Subcommand};
 /// The server under test.
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Host and port of both the WebSocket endpoint and the HTTP API.
+    /// Host and port of the HTTP API (and of WebSocket connections unless `spread` is set).
     pub addr: SocketAddr,
+    /// WebSocket endpoints to spread connections over, round-robin (several nodes of one cluster).
+    pub spread: Vec<SocketAddr>,
     /// App id (HTTP API path).
     pub app_id: String,
     /// App key (WebSocket path, API signature).
@@ -47,6 +49,10 @@ pub struct Common {
     /// App secret.
     #[arg(long, global = true, default_value = "app-secret")]
     pub app_secret: String,
+    /// Spread WebSocket connections over these servers (nodes of one cluster), round-robin; publishes
+    /// still go to --server. Comma-separated host:port list.
+    #[arg(long, global = true, value_delimiter = ',')]
+    pub spread: Vec<SocketAddr>,
     /// PID of the server process, to read its memory (idle).
     #[arg(long, global = true)]
     pub pid: Option<u32>,
@@ -67,7 +73,13 @@ pub struct Common {
 impl Common {
     /// The target described by the flags.
     pub fn target(&self) -> Target {
-        Target { addr: self.server, app_id: self.app_id.clone(), key: self.app_key.clone(), secret: self.app_secret.clone() }
+        Target {
+            addr: self.server,
+            spread: self.spread.clone(),
+            app_id: self.app_id.clone(),
+            key: self.app_key.clone(),
+            secret: self.app_secret.clone(),
+        }
     }
 
     /// The report label.

@@ -83,6 +83,7 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
     let via = if ceiling {
         let c = Ceiling::start(shutdown.clone(), tasks.clone()).await?;
         target.addr = c.addr;
+        target.spread.clear();
         Via::Ceiling(Arc::new(c))
     } else {
         Via::Http(Publisher::new(target.clone()))
