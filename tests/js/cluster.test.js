@@ -3,19 +3,20 @@
 // exclusion works across nodes, client events and per-user delivery cross nodes.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, startRedis, subscribe } from './harness.js';
+import { APPS, collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, startRedis, subscribe } from './harness.js';
 
-let redis, node1, node2, backend1, backend2, api1, api2;
+let redis, node1, node2, backend1, backend2, api1, api2, stream1, stream2;
 before(async () => {
   redis = await startRedis();
   const args = ['--engine', 'redis', '--redis-url', redis.url, '--redis-prefix', 'jstest'];
   [node1, node2] = await Promise.all([startHerald(args), startHerald(args)]);
   [backend1, backend2] = await Promise.all([startBackend(node1), startBackend(node2)]);
   [api1, api2] = [sdk(node1), sdk(node2)];
+  [stream1, stream2] = await Promise.all([startBackend(node1, APPS.stream), startBackend(node2, APPS.stream)]);
 });
 after(async () => {
   disconnectAll();
-  await Promise.all([backend1.close(), backend2.close()]);
+  await Promise.all([backend1.close(), backend2.close(), stream1.close(), stream2.close()]);
   await Promise.all([node1.stop(), node2.stop()]);
   await redis.stop();
 });
@@ -100,4 +101,64 @@ test('per-user delivery and termination cross nodes', async () => {
   await api2.terminateUserConnections('u-roam');
   const e = await closed;
   assert.equal((e.error ?? e).data?.code ?? e.data?.code, 4009);
+});
+
+test('presence is one list across nodes: tabs on two nodes are one member, added and removed once', async () => {
+  const bob = await connect(node2, backend2, 'bob');
+  const room = await subscribe(bob, 'presence-cluster');
+  const added = collect(room, 'pusher:member_added');
+  const removed = collect(room, 'pusher:member_removed');
+
+  const tab1 = await connect(node1, backend1, 'alice');
+  const t1 = await subscribe(tab1, 'presence-cluster');
+  // Alice (node 1) sees Bob (node 2) in her member list.
+  assert.equal(t1.members.count, 2);
+  assert.ok(t1.members.get('bob'));
+  const tab2 = await connect(node2, backend2, 'alice');
+  const t2 = await subscribe(tab2, 'presence-cluster');
+  assert.equal(t2.members.count, 2);
+  await sleep(200);
+  assert.deepEqual(added.map((m) => m.id), ['alice']);
+  assert.equal(room.members.count, 2);
+
+  // The HTTP API answers the same from either node.
+  for (const api of [api1, api2]) {
+    const users = await (await api.get({ path: '/channels/presence-cluster/users' })).json();
+    assert.deepEqual(users.users.map((u) => u.id).sort(), ['alice', 'bob']);
+    const info = await (await api.get({ path: '/channels/presence-cluster', params: { info: 'user_count,subscription_count' } })).json();
+    assert.deepEqual(info, { occupied: true, user_count: 2, subscription_count: 3 });
+    const list = await (await api.get({ path: '/channels', params: { filter_by_prefix: 'presence-cluster', info: 'user_count' } })).json();
+    assert.deepEqual(list.channels['presence-cluster'], { user_count: 2 });
+  }
+
+  // Closing one tab keeps Alice; closing the other removes her, once.
+  tab1.disconnect();
+  await sleep(300);
+  assert.equal(removed.length, 0);
+  const gone = next(room, 'pusher:member_removed');
+  tab2.disconnect();
+  assert.equal((await gone).id, 'alice');
+  await sleep(200);
+  assert.equal(removed.length, 1);
+  assert.equal(room.members.count, 1);
+});
+
+test('live-stream viewer count (subscription_count) is cluster-wide', async () => {
+  const opts = { app: APPS.stream };
+  const v1 = await connect(node1, stream1, 'viewer-1', opts);
+  const c1 = await subscribe(v1, 'stream-42');
+  const counts = [];
+  c1.bind('pusher:subscription_count', (d) => counts.push(d.subscription_count));
+  const v2 = await connect(node2, stream2, 'viewer-2', opts);
+  const c2 = await subscribe(v2, 'stream-42');
+  const seen2 = next(c2, 'pusher:subscription_count');
+  const v3 = await connect(node2, stream2, 'viewer-3', opts);
+  await subscribe(v3, 'stream-42');
+  assert.equal((await seen2).subscription_count, 3);
+  await sleep(200);
+  // Viewer 1 (node 1) saw the count of the whole cluster grow.
+  assert.equal(counts.at(-1), 3);
+  const down = next(c1, 'pusher:subscription_count');
+  v3.disconnect();
+  assert.equal((await down).subscription_count, 2);
 });

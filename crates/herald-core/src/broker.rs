@@ -51,8 +51,8 @@ pub trait Broker: Send + Sync + 'static {
     fn interest_changed(&self, app_id: &str, topic: Topic);
     /// Makes this node receive `topic` from other nodes *before* a first local subscriber is added, so
     /// nothing published elsewhere after the subscriber is confirmed can be missed. Returns a receiver
-    /// that resolves once the backend subscription is live, or `None` if it already is. Every call must
-    /// be paired with [`Broker::release`].
+    /// that resolves once the backend subscription is live, or `None` if it already is. Every `Some`
+    /// must be paired with a [`Broker::release`].
     fn prepare(&self, app_id: &str, topic: &Topic) -> Option<tokio::sync::oneshot::Receiver<()>>;
     /// Ends a [`Broker::prepare`]: from now on local interest alone decides.
     fn release(&self, app_id: &str, topic: &Topic);

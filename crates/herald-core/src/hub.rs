@@ -17,6 +17,7 @@ use parking_lot::Mutex;
 
 use crate::app::App;
 use crate::broker::{Broker, Remote, Topic};
+use crate::state::ClusterState;
 use crate::error::{ConnectError, SignInError, SubscribeError};
 use crate::ids::SocketId;
 use crate::outbox::{Disconnect, Outbox};
@@ -61,6 +62,11 @@ impl Engine {
     /// whether this one did.
     pub fn attach(&self, broker: Arc<dyn Broker>) -> bool {
         self.hubs().fold(true, |ok, hub| hub.broker.set(broker.clone()).is_ok() && ok)
+    }
+
+    /// Keeps counts and presence in `state`, shared by every node. Only the first call takes effect.
+    pub fn attach_state(&self, state: Arc<dyn ClusterState>) -> bool {
+        self.hubs().fold(true, |ok, hub| hub.state.set(state.clone()).is_ok() && ok)
     }
 
     /// The attached broker, if this node is part of a cluster.
@@ -171,6 +177,7 @@ pub struct Hub {
     retained: Mutex<Retained>,
     metrics: HubMetrics,
     broker: OnceLock<Arc<dyn Broker>>,
+    state: OnceLock<Arc<dyn ClusterState>>,
 }
 
 impl Hub {
@@ -193,12 +200,19 @@ impl Hub {
             users: DashMap::new(),
             metrics,
             broker: OnceLock::new(),
+            state: OnceLock::new(),
         }
     }
 
     /// The app this hub serves.
     pub fn app(&self) -> &App {
         &self.app
+    }
+
+    /// Cluster-wide counts and presence, when this node is part of a cluster. Fronts take presence
+    /// decisions and answer channel queries from it instead of from this node's own view.
+    pub fn state(&self) -> Option<&Arc<dyn ClusterState>> {
+        self.state.get()
     }
 
     /// Registers a connection, enforcing the app's switches and quota. Returns its id and the outbox its
@@ -353,6 +367,15 @@ impl Hub {
             self.interest_changed(Topic::Channel(name.clone()));
         }
         Some(ChannelChange { channel: name, subscribers, transitions })
+    }
+
+    /// Every channel `socket` is subscribed to, with the presence user it joined as.
+    pub fn subscriptions_of(&self, socket: SocketId) -> Vec<(Arc<str>, Option<Arc<str>>)> {
+        let channels = self.connections.get(&socket).map(|c| c.channels.clone()).unwrap_or_default();
+        channels.into_iter().map(|c| {
+            let user = self.member_of(socket, &c);
+            (c, user)
+        }).collect()
     }
 
     /// Whether `socket` is subscribed to `channel`.

@@ -22,6 +22,7 @@ mod ids;
 mod outbox;
 mod presence;
 mod retained;
+mod state;
 
 pub use app::{App, AppLimits};
 pub use broker::{Broker, Remote, Topic};
@@ -33,3 +34,4 @@ pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;
 pub use retained::RetainedLimits;
+pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};

@@ -12,7 +12,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use herald_core::{Hub, SocketId};
+use herald_core::{ChannelInfo, Hub, Member, SocketId, StateError};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -44,6 +44,7 @@ impl IntoResponse for ApiError {
             StatusCode::UNAUTHORIZED => "api_unauthorized",
             StatusCode::NOT_FOUND => "api_not_found",
             StatusCode::PAYLOAD_TOO_LARGE => "api_too_large",
+            StatusCode::SERVICE_UNAVAILABLE => "api_state_unavailable",
             _ => "api_bad_request",
         };
         metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
@@ -75,6 +76,34 @@ fn authorize(front: &Pusher, app_id: &str, method: &Method, uri: &Uri, body: &[u
     Ok(hub.clone())
 }
 
+fn unavailable(e: StateError) -> ApiError {
+    ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+}
+
+/// Counts of one channel: cluster-wide when this node is part of a cluster, else this node's own.
+async fn channel_info(hub: &Hub, channel: &str) -> Result<Option<ChannelInfo>, ApiError> {
+    match hub.state() {
+        Some(state) => state.channel(&hub.app().id, channel).await.map_err(unavailable),
+        None => Ok(hub.channel(channel)),
+    }
+}
+
+/// Occupied channels starting with `prefix`, cluster-wide when in a cluster.
+async fn channel_list(hub: &Hub, prefix: &str) -> Result<Vec<(Arc<str>, ChannelInfo)>, ApiError> {
+    match hub.state() {
+        Some(state) => state.channels(&hub.app().id, prefix).await.map_err(unavailable),
+        None => Ok(hub.channels(prefix)),
+    }
+}
+
+/// Members of a presence channel, cluster-wide when in a cluster.
+async fn member_list(hub: &Hub, channel: &str) -> Result<Vec<Member>, ApiError> {
+    match hub.state() {
+        Some(state) => state.members(&hub.app().id, channel).await.map_err(unavailable),
+        None => Ok(hub.members(channel).unwrap_or_default()),
+    }
+}
+
 fn query_param(uri: &Uri, name: &str) -> Option<String> {
     form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
 }
@@ -104,8 +133,7 @@ impl Info {
     }
 
     /// The requested counts of one channel (zero when unoccupied).
-    fn of(self, hub: &Hub, channel: &str) -> Value {
-        let counts = hub.channel(channel);
+    fn of(self, channel: &str, counts: Option<ChannelInfo>) -> Value {
         let mut out = Map::new();
         if self.subscription_count {
             out.insert("subscription_count".into(), counts.map_or(0, |c| c.subscribers).into());
@@ -184,7 +212,10 @@ async fn events(
     if !event.info.any() {
         return Ok(Json(json!({})));
     }
-    let channels: Map<String, Value> = event.channels.iter().map(|c| (c.clone(), event.info.of(&hub, c))).collect();
+    let mut channels = Map::new();
+    for c in &event.channels {
+        channels.insert(c.clone(), event.info.of(c, channel_info(&hub, c).await?));
+    }
     Ok(Json(json!({ "channels": channels })))
 }
 
@@ -211,7 +242,10 @@ async fn batch_events(
     if !events.iter().any(|e| e.info.any()) {
         return Ok(Json(json!({})));
     }
-    let infos: Vec<Value> = events.iter().map(|e| e.info.of(&hub, &e.channels[0])).collect();
+    let mut infos = Vec::with_capacity(events.len());
+    for e in &events {
+        infos.push(e.info.of(&e.channels[0], channel_info(&hub, &e.channels[0]).await?));
+    }
     Ok(Json(json!({ "batch": infos })))
 }
 
@@ -228,7 +262,7 @@ async fn channels(
         return Err(bad_request("info=user_count needs filter_by_prefix=presence-"));
     }
     let channels: Map<String, Value> =
-        hub.channels(&prefix).into_iter().map(|(name, _)| (name.to_string(), info.of(&hub, &name))).collect();
+        channel_list(&hub, &prefix).await?.into_iter().map(|(name, counts)| (name.to_string(), info.of(&name, Some(counts)))).collect();
     Ok(Json(json!({ "channels": channels })))
 }
 
@@ -243,11 +277,12 @@ async fn channel(
     if info.user_count && ChannelKind::of(&channel).access != Access::Presence {
         return Err(bad_request("info=user_count is only available for presence channels"));
     }
-    let mut out = match info.of(&hub, &channel) {
+    let counts = channel_info(&hub, &channel).await?;
+    let mut out = match info.of(&channel, counts) {
         Value::Object(map) => map,
         _ => Map::new(),
     };
-    out.insert("occupied".into(), hub.channel(&channel).is_some().into());
+    out.insert("occupied".into(), counts.is_some().into());
     Ok(Json(Value::Object(out)))
 }
 
@@ -261,8 +296,7 @@ async fn users(
     if ChannelKind::of(&channel).access != Access::Presence {
         return Err(bad_request("users are only available for presence channels"));
     }
-    let users: Vec<Value> =
-        hub.members(&channel).unwrap_or_default().into_iter().map(|m| json!({ "id": &*m.user_id })).collect();
+    let users: Vec<Value> = member_list(&hub, &channel).await?.into_iter().map(|m| json!({ "id": &*m.user_id })).collect();
     Ok(Json(json!({ "users": users })))
 }
 

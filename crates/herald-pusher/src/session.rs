@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use herald_core::{Drained, Hub, MemberJoin, Outbox, SocketId};
+use herald_core::{ChannelChange, Drained, Hub, Joined, Member, MemberJoin, Outbox, SocketId, Subscribed, Transition};
 use tokio::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info_span};
@@ -63,13 +63,25 @@ impl RateLimit {
     }
 }
 
-/// How long a subscribe waits for the cluster to route its channel here before going ahead anyway.
-const CLUSTER_SUBSCRIBE_WAIT: Duration = Duration::from_secs(2);
+/// How long a subscribe or leave waits for the cluster (routing, counts) before going ahead anyway.
+const CLUSTER_WAIT: Duration = Duration::from_secs(2);
 
-/// A subscribe waiting for the cluster (see [`Session::subscribe_when_ready`]).
-struct PendingSubscribe {
-    data: SubscribeData,
-    ready: tokio::sync::oneshot::Receiver<()>,
+/// Work a frame leaves for the session loop to await: round trips to the cluster.
+enum Pending {
+    /// Subscribe once the node receives the channel from the cluster, counting it cluster-wide.
+    Subscribe {
+        data: SubscribeData,
+        ready: Option<tokio::sync::oneshot::Receiver<()>>,
+    },
+    /// Uncount a subscription that already ended on this node.
+    Leave { channel: Arc<str>, user: Option<Arc<str>> },
+}
+
+/// A subscription accepted on this node.
+struct Admitted {
+    cache: bool,
+    subscribed: Subscribed,
+    member: Option<MemberJoin>,
 }
 
 /// A registered connection, ready to be served.
@@ -157,8 +169,9 @@ impl Session {
                     match incoming {
                         Some(Ok(Message::Text(t))) => {
                             if let Some(pending) = self.handle(t.as_str()) {
-                                // Boxed: the wait is rare and short; the session future stays small.
-                                Box::pin(self.subscribe_when_ready(pending)).await;
+                                // Boxed: cluster round trips are short and rare per connection; the
+                                // session future (held by every idle connection) stays small.
+                                Box::pin(self.settle(pending)).await;
                             }
                         }
                         Some(Ok(Message::Binary(_))) => self.error(codes::GENERIC_ERROR, "binary frames are not supported", "binary"),
@@ -197,8 +210,19 @@ impl Session {
             debug!(code, reason, "closing");
             let _ = socket.send(close(code, reason)).await;
         }
-        for change in self.hub.disconnect(self.id) {
-            announce(&self.hub, &change, None);
+        if self.hub.state().is_some() {
+            let subscriptions = self.hub.subscriptions_of(self.id);
+            self.hub.disconnect(self.id);
+            Box::pin(async {
+                for (channel, user) in subscriptions {
+                    self.leave_clustered(channel, user, None).await;
+                }
+            })
+            .await;
+        } else {
+            for change in self.hub.disconnect(self.id) {
+                announce(&self.hub, &change, None);
+            }
         }
         debug!("disconnected");
     }
@@ -221,19 +245,79 @@ impl Session {
         self.reply(wire::frame("pusher:subscription_error", Some(channel), Data::Raw(&raw), None));
     }
 
-    /// Waits (bounded) until this node receives the channel from other nodes, then subscribes, so a
-    /// confirmed subscriber misses nothing published anywhere in the cluster.
-    async fn subscribe_when_ready(&mut self, pending: PendingSubscribe) {
-        if tokio::time::timeout(CLUSTER_SUBSCRIBE_WAIT, pending.ready).await.is_err() {
-            metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
+    /// Finishes what [`Session::handle`] started and needs the cluster for.
+    async fn settle(&mut self, pending: Pending) {
+        match pending {
+            Pending::Subscribe { data, ready } => {
+                // Wait (bounded) until this node receives the channel from the others, so a confirmed
+                // subscriber misses nothing published anywhere in the cluster.
+                let prepared = ready.is_some();
+                if let Some(ready) = ready {
+                    if tokio::time::timeout(CLUSTER_WAIT, ready).await.is_err() {
+                        metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
+                    }
+                }
+                self.subscribe_clustered(&data).await;
+                if prepared {
+                    self.hub.release_channel(&data.channel);
+                }
+            }
+            Pending::Leave { channel, user } => self.leave_clustered(channel, user, Some(self.id)).await,
         }
-        let channel = pending.data.channel.clone();
-        self.subscribe(pending.data);
-        self.hub.release_channel(&channel);
     }
 
-    /// Handles one client frame. Returns a subscribe that must wait for the cluster first.
-    fn handle(&mut self, text: &str) -> Option<PendingSubscribe> {
+    /// Subscribes here, then counts the subscription cluster-wide: presence membership and counts are
+    /// the cluster's, so `member_added` fires once per cluster and the member list is everyone's.
+    async fn subscribe_clustered(&mut self, data: &SubscribeData) {
+        let Some(admitted) = self.admit(data) else { return };
+        let channel = data.channel.as_str();
+        let Subscribed { already, change, members } = admitted.subscribed;
+        let state = match self.hub.state() {
+            Some(state) if !already => state.clone(),
+            _ => return self.confirm(channel, admitted.cache, members.as_deref(), &change, already),
+        };
+        let max = self.hub.app().limits.max_presence_members;
+        let joined = tokio::time::timeout(CLUSTER_WAIT, state.join(&self.hub.app().id, channel, admitted.member.as_ref(), max)).await;
+        match joined {
+            Ok(Ok(Joined::Full)) => {
+                self.hub.unsubscribe(self.id, channel);
+                self.subscription_error(channel, "LimitReached", 403, "The presence channel has its maximum of members");
+            }
+            Ok(Ok(Joined::Counted { subscribers, member_added, members: everyone })) => {
+                let transitions = match (member_added, admitted.member) {
+                    (true, Some(m)) => vec![Transition::MemberAdded(Member { user_id: m.user_id, info: m.info })],
+                    _ => Vec::new(),
+                };
+                let change = ChannelChange { channel: change.channel, subscribers, transitions };
+                self.confirm(channel, admitted.cache, everyone.as_deref(), &change, false);
+            }
+            Ok(Err(_)) | Err(_) => {
+                // The cluster store is unreachable: serve this node's view rather than nothing.
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                self.confirm(channel, admitted.cache, members.as_deref(), &change, false);
+            }
+        }
+    }
+
+    /// Uncounts an ended subscription cluster-wide and announces what that changed.
+    async fn leave_clustered(&self, channel: Arc<str>, user: Option<Arc<str>>, actor: Option<SocketId>) {
+        let Some(state) = self.hub.state() else { return };
+        match tokio::time::timeout(CLUSTER_WAIT, state.leave(&self.hub.app().id, &channel, user.as_deref())).await {
+            Ok(Ok(left)) => {
+                let transitions = match (left.member_removed, user) {
+                    (true, Some(user_id)) => vec![Transition::MemberRemoved { user_id }],
+                    _ => Vec::new(),
+                };
+                announce(&self.hub, &ChannelChange { channel, subscribers: left.subscribers, transitions }, actor);
+            }
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+            }
+        }
+    }
+
+    /// Handles one client frame. Returns the part that must wait for the cluster, if any.
+    fn handle(&mut self, text: &str) -> Option<Pending> {
         metrics::counter!("herald_messages_in_total").increment(1);
         metrics::counter!("herald_bytes_in_total").increment(text.len() as u64);
         let msg = match Incoming::parse(text) {
@@ -248,17 +332,25 @@ impl Session {
             "pusher:pong" => {}
             "pusher:subscribe" => match msg.data_as::<SubscribeData>() {
                 Some(data) => {
-                    let clustered = is_valid_name(&data.channel) && ChannelKind::of(&data.channel).access != Access::User;
-                    match clustered.then(|| self.hub.prepare_channel(&data.channel)).flatten() {
-                        Some(ready) => return Some(PendingSubscribe { data, ready }),
-                        None => self.subscribe(data),
+                    let clustered = self.hub.state().is_some()
+                        && is_valid_name(&data.channel)
+                        && ChannelKind::of(&data.channel).access != Access::User;
+                    if !clustered {
+                        self.subscribe(data);
+                        return None;
                     }
+                    let ready = self.hub.prepare_channel(&data.channel);
+                    return Some(Pending::Subscribe { data, ready });
                 }
                 None => self.error(codes::GENERIC_ERROR, "pusher:subscribe needs data.channel", "invalid_data"),
             },
             "pusher:unsubscribe" => match msg.data_as::<UnsubscribeData>() {
                 Some(data) => {
+                    let user = self.hub.member_of(self.id, &data.channel);
                     if let Some(change) = self.hub.unsubscribe(self.id, &data.channel) {
+                        if self.hub.state().is_some() {
+                            return Some(Pending::Leave { channel: change.channel, user });
+                        }
                         announce(&self.hub, &change, Some(self.id));
                     }
                 }
@@ -274,10 +366,13 @@ impl Session {
         None
     }
 
-    fn subscribe(&mut self, data: SubscribeData) {
+    /// Checks a subscribe (name, signature, limits) and subscribes on this node. Replies with the
+    /// error and returns `None` when refused, or when it was a user channel (answered already).
+    fn admit(&mut self, data: &SubscribeData) -> Option<Admitted> {
         let channel = data.channel.as_str();
         if !is_valid_name(channel) {
-            return self.subscription_error(channel, "InvalidChannel", 400, "Invalid channel name");
+            self.subscription_error(channel, "InvalidChannel", 400, "Invalid channel name");
+            return None;
         }
         let kind = ChannelKind::of(channel);
         let app = self.hub.app();
@@ -289,15 +384,18 @@ impl Session {
             Access::Public => {}
             Access::Private | Access::Encrypted => {
                 if !signed(&auth::channel_message(&self.id_text, channel, None)) {
-                    return self.subscription_error(channel, "AuthError", 401, "Invalid signature");
+                    self.subscription_error(channel, "AuthError", 401, "Invalid signature");
+                    return None;
                 }
             }
             Access::Presence => {
                 let Some(channel_data) = data.channel_data.as_deref() else {
-                    return self.subscription_error(channel, "AuthError", 401, "Presence channels need channel_data");
+                    self.subscription_error(channel, "AuthError", 401, "Presence channels need channel_data");
+                    return None;
                 };
                 if !signed(&auth::channel_message(&self.id_text, channel, Some(channel_data))) {
-                    return self.subscription_error(channel, "AuthError", 401, "Invalid signature");
+                    self.subscription_error(channel, "AuthError", 401, "Invalid signature");
+                    return None;
                 }
                 let parsed: Option<ChannelData> = serde_json::from_str(channel_data).ok();
                 let user_id = parsed.as_ref().and_then(|d| match &d.user_id {
@@ -306,7 +404,8 @@ impl Session {
                     _ => None,
                 });
                 let (Some(parsed), Some(user_id)) = (parsed, user_id) else {
-                    return self.subscription_error(channel, "AuthError", 400, "channel_data needs a user_id");
+                    self.subscription_error(channel, "AuthError", 400, "channel_data needs a user_id");
+                    return None;
                 };
                 let info = parsed.user_info.map(|raw| Bytes::from(raw.get().to_owned())).unwrap_or_default();
                 member = Some(MemberJoin { user_id: Arc::from(user_id), info });
@@ -314,32 +413,49 @@ impl Session {
             Access::User => {
                 let wanted = &channel[USER_CHANNEL_PREFIX.len()..];
                 if self.hub.user_of(self.id).as_deref() != Some(wanted) {
-                    return self.subscription_error(channel, "AuthError", 403, "Sign in as this user first");
+                    self.subscription_error(channel, "AuthError", 403, "Sign in as this user first");
+                    return None;
                 }
                 // Delivery to a user goes through the engine's user routing, not a channel.
-                return self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str("{}"), None));
+                self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str("{}"), None));
+                return None;
             }
         }
-        let subscribed = match self.hub.subscribe(self.id, channel, member) {
+        let subscribed = match self.hub.subscribe(self.id, channel, member.clone()) {
             Ok(s) => s,
             Err(e) => {
                 let (kind, status, message) = codes::subscribe_error(&e);
-                return self.subscription_error(channel, kind, status, &message);
+                self.subscription_error(channel, kind, status, &message);
+                return None;
             }
         };
-        let data = match &subscribed.members {
+        Some(Admitted { cache: kind.cache, subscribed, member })
+    }
+
+    /// Subscribes on this node only (no cluster): admit, confirm, announce.
+    fn subscribe(&mut self, data: SubscribeData) {
+        if let Some(a) = self.admit(&data) {
+            let Subscribed { already, change, members } = a.subscribed;
+            self.confirm(&data.channel, a.cache, members.as_deref(), &change, already);
+        }
+    }
+
+    /// Tells the subscriber it is in (with the member list on presence channels), replays a cache
+    /// channel's last event, and announces the change to the channel.
+    fn confirm(&self, channel: &str, cache: bool, members: Option<&[Member]>, change: &ChannelChange, already: bool) {
+        let data = match members {
             Some(members) => presence_data(members),
             None => "{}".to_string(),
         };
         self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str(&data), None));
-        if kind.cache {
+        if cache {
             match self.hub.retained(channel) {
                 Some(frame) => self.reply(frame),
                 None => self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None)),
             }
         }
-        if !subscribed.already {
-            announce(&self.hub, &subscribed.change, Some(self.id));
+        if !already {
+            announce(&self.hub, change, Some(self.id));
         }
     }
 

@@ -16,10 +16,15 @@
 //! subscriber connection reconnects with backoff and re-subscribes every topic with local interest.
 //! [`RedisBroker::healthy`] (and so `/up`) reports the outage.
 //!
-//! Not here yet (see the cluster issue): cluster-wide presence and counts, node leases and the reaper,
-//! sharded pub/sub for Redis Cluster.
+//! Cluster-wide subscription counts and presence live in Redis too ([`RedisState`]), decided atomically
+//! by Lua scripts.
+//!
+//! Not here yet (see the cluster issue): node leases and the reaper, sharded pub/sub for Redis Cluster.
 
 mod envelope;
+mod state;
+
+pub use state::RedisState;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -141,6 +146,7 @@ impl RedisBroker {
             stats: RedisStats::default(),
         });
         engine.attach(broker.clone());
+        engine.attach_state(Arc::new(RedisState::new(publisher.clone(), broker.prefix.clone(), broker.node)));
         tasks.spawn(publish_loop(publisher, queued, broker.clone(), shutdown.clone()));
         tasks.spawn(subscribe_loop(client, Arc::downgrade(engine), broker.clone(), shutdown));
         info!(%url, prefix = %broker.prefix, "redis broker started");
@@ -259,19 +265,19 @@ impl Broker for RedisBroker {
 
     fn prepare(&self, app_id: &str, topic: &Topic) -> Option<oneshot::Receiver<()>> {
         let key = self.key(app_id, topic);
-        *self.prepared.lock().entry(key.clone()).or_default() += 1;
-        let waiting = {
+        let rx = {
             let mut live = self.live.lock();
             if live.keys.contains(&key) {
-                None
-            } else {
-                let (tx, rx) = oneshot::channel();
-                live.waiting.entry(key).or_default().push(tx);
-                Some(rx)
+                // Already routed here: nothing to wait for, nothing to release.
+                return None;
             }
+            let (tx, rx) = oneshot::channel();
+            live.waiting.entry(key.clone()).or_default().push(tx);
+            rx
         };
+        *self.prepared.lock().entry(key).or_default() += 1;
         self.interest_changed(app_id, topic.clone());
-        waiting
+        Some(rx)
     }
 
     fn release(&self, app_id: &str, topic: &Topic) {

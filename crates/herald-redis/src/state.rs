@@ -1,0 +1,192 @@
+//! Cluster-wide counts and presence in Redis ([`ClusterState`]).
+//!
+//! Keys, for prefix `P` and app `A`:
+//! - `P:A:subs` hash: channel -> subscriptions across the cluster;
+//! - `P:A:m:{channel}` hash: user id -> member info (the first connection's info wins);
+//! - `P:A:n:{channel}` hash: user id -> that user's connections to the channel across the cluster;
+//! - `P:node:{node}` hash: what this node contributed (`A\0channel\0user` -> count), so that a reaper can
+//!   take a dead node's share back out (not implemented yet).
+//!
+//! Joins and leaves run as Lua scripts, so "first connection of this user" and "last one left" are
+//! decided atomically for the whole cluster.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use herald_core::{BoxFuture, ChannelInfo, ClusterState, Joined, Left, Member, MemberJoin, StateError};
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+const JOIN: &str = r#"
+local added = 0
+if ARGV[2] ~= '' then
+  local c = redis.call('HINCRBY', KEYS[3], ARGV[2], 1)
+  if c == 1 then
+    if redis.call('HLEN', KEYS[2]) >= tonumber(ARGV[4]) then
+      redis.call('HDEL', KEYS[3], ARGV[2])
+      return {-1, 0, {}}
+    end
+    redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+    added = 1
+  end
+end
+local subs = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('HINCRBY', KEYS[4], ARGV[5], 1)
+local members = {}
+if ARGV[2] ~= '' then members = redis.call('HGETALL', KEYS[2]) end
+return {added, subs, members}
+"#;
+
+const LEAVE: &str = r#"
+local removed = 0
+if ARGV[2] ~= '' then
+  local c = redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
+  if c <= 0 then
+    redis.call('HDEL', KEYS[3], ARGV[2])
+    removed = redis.call('HDEL', KEYS[2], ARGV[2])
+  end
+end
+local subs = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+if subs <= 0 then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  subs = 0
+end
+if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[4], ARGV[3]) end
+return {removed, subs}
+"#;
+
+/// Counts and presence of every node, in Redis.
+pub struct RedisState {
+    conn: ConnectionManager,
+    prefix: String,
+    node_key: String,
+    join: Script,
+    leave: Script,
+}
+
+fn failed(e: redis::RedisError) -> StateError {
+    StateError(e.to_string())
+}
+
+impl RedisState {
+    pub(crate) fn new(conn: ConnectionManager, prefix: String, node: u128) -> RedisState {
+        RedisState { conn, node_key: format!("{prefix}:node:{node:032x}"), prefix, join: Script::new(JOIN), leave: Script::new(LEAVE) }
+    }
+
+    fn subs_key(&self, app: &str) -> String {
+        format!("{}:{app}:subs", self.prefix)
+    }
+
+    fn members_key(&self, app: &str, channel: &str) -> String {
+        format!("{}:{app}:m:{channel}", self.prefix)
+    }
+
+    fn conns_key(&self, app: &str, channel: &str) -> String {
+        format!("{}:{app}:n:{channel}", self.prefix)
+    }
+
+    fn contribution(app: &str, channel: &str, user: &str) -> String {
+        format!("{app}\0{channel}\0{user}")
+    }
+}
+
+fn members_from(flat: Vec<Vec<u8>>) -> Vec<Member> {
+    let mut out = Vec::with_capacity(flat.len() / 2);
+    let mut it = flat.into_iter();
+    while let (Some(id), Some(info)) = (it.next(), it.next()) {
+        out.push(Member { user_id: Arc::from(String::from_utf8_lossy(&id).as_ref()), info: Bytes::from(info) });
+    }
+    out.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    out
+}
+
+impl ClusterState for RedisState {
+    fn join<'a>(&'a self, app_id: &'a str, channel: &'a str, member: Option<&'a MemberJoin>, max_members: usize) -> BoxFuture<'a, Result<Joined, StateError>> {
+        Box::pin(async move {
+            let user = member.map_or("", |m| &*m.user_id);
+            let info = member.map_or(&[][..], |m| &m.info[..]);
+            let mut conn = self.conn.clone();
+            let (added, subscribers, members): (i64, i64, Vec<Vec<u8>>) = self
+                .join
+                .key(self.subs_key(app_id))
+                .key(self.members_key(app_id, channel))
+                .key(self.conns_key(app_id, channel))
+                .key(&self.node_key)
+                .arg(channel)
+                .arg(user)
+                .arg(info)
+                .arg(max_members)
+                .arg(RedisState::contribution(app_id, channel, user))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(failed)?;
+            if added < 0 {
+                return Ok(Joined::Full);
+            }
+            Ok(Joined::Counted {
+                subscribers: subscribers.max(0) as usize,
+                member_added: added == 1,
+                members: member.map(|_| members_from(members)),
+            })
+        })
+    }
+
+    fn leave<'a>(&'a self, app_id: &'a str, channel: &'a str, user_id: Option<&'a str>) -> BoxFuture<'a, Result<Left, StateError>> {
+        Box::pin(async move {
+            let user = user_id.unwrap_or("");
+            let mut conn = self.conn.clone();
+            let (removed, subscribers): (i64, i64) = self
+                .leave
+                .key(self.subs_key(app_id))
+                .key(self.members_key(app_id, channel))
+                .key(self.conns_key(app_id, channel))
+                .key(&self.node_key)
+                .arg(channel)
+                .arg(user)
+                .arg(RedisState::contribution(app_id, channel, user))
+                .invoke_async(&mut conn)
+                .await
+                .map_err(failed)?;
+            Ok(Left { subscribers: subscribers.max(0) as usize, member_removed: removed == 1 })
+        })
+    }
+
+    fn channel<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Option<ChannelInfo>, StateError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let (subs, users): (Option<i64>, i64) = redis::pipe()
+                .hget(self.subs_key(app_id), channel)
+                .hlen(self.members_key(app_id, channel))
+                .query_async(&mut conn)
+                .await
+                .map_err(failed)?;
+            Ok(subs.filter(|n| *n > 0).map(|n| ChannelInfo { subscribers: n as usize, users: (users > 0).then_some(users as usize) }))
+        })
+    }
+
+    fn channels<'a>(&'a self, app_id: &'a str, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(Arc<str>, ChannelInfo)>, StateError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let all: Vec<(String, i64)> = redis::cmd("HGETALL").arg(self.subs_key(app_id)).query_async(&mut conn).await.map_err(failed)?;
+            let wanted: Vec<(String, i64)> = all.into_iter().filter(|(name, n)| *n > 0 && name.starts_with(prefix)).collect();
+            let mut pipe = redis::pipe();
+            for (name, _) in &wanted {
+                pipe.hlen(self.members_key(app_id, name));
+            }
+            let users: Vec<i64> = if wanted.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await.map_err(failed)? };
+            Ok(wanted
+                .into_iter()
+                .zip(users)
+                .map(|((name, n), u)| (Arc::from(name.as_str()), ChannelInfo { subscribers: n as usize, users: (u > 0).then_some(u as usize) }))
+                .collect())
+        })
+    }
+
+    fn members<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Vec<Member>, StateError>> {
+        Box::pin(async move {
+            let mut conn = self.conn.clone();
+            let flat: Vec<Vec<u8>> = redis::cmd("HGETALL").arg(self.members_key(app_id, channel)).query_async(&mut conn).await.map_err(failed)?;
+            Ok(members_from(flat))
+        })
+    }
+}
