@@ -162,3 +162,31 @@ test('live-stream viewer count (subscription_count) is cluster-wide', async () =
   v3.disconnect();
   assert.equal((await down).subscription_count, 2);
 });
+
+test('kill -9 of a node: its presence members are reaped and survivors see member_removed', async () => {
+  const args = ['--engine', 'redis', '--redis-url', redis.url, '--redis-prefix', 'jstest', '--redis-lease', '1'];
+  const doomed = await startHerald(args);
+  const doomedBackend = await startBackend(doomed);
+  try {
+    const bob = await connect(node2, backend2, 'bob');
+    const room = await subscribe(bob, 'presence-crash');
+    const joined = next(room, 'pusher:member_added');
+    const ghost = await connect(doomed, doomedBackend, 'ghost');
+    await subscribe(ghost, 'presence-crash');
+    assert.equal((await joined).id, 'ghost');
+    assert.equal(room.members.count, 2);
+
+    const removed = next(room, 'pusher:member_removed', 15000);
+    const killedAt = Date.now();
+    doomed.proc.kill('SIGKILL');
+    assert.equal((await removed).id, 'ghost');
+    const took = Date.now() - killedAt;
+    assert.ok(took < 15000, `ghost removed after ${took} ms`);
+    assert.equal(room.members.count, 1);
+    const users = await (await api1.get({ path: '/channels/presence-crash/users' })).json();
+    assert.deepEqual(users.users.map((u) => u.id), ['bob']);
+  } finally {
+    await doomedBackend.close();
+    await doomed.exited;
+  }
+});

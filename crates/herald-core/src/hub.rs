@@ -178,7 +178,12 @@ pub struct Hub {
     metrics: HubMetrics,
     broker: OnceLock<Arc<dyn Broker>>,
     state: OnceLock<Arc<dyn ClusterState>>,
+    announcer: OnceLock<Announcer>,
 }
+
+/// Turns a channel change the engine learns about on its own (a dead node reaped by the cluster) into
+/// the protocol's events. Set once by the front.
+pub type Announcer = Arc<dyn Fn(&Hub, &ChannelChange) + Send + Sync>;
 
 impl Hub {
     /// An empty hub for `app`.
@@ -201,12 +206,25 @@ impl Hub {
             metrics,
             broker: OnceLock::new(),
             state: OnceLock::new(),
+            announcer: OnceLock::new(),
         }
     }
 
     /// The app this hub serves.
     pub fn app(&self) -> &App {
         &self.app
+    }
+
+    /// Sets how changes found by the engine itself are announced. Only the first call takes effect.
+    pub fn set_announcer(&self, announcer: Announcer) -> bool {
+        self.announcer.set(announcer).is_ok()
+    }
+
+    /// Announces `change` to the channel's subscribers (on every node) through the front's announcer.
+    pub fn announce(&self, change: &ChannelChange) {
+        if let Some(announce) = self.announcer.get() {
+            announce(self, change);
+        }
     }
 
     /// Cluster-wide counts and presence, when this node is part of a cluster. Fronts take presence

@@ -28,7 +28,7 @@ pub use app::{App, AppLimits};
 pub use broker::{Broker, Remote, Topic};
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use hub::{
-    ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition,
+    Announcer, ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition,
 };
 pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};

@@ -80,6 +80,10 @@ impl Pusher {
     /// A front over `engine`. Sessions are spawned on `tasks` and close with 4200 when `shutdown` fires.
     pub fn new(engine: Arc<Engine>, config: PusherConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Arc<Self> {
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+        for hub in engine.hubs() {
+            // Changes the engine finds on its own (a dead node reaped) reach clients as Pusher events.
+            hub.set_announcer(Arc::new(|hub: &herald_core::Hub, change: &herald_core::ChannelChange| events::announce(hub, change, None)));
+        }
         Arc::new(Pusher { engine, config, shutdown, tasks, admission })
     }
 

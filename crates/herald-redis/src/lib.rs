@@ -19,9 +19,14 @@
 //! Cluster-wide subscription counts and presence live in Redis too ([`RedisState`]), decided atomically
 //! by Lua scripts.
 //!
-//! Not here yet (see the cluster issue): node leases and the reaper, sharded pub/sub for Redis Cluster.
+//! Each node holds a lease; a node that stops renewing it (crashed, `kill -9`) is reaped by one
+//! surviving node, which takes its presence members and counts out and announces the result
+//! ([`lease`]).
+//!
+//! Not here yet (see the cluster issue): sharded pub/sub for Redis Cluster, webhooks.
 
 mod envelope;
+mod lease;
 mod state;
 
 pub use state::RedisState;
@@ -50,11 +55,14 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Publications queued for Redis before new ones are dropped (counted).
     pub publish_queue: usize,
+    /// How long a node's lease lives without renewal; a node silent this long is reaped (its presence
+    /// members and counts taken out of the cluster) within one more reaper round.
+    pub lease: Duration,
 }
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into(), publish_queue: 65_536 }
+        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into(), publish_queue: 65_536, lease: Duration::from_secs(10) }
     }
 }
 
@@ -145,8 +153,14 @@ impl RedisBroker {
             subscriptions: AtomicUsize::new(0),
             stats: RedisStats::default(),
         });
+        let registry = lease::Registry { prefix: broker.prefix.clone(), node: format!("{:032x}", broker.node) };
+        let lease = config.lease.max(Duration::from_millis(300));
+        lease::register(&mut publisher.clone(), &registry, lease).await.map_err(|source| RedisBrokerError::Connect { url: url.clone(), source })?;
         engine.attach(broker.clone());
         engine.attach_state(Arc::new(RedisState::new(publisher.clone(), broker.prefix.clone(), broker.node)));
+        tasks.spawn(lease::lease_loop(publisher.clone(), registry.clone(), lease, shutdown.clone()));
+        let reap_every = (lease / 2).min(Duration::from_secs(2));
+        tasks.spawn(lease::reaper_loop(publisher.clone(), registry, Arc::downgrade(engine), reap_every, shutdown.clone()));
         tasks.spawn(publish_loop(publisher, queued, broker.clone(), shutdown.clone()));
         tasks.spawn(subscribe_loop(client, Arc::downgrade(engine), broker.clone(), shutdown));
         info!(%url, prefix = %broker.prefix, "redis broker started");

@@ -5,7 +5,7 @@
 //! - `P:A:m:{channel}` hash: user id -> member info (the first connection's info wins);
 //! - `P:A:n:{channel}` hash: user id -> that user's connections to the channel across the cluster;
 //! - `P:node:{node}` hash: what this node contributed (`A\0channel\0user` -> count), so that a reaper can
-//!   take a dead node's share back out (not implemented yet).
+//!   take a dead node's share back out ([`crate::lease`]).
 //!
 //! Joins and leaves run as Lua scripts, so "first connection of this user" and "last one left" are
 //! decided atomically for the whole cluster.
@@ -38,6 +38,13 @@ return {added, subs, members}
 "#;
 
 const LEAVE: &str = r#"
+-- Only what this node still holds can be taken back (a reaper may have taken it already).
+local own = redis.call('HINCRBY', KEYS[4], ARGV[3], -1)
+if own < 0 then
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  return {0, tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')}
+end
+if own == 0 then redis.call('HDEL', KEYS[4], ARGV[3]) end
 local removed = 0
 if ARGV[2] ~= '' then
   local c = redis.call('HINCRBY', KEYS[3], ARGV[2], -1)
@@ -51,7 +58,6 @@ if subs <= 0 then
   redis.call('HDEL', KEYS[1], ARGV[1])
   subs = 0
 end
-if redis.call('HINCRBY', KEYS[4], ARGV[3], -1) <= 0 then redis.call('HDEL', KEYS[4], ARGV[3]) end
 return {removed, subs}
 "#;
 

@@ -50,6 +50,10 @@ pub struct Cli {
     /// [default: herald].
     #[arg(long, env = "HERALD_REDIS_PREFIX")]
     pub redis_prefix: Option<String>,
+    /// Seconds a node's lease lives; a crashed node's presence members are removed within this plus
+    /// a couple of seconds [default: 10].
+    #[arg(long, env = "HERALD_REDIS_LEASE")]
+    pub redis_lease: Option<u64>,
 }
 
 /// Which engine carries publications.
@@ -86,6 +90,7 @@ pub struct FileConfig {
     engine: Option<EngineKind>,
     redis_url: Option<String>,
     redis_prefix: Option<String>,
+    redis_lease: Option<u64>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -219,7 +224,11 @@ impl Config {
                     if prefix.is_empty() || prefix.contains(':') {
                         return Err(ConfigError::Invalid("redis_prefix must be non-empty and contain no ':'".into()));
                     }
-                    EngineConfig::Redis(RedisConfig { url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url), prefix, ..d })
+                    let lease = cli.redis_lease.or(file.redis_lease).map_or(d.lease, Duration::from_secs);
+                    if lease.is_zero() {
+                        return Err(ConfigError::Invalid("redis_lease must be at least 1 second".into()));
+                    }
+                    EngineConfig::Redis(RedisConfig { url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url), prefix, lease, ..d })
                 }
             },
         })

@@ -1,0 +1,205 @@
+//! Crash safety: node leases and the reaper.
+//!
+//! Every node registers in `P:nodes` and keeps `P:node:{id}:lease` alive (a key with a TTL, renewed at a
+//! third of it). Every node also runs a reaper, but only the one holding `P:reaper` (a short `SET NX`
+//! lock) works in a given round: for each registered node whose lease has expired, one Lua script takes
+//! that node's contributions (`P:node:{id}`, see [`crate::state`]) back out of the cluster counts and
+//! presence, atomically, and returns what that changed. The reaper then announces the resulting
+//! `member_removed` and counts through the engine, once for the whole cluster. A ghost member of a
+//! `kill -9`ed node is gone within the lease TTL plus one reaper round.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use herald_core::{ChannelChange, Engine, Transition};
+use redis::aio::ConnectionManager;
+use redis::{AsyncCommands, Script};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+const REAP: &str = r#"
+local fields = redis.call('HGETALL', KEYS[1])
+local out = {}
+for i = 1, #fields, 2 do
+  local f = fields[i]
+  local c = tonumber(fields[i + 1])
+  local p1 = string.find(f, '\0', 1, true)
+  local p2 = string.find(f, '\0', p1 + 1, true)
+  local app = string.sub(f, 1, p1 - 1)
+  local ch = string.sub(f, p1 + 1, p2 - 1)
+  local user = string.sub(f, p2 + 1)
+  if c > 0 then
+    local subs_key = ARGV[1] .. ':' .. app .. ':subs'
+    local s = redis.call('HINCRBY', subs_key, ch, -c)
+    if s <= 0 then
+      redis.call('HDEL', subs_key, ch)
+      s = 0
+    end
+    local removed = 0
+    if user ~= '' then
+      local n_key = ARGV[1] .. ':' .. app .. ':n:' .. ch
+      local n = redis.call('HINCRBY', n_key, user, -c)
+      if n <= 0 then
+        redis.call('HDEL', n_key, user)
+        removed = redis.call('HDEL', ARGV[1] .. ':' .. app .. ':m:' .. ch, user)
+      end
+    end
+    table.insert(out, app)
+    table.insert(out, ch)
+    table.insert(out, user)
+    table.insert(out, removed)
+    table.insert(out, s)
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+return out
+"#;
+
+/// Keys of the node registry under one prefix.
+#[derive(Clone)]
+pub(crate) struct Registry {
+    pub(crate) prefix: String,
+    pub(crate) node: String,
+}
+
+impl Registry {
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}:nodes", self.prefix)
+    }
+
+    pub(crate) fn lease(&self, node: &str) -> String {
+        format!("{}:node:{node}:lease", self.prefix)
+    }
+
+    pub(crate) fn contributions(&self, node: &str) -> String {
+        format!("{}:node:{node}", self.prefix)
+    }
+
+    fn lock(&self) -> String {
+        format!("{}:reaper", self.prefix)
+    }
+}
+
+/// Registers this node and takes its first lease.
+pub(crate) async fn register(conn: &mut ConnectionManager, registry: &Registry, ttl: Duration) -> redis::RedisResult<()> {
+    let () = conn.sadd(registry.nodes(), &registry.node).await?;
+    let () = conn.pset_ex(registry.lease(&registry.node), 1, ttl.as_millis() as u64).await?;
+    Ok(())
+}
+
+/// Renews the lease until shutdown; then extends it once so sessions can finish uncounting themselves
+/// (their leaves are idempotent against a reaper anyway).
+pub(crate) async fn lease_loop(mut conn: ConnectionManager, registry: Registry, ttl: Duration, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _: redis::RedisResult<()> = conn.pset_ex(registry.lease(&registry.node), 1, 30_000).await;
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let key = registry.lease(&registry.node);
+        let renewed: redis::RedisResult<Option<String>> =
+            redis::cmd("SET").arg(&key).arg(1).arg("PX").arg(ttl.as_millis() as u64).arg("XX").query_async(&mut conn).await;
+        match renewed {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                // The lease lapsed (e.g. a long outage) and this node may have been reaped: take a new one.
+                // Its counts were taken out; they come back as its clients re-subscribe.
+                warn!("node lease had expired; registering again");
+                if let Err(e) = register(&mut conn, &registry, ttl).await {
+                    warn!(error = %e, "re-registering failed");
+                }
+            }
+            Err(e) => warn!(error = %e, "lease renewal failed"),
+        }
+    }
+}
+
+/// Every `every`, tries to become this round's reaper and reaps nodes whose lease expired.
+pub(crate) async fn reaper_loop(mut conn: ConnectionManager, registry: Registry, engine: Weak<Engine>, every: Duration, shutdown: CancellationToken) {
+    let script = Script::new(REAP);
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(engine) = engine.upgrade() else { return };
+        if let Err(e) = reap_round(&mut conn, &registry, &script, &engine, every).await {
+            warn!(error = %e, "reaper round failed");
+        }
+    }
+}
+
+async fn reap_round(conn: &mut ConnectionManager, registry: &Registry, script: &Script, engine: &Engine, every: Duration) -> redis::RedisResult<()> {
+    let lock: Option<String> = redis::cmd("SET")
+        .arg(registry.lock())
+        .arg(&registry.node)
+        .arg("NX")
+        .arg("PX")
+        .arg((every * 2).as_millis() as u64)
+        .query_async(conn)
+        .await?;
+    if lock.is_none() {
+        return Ok(());
+    }
+    let nodes: Vec<String> = conn.smembers(registry.nodes()).await?;
+    for node in nodes.into_iter().filter(|n| *n != registry.node) {
+        let alive: bool = conn.exists(registry.lease(&node)).await?;
+        if alive {
+            continue;
+        }
+        let reaped: Vec<redis::Value> = script
+            .key(registry.contributions(&node))
+            .key(registry.nodes())
+            .arg(&registry.prefix)
+            .arg(&node)
+            .invoke_async(conn)
+            .await?;
+        let changes = changes_from(reaped);
+        info!(node, channels = changes.len(), "reaped a dead node");
+        metrics::counter!("herald_redis_nodes_reaped_total").increment(1);
+        for ((app, _), change) in changes {
+            if let Some(hub) = engine.by_id(&app) {
+                hub.announce(&change);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Groups the script's flat `[app, channel, user, removed, subscribers, ...]` by channel.
+fn changes_from(flat: Vec<redis::Value>) -> BTreeMap<(String, String), ChannelChange> {
+    let text = |v: &redis::Value| -> String {
+        match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            _ => String::new(),
+        }
+    };
+    let int = |v: &redis::Value| -> i64 {
+        match v {
+            redis::Value::Int(n) => *n,
+            _ => 0,
+        }
+    };
+    let mut out: BTreeMap<(String, String), ChannelChange> = BTreeMap::new();
+    for row in flat.chunks(5) {
+        let [app, channel, user, removed, subscribers] = row else { continue };
+        let (app, channel, user) = (text(app), text(channel), text(user));
+        let change = out.entry((app, channel.clone())).or_insert_with(|| ChannelChange {
+            channel: Arc::from(channel.as_str()),
+            subscribers: 0,
+            transitions: Vec::new(),
+        });
+        change.subscribers = int(subscribers).max(0) as usize;
+        if int(removed) == 1 && !user.is_empty() {
+            change.transitions.push(Transition::MemberRemoved { user_id: Arc::from(user.as_str()) });
+        }
+    }
+    out
+}
