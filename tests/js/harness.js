@@ -21,6 +21,11 @@ export const APPS = {
 };
 
 // 32 bytes, base64: the key the SDK derives per-channel encryption keys from.
+/** The test config, for tests that add to it (e.g. an app with webhooks, appended last). */
+export function baseConfig() {
+  return CONFIG;
+}
+
 export const ENCRYPTION_MASTER_KEY = Buffer.alloc(32, 7).toString('base64');
 
 const CONFIG = `
@@ -70,11 +75,11 @@ export function freePort() {
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 /** Starts herald with the test config; resolves once /up answers. */
-export async function startHerald(extraArgs = []) {
+export async function startHerald(extraArgs = [], { config = CONFIG } = {}) {
   const port = await freePort();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-'));
   const configPath = path.join(dir, 'herald.toml');
-  fs.writeFileSync(configPath, CONFIG);
+  fs.writeFileSync(configPath, config);
   const proc = spawn(HERALD_BIN, ['--config', configPath, '--port', String(port), ...extraArgs], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });

@@ -5,7 +5,9 @@ use std::fmt::Write;
 use herald_core::{ChannelChange, Hub, Member, SocketId, Transition};
 
 use crate::channel::{Access, ChannelKind};
+use crate::webhooks::Webhooks;
 use crate::wire::{self, Data};
+use serde_json::json;
 
 /// Member info as stored in the engine: the raw JSON of `user_info`, or `null` when there was none.
 pub(crate) fn info_json(info: &[u8]) -> &str {
@@ -30,12 +32,20 @@ pub(crate) fn presence_data(members: &[Member]) -> String {
 }
 
 /// Broadcasts what a subscription change means to the channel's subscribers: member added/removed
-/// (never to `actor`, the connection that caused it) and the new subscription count if the app wants it.
-pub(crate) fn announce(hub: &Hub, change: &ChannelChange, actor: Option<SocketId>) {
+/// (never to `actor`, the connection that caused it) and the new subscription count if the app wants it;
+/// and queues the matching webhooks. Called once per change per cluster.
+pub(crate) fn announce(hub: &Hub, hooks: &Webhooks, change: &ChannelChange, actor: Option<SocketId>) {
     let channel = &*change.channel;
+    let app = hub.app().id.as_str();
+    let hooked = hooks.enabled(app);
     for t in &change.transitions {
         match t {
+            Transition::Occupied if hooked => hooks.emit(app, json!({ "name": "channel_occupied", "channel": channel })),
+            Transition::Vacated if hooked => hooks.emit(app, json!({ "name": "channel_vacated", "channel": channel })),
             Transition::MemberAdded(m) => {
+                if hooked {
+                    hooks.emit(app, json!({ "name": "member_added", "channel": channel, "user_id": &*m.user_id }));
+                }
                 let data = format!(
                     r#"{{"user_id":{},"user_info":{}}}"#,
                     serde_json::to_string(&*m.user_id).expect("strings serialise"),
@@ -45,12 +55,18 @@ pub(crate) fn announce(hub: &Hub, change: &ChannelChange, actor: Option<SocketId
                 hub.publish(channel, &frame, actor);
             }
             Transition::MemberRemoved { user_id } => {
+                if hooked {
+                    hooks.emit(app, json!({ "name": "member_removed", "channel": channel, "user_id": &**user_id }));
+                }
                 let data = format!(r#"{{"user_id":{}}}"#, serde_json::to_string(&**user_id).expect("strings serialise"));
                 let frame = wire::frame("pusher_internal:member_removed", Some(channel), Data::Str(&data), None);
                 hub.publish(channel, &frame, actor);
             }
             _ => {}
         }
+    }
+    if hooked {
+        hooks.emit(app, json!({ "name": "subscription_count", "channel": channel, "subscription_count": change.subscribers }));
     }
     let counted = change.subscribers > 0 && ChannelKind::of(channel).access != Access::Presence;
     if hub.app().enable_subscription_count && counted {

@@ -12,6 +12,7 @@ pub mod codes;
 mod events;
 pub mod publish;
 mod session;
+pub mod webhooks;
 pub mod wire;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use publish::{PublishError, Trigger};
+pub use webhooks::{WebhookTarget, Webhooks};
 
 /// Settings of the Pusher front that are not per app.
 #[derive(Debug, Clone)]
@@ -42,6 +44,8 @@ pub struct PusherConfig {
     pub max_request_body: usize,
     /// Connections this process accepts across all apps; beyond it new ones are refused with 4004.
     pub max_connections: usize,
+    /// Webhook targets by app id.
+    pub webhooks: HashMap<String, Vec<WebhookTarget>>,
 }
 
 impl Default for PusherConfig {
@@ -51,6 +55,7 @@ impl Default for PusherConfig {
             pong_timeout: Duration::from_secs(30),
             max_request_body: 256 * 1024,
             max_connections: 1_000_000,
+            webhooks: HashMap::new(),
         }
     }
 }
@@ -74,17 +79,22 @@ pub struct Pusher {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     admission: Arc<Semaphore>,
+    webhooks: Arc<Webhooks>,
 }
 
 impl Pusher {
     /// A front over `engine`. Sessions are spawned on `tasks` and close with 4200 when `shutdown` fires.
     pub fn new(engine: Arc<Engine>, config: PusherConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Arc<Self> {
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+        let webhooks = Webhooks::start(&engine, &config.webhooks, shutdown.clone(), &tasks);
         for hub in engine.hubs() {
             // Changes the engine finds on its own (a dead node reaped) reach clients as Pusher events.
-            hub.set_announcer(Arc::new(|hub: &herald_core::Hub, change: &herald_core::ChannelChange| events::announce(hub, change, None)));
+            let hooks = webhooks.clone();
+            hub.set_announcer(Arc::new(move |hub: &herald_core::Hub, change: &herald_core::ChannelChange| {
+                events::announce(hub, &hooks, change, None)
+            }));
         }
-        Arc::new(Pusher { engine, config, shutdown, tasks, admission })
+        Arc::new(Pusher { engine, config, shutdown, tasks, admission, webhooks })
     }
 
     /// The engine this front serves.

@@ -221,7 +221,7 @@ impl Session {
             .await;
         } else {
             for change in self.hub.disconnect(self.id) {
-                announce(&self.hub, &change, None);
+                announce(&self.hub, &self.front.webhooks, &change, None);
             }
         }
         debug!("disconnected");
@@ -284,10 +284,13 @@ impl Session {
                 self.subscription_error(channel, "LimitReached", 403, "The presence channel has its maximum of members");
             }
             Ok(Ok(Joined::Counted { subscribers, member_added, members: everyone })) => {
-                let transitions = match (member_added, admitted.member) {
-                    (true, Some(m)) => vec![Transition::MemberAdded(Member { user_id: m.user_id, info: m.info })],
-                    _ => Vec::new(),
-                };
+                let mut transitions = Vec::new();
+                if subscribers == 1 {
+                    transitions.push(Transition::Occupied);
+                }
+                if let (true, Some(m)) = (member_added, admitted.member) {
+                    transitions.push(Transition::MemberAdded(Member { user_id: m.user_id, info: m.info }));
+                }
                 let change = ChannelChange { channel: change.channel, subscribers, transitions };
                 self.confirm(channel, admitted.cache, everyone.as_deref(), &change, false);
             }
@@ -304,11 +307,14 @@ impl Session {
         let Some(state) = self.hub.state() else { return };
         match tokio::time::timeout(CLUSTER_WAIT, state.leave(&self.hub.app().id, &channel, user.as_deref())).await {
             Ok(Ok(left)) => {
-                let transitions = match (left.member_removed, user) {
-                    (true, Some(user_id)) => vec![Transition::MemberRemoved { user_id }],
-                    _ => Vec::new(),
-                };
-                announce(&self.hub, &ChannelChange { channel, subscribers: left.subscribers, transitions }, actor);
+                let mut transitions = Vec::new();
+                if let (true, Some(user_id)) = (left.member_removed, user) {
+                    transitions.push(Transition::MemberRemoved { user_id });
+                }
+                if left.subscribers == 0 {
+                    transitions.push(Transition::Vacated);
+                }
+                announce(&self.hub, &self.front.webhooks, &ChannelChange { channel, subscribers: left.subscribers, transitions }, actor);
             }
             Ok(Err(_)) | Err(_) => {
                 metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
@@ -351,7 +357,7 @@ impl Session {
                         if self.hub.state().is_some() {
                             return Some(Pending::Leave { channel: change.channel, user });
                         }
-                        announce(&self.hub, &change, Some(self.id));
+                        announce(&self.hub, &self.front.webhooks, &change, Some(self.id));
                     }
                 }
                 None => self.error(codes::GENERIC_ERROR, "pusher:unsubscribe needs data.channel", "invalid_data"),
@@ -451,11 +457,14 @@ impl Session {
         if cache {
             match self.hub.retained(channel) {
                 Some(frame) => self.reply(frame),
-                None => self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None)),
+                None => {
+                    self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None));
+                    self.front.webhooks.emit(&self.hub.app().id, serde_json::json!({ "name": "cache_miss", "channel": channel }));
+                }
             }
         }
         if !already {
-            announce(&self.hub, change, Some(self.id));
+            announce(&self.hub, &self.front.webhooks, change, Some(self.id));
         }
     }
 
@@ -509,5 +518,14 @@ impl Session {
         let user = if ChannelKind::of(channel).access == Access::Presence { self.hub.member_of(self.id, channel) } else { None };
         let frame = wire::frame(&msg.event, Some(channel), Data::Raw(data), user.as_deref());
         self.hub.publish(channel, &frame, Some(self.id));
+        if self.front.webhooks.enabled(&app.id) {
+            let mut event = serde_json::json!({
+                "name": "client_event", "channel": channel, "event": &msg.event, "data": data.get(), "socket_id": &self.id_text,
+            });
+            if let Some(user) = &user {
+                event["user_id"] = serde_json::Value::from(&**user);
+            }
+            self.front.webhooks.emit(&app.id, event);
+        }
     }
 }

@@ -201,5 +201,10 @@ fn changes_from(flat: Vec<redis::Value>) -> BTreeMap<(String, String), ChannelCh
             change.transitions.push(Transition::MemberRemoved { user_id: Arc::from(user.as_str()) });
         }
     }
+    for change in out.values_mut() {
+        if change.subscribers == 0 {
+            change.transitions.push(Transition::Vacated);
+        }
+    }
     out
 }

@@ -2,12 +2,13 @@
 //!
 //! Bad values fail at start-up with a message naming the key; nothing is silently defaulted.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
-use herald_pusher::PusherConfig;
+use herald_pusher::{PusherConfig, WebhookTarget};
 use herald_redis::RedisConfig;
 use serde::Deserialize;
 
@@ -118,7 +119,22 @@ struct FileApp {
     client_events_per_second: Option<u32>,
     max_outbox_messages: Option<usize>,
     max_outbox_bytes: Option<usize>,
+    #[serde(default)]
+    webhooks: Vec<FileWebhook>,
 }
+
+/// One `[[apps.webhooks]]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    url: String,
+    #[serde(default)]
+    event_types: Vec<String>,
+}
+
+/// Webhook events Herald sends.
+const WEBHOOK_EVENTS: [&str; 7] =
+    ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss", "subscription_count"];
 
 fn yes() -> bool {
     true
@@ -192,6 +208,22 @@ impl Config {
         if pong == 0 {
             return Err(ConfigError::Invalid("pong_timeout must be at least 1 second".into()));
         }
+        let mut webhooks = HashMap::new();
+        for app in &file.apps {
+            for hook in &app.webhooks {
+                if !hook.url.starts_with("http://") {
+                    return Err(ConfigError::Invalid(format!("app {:?}: webhook url {:?} must be http:// (put a TLS proxy in front for https)", app.id, hook.url)));
+                }
+                if let Some(bad) = hook.event_types.iter().find(|t| !WEBHOOK_EVENTS.contains(&t.as_str())) {
+                    return Err(ConfigError::Invalid(format!("app {:?}: unknown webhook event type {bad:?}", app.id)));
+                }
+            }
+            let targets: Vec<WebhookTarget> =
+                app.webhooks.iter().map(|h| WebhookTarget { url: h.url.clone(), event_types: h.event_types.clone() }).collect();
+            if !targets.is_empty() {
+                webhooks.insert(app.id.clone(), targets);
+            }
+        }
         let apps = if file.apps.is_empty() {
             let dev = App::dev();
             vec![App {
@@ -214,6 +246,7 @@ impl Config {
                 pong_timeout: Duration::from_secs(pong),
                 max_request_body: file.max_request_body.unwrap_or(defaults.max_request_body),
                 max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+                webhooks,
             },
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
             engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {
@@ -304,6 +337,15 @@ mod tests {
         assert_eq!((app.id.as_str(), app.key.as_str(), app.secret.as_str()), ("app-id", "app-key", "app-secret"));
         assert!(app.enable_client_messages && app.enable_user_authentication);
         assert_eq!(c.pusher.activity_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn webhooks_per_app_are_validated() {
+        let ok = "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps.webhooks]]\nurl = \"http://h/hook\"\nevent_types = [\"member_added\"]\n";
+        let c = Config::resolve(parse(ok), &Cli::default()).unwrap();
+        assert_eq!(c.pusher.webhooks["a"], vec![WebhookTarget { url: "http://h/hook".into(), event_types: vec!["member_added".into()] }]);
+        assert!(Config::resolve(parse(&ok.replace("member_added", "nope")), &Cli::default()).is_err());
+        assert!(Config::resolve(parse(&ok.replace("http://", "https://")), &Cli::default()).is_err());
     }
 
     #[test]
