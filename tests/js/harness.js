@@ -103,8 +103,8 @@ export async function startHerald(extraArgs = [], { config = CONFIG } = {}) {
 }
 
 /** A `redis-server` of the test's own on a free port (no persistence). */
-export async function startRedis() {
-  const port = await freePort();
+export async function startRedis(fixedPort) {
+  const port = fixedPort ?? (await freePort());
   const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], {
     stdio: ['ignore', 'ignore', 'inherit'],
   });

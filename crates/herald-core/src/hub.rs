@@ -396,6 +396,25 @@ impl Hub {
         }).collect()
     }
 
+    /// Every local subscription (one per connection and channel), with the presence member it joined as:
+    /// what a node re-asserts in a cluster store that lost it.
+    pub fn local_subscriptions(&self) -> Vec<(Arc<str>, Option<MemberJoin>)> {
+        let mut out = Vec::new();
+        for entry in self.channels.iter() {
+            let ch = entry.value();
+            for sub in ch.subscribers.values() {
+                let member = match (&sub.user, &ch.presence) {
+                    (Some(user), Some(presence)) => {
+                        Some(MemberJoin { user_id: user.clone(), info: presence.info(user).unwrap_or_default() })
+                    }
+                    _ => None,
+                };
+                out.push((entry.key().clone(), member));
+            }
+        }
+        out
+    }
+
     /// Whether `socket` is subscribed to `channel`.
     pub fn is_subscribed(&self, socket: SocketId, channel: &str) -> bool {
         self.channels.get(channel).is_some_and(|ch| ch.subscribers.contains_key(&socket))

@@ -50,6 +50,10 @@ impl Presence {
         }
     }
 
+    pub(crate) fn info(&self, user: &str) -> Option<Bytes> {
+        self.members.get(user).map(|(info, _)| info.clone())
+    }
+
     pub(crate) fn user_count(&self) -> usize {
         self.members.len()
     }

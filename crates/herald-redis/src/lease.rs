@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_core::{ChannelChange, Engine, Transition};
+use herald_core::{ChannelChange, ClusterState, Engine, Joined, Member, Transition};
+
+use crate::state::RedisState;
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
@@ -91,7 +93,14 @@ pub(crate) async fn register(conn: &mut ConnectionManager, registry: &Registry, 
 
 /// Renews the lease until shutdown; then extends it once so sessions can finish uncounting themselves
 /// (their leaves are idempotent against a reaper anyway).
-pub(crate) async fn lease_loop(mut conn: ConnectionManager, registry: Registry, ttl: Duration, shutdown: CancellationToken) {
+pub(crate) async fn lease_loop(
+    mut conn: ConnectionManager,
+    registry: Registry,
+    ttl: Duration,
+    engine: Weak<Engine>,
+    state: Arc<RedisState>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(ttl / 3);
     loop {
         tokio::select! {
@@ -107,16 +116,53 @@ pub(crate) async fn lease_loop(mut conn: ConnectionManager, registry: Registry, 
         match renewed {
             Ok(Some(_)) => {}
             Ok(None) => {
-                // The lease lapsed (e.g. a long outage) and this node may have been reaped: take a new one.
-                // Its counts were taken out; they come back as its clients re-subscribe.
-                warn!("node lease had expired; registering again");
-                if let Err(e) = register(&mut conn, &registry, ttl).await {
-                    warn!(error = %e, "re-registering failed");
+                // The lease is gone: this node was reaped after an outage longer than the lease, or
+                // Redis restarted empty. Either way the cluster no longer counts this node's clients:
+                // register again and re-assert every local subscription.
+                warn!("node lease was lost; registering again and re-asserting presence");
+                match register(&mut conn, &registry, ttl).await {
+                    Ok(()) => {
+                        if let Some(engine) = engine.upgrade() {
+                            reassert(&engine, &state).await;
+                        }
+                    }
+                    Err(e) => warn!(error = %e, "re-registering failed"),
                 }
             }
             Err(e) => warn!(error = %e, "lease renewal failed"),
         }
     }
+}
+
+/// Counts every local subscription again (after the cluster lost them) and announces what that
+/// changes, so other nodes' clients see this node's members come back.
+async fn reassert(engine: &Engine, state: &RedisState) {
+    let mut count = 0usize;
+    for hub in engine.hubs() {
+        let app = hub.app().id.clone();
+        let max = hub.app().limits.max_presence_members;
+        for (channel, member) in hub.local_subscriptions() {
+            match state.join(&app, &channel, member.as_ref(), max).await {
+                Ok(Joined::Counted { subscribers, member_added, .. }) => {
+                    count += 1;
+                    let mut transitions = Vec::new();
+                    if subscribers == 1 {
+                        transitions.push(Transition::Occupied);
+                    }
+                    if let (true, Some(m)) = (member_added, member) {
+                        transitions.push(Transition::MemberAdded(Member { user_id: m.user_id, info: m.info }));
+                    }
+                    hub.announce(&ChannelChange { channel, subscribers, transitions });
+                }
+                Ok(Joined::Full) => {}
+                Err(e) => {
+                    warn!(error = %e, "re-asserting presence failed; will retry with the next lease renewal");
+                    return;
+                }
+            }
+        }
+    }
+    info!(subscriptions = count, "presence re-asserted");
 }
 
 /// Every `every`, tries to become this round's reaper and reaps nodes whose lease expired.

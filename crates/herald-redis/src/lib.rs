@@ -157,8 +157,9 @@ impl RedisBroker {
         let lease = config.lease.max(Duration::from_millis(300));
         lease::register(&mut publisher.clone(), &registry, lease).await.map_err(|source| RedisBrokerError::Connect { url: url.clone(), source })?;
         engine.attach(broker.clone());
-        engine.attach_state(Arc::new(RedisState::new(publisher.clone(), broker.prefix.clone(), broker.node)));
-        tasks.spawn(lease::lease_loop(publisher.clone(), registry.clone(), lease, shutdown.clone()));
+        let state = Arc::new(RedisState::new(publisher.clone(), broker.prefix.clone(), broker.node));
+        engine.attach_state(state.clone());
+        tasks.spawn(lease::lease_loop(publisher.clone(), registry.clone(), lease, Arc::downgrade(engine), state, shutdown.clone()));
         let reap_every = (lease / 2).min(Duration::from_secs(2));
         tasks.spawn(lease::reaper_loop(publisher.clone(), registry, Arc::downgrade(engine), reap_every, shutdown.clone()));
         tasks.spawn(publish_loop(publisher, queued, broker.clone(), shutdown.clone()));
