@@ -2,7 +2,12 @@
 
 use std::fmt::Write;
 
-use herald_core::{ChannelChange, Hub, Member, SocketId, Transition};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use herald_core::{ChannelChange, Engine, Hub, Member, SocketId, Transition};
+use parking_lot::Mutex;
 
 use crate::channel::{Access, ChannelKind};
 use crate::webhooks::Webhooks;
@@ -31,48 +36,93 @@ pub(crate) fn presence_data(members: &[Member]) -> String {
     format!(r#"{{"presence":{{"ids":[{ids}],"hash":{{{hash}}},"count":{}}}}}"#, members.len())
 }
 
-/// Broadcasts what a subscription change means to the channel's subscribers: member added/removed
-/// (never to `actor`, the connection that caused it) and the new subscription count if the app wants it;
-/// and queues the matching webhooks. Called once per change per cluster.
-pub(crate) fn announce(hub: &Hub, hooks: &Webhooks, change: &ChannelChange, actor: Option<SocketId>) {
-    let channel = &*change.channel;
-    let app = hub.app().id.as_str();
-    let hooked = hooks.enabled(app);
-    for t in &change.transitions {
-        match t {
-            Transition::Occupied if hooked => hooks.emit(app, json!({ "name": "channel_occupied", "channel": channel })),
-            Transition::Vacated if hooked => hooks.emit(app, json!({ "name": "channel_vacated", "channel": channel })),
-            Transition::MemberAdded(m) => {
-                if hooked {
-                    hooks.emit(app, json!({ "name": "member_added", "channel": channel, "user_id": &*m.user_id }));
+/// Channels with more subscribers than this get their `subscription_count` coalesced (at most one per
+/// [`COUNT_INTERVAL`]): sending every change to every subscriber would cost O(n²) frames while a big
+/// live stream fills up. Smaller channels get every change at once.
+pub(crate) const COUNT_IMMEDIATE_UP_TO: usize = 100;
+/// How often coalesced counts are sent.
+pub(crate) const COUNT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Announces channel changes: Pusher events to subscribers (on every node, through the hub) and
+/// webhooks. Shared by every session and by the engine's own announcements (reaped nodes).
+pub(crate) struct Announcer {
+    pub(crate) webhooks: Arc<Webhooks>,
+    /// Latest count of big channels waiting for the next flush; bounded by the number of channels.
+    deferred: Mutex<HashMap<(Arc<str>, Arc<str>), usize>>,
+}
+
+impl Announcer {
+    pub(crate) fn new(webhooks: Arc<Webhooks>) -> Announcer {
+        Announcer { webhooks, deferred: Mutex::new(HashMap::new()) }
+    }
+
+    /// Broadcasts what a subscription change means to the channel's subscribers: member added/removed
+    /// (never to `actor`, the connection that caused it) and the new subscription count if the app wants
+    /// it; and queues the matching webhooks. Called once per change per cluster.
+    pub(crate) fn announce(&self, hub: &Hub, change: &ChannelChange, actor: Option<SocketId>) {
+        let channel = &*change.channel;
+        let app = hub.app().id.as_str();
+        let hooks = &self.webhooks;
+        let hooked = hooks.enabled(app);
+        for t in &change.transitions {
+            match t {
+                Transition::Occupied if hooked => hooks.emit(app, json!({ "name": "channel_occupied", "channel": channel })),
+                Transition::Vacated if hooked => hooks.emit(app, json!({ "name": "channel_vacated", "channel": channel })),
+                Transition::MemberAdded(m) => {
+                    if hooked {
+                        hooks.emit(app, json!({ "name": "member_added", "channel": channel, "user_id": &*m.user_id }));
+                    }
+                    let data = format!(
+                        r#"{{"user_id":{},"user_info":{}}}"#,
+                        serde_json::to_string(&*m.user_id).expect("strings serialise"),
+                        info_json(&m.info)
+                    );
+                    let frame = wire::frame("pusher_internal:member_added", Some(channel), Data::Str(&data), None);
+                    hub.publish(channel, &frame, actor);
                 }
-                let data = format!(
-                    r#"{{"user_id":{},"user_info":{}}}"#,
-                    serde_json::to_string(&*m.user_id).expect("strings serialise"),
-                    info_json(&m.info)
-                );
-                let frame = wire::frame("pusher_internal:member_added", Some(channel), Data::Str(&data), None);
-                hub.publish(channel, &frame, actor);
-            }
-            Transition::MemberRemoved { user_id } => {
-                if hooked {
-                    hooks.emit(app, json!({ "name": "member_removed", "channel": channel, "user_id": &**user_id }));
+                Transition::MemberRemoved { user_id } => {
+                    if hooked {
+                        hooks.emit(app, json!({ "name": "member_removed", "channel": channel, "user_id": &**user_id }));
+                    }
+                    let data = format!(r#"{{"user_id":{}}}"#, serde_json::to_string(&**user_id).expect("strings serialise"));
+                    let frame = wire::frame("pusher_internal:member_removed", Some(channel), Data::Str(&data), None);
+                    hub.publish(channel, &frame, actor);
                 }
-                let data = format!(r#"{{"user_id":{}}}"#, serde_json::to_string(&**user_id).expect("strings serialise"));
-                let frame = wire::frame("pusher_internal:member_removed", Some(channel), Data::Str(&data), None);
-                hub.publish(channel, &frame, actor);
+                _ => {}
             }
-            _ => {}
+        }
+        let key = (Arc::from(app), change.channel.clone());
+        if change.subscribers > COUNT_IMMEDIATE_UP_TO {
+            self.deferred.lock().insert(key, change.subscribers);
+        } else {
+            self.deferred.lock().remove(&key);
+            self.send_count(hub, channel, change.subscribers);
         }
     }
-    if hooked {
-        hooks.emit(app, json!({ "name": "subscription_count", "channel": channel, "subscription_count": change.subscribers }));
+
+    /// The count to the channel's subscribers (apps that enable it; not presence channels, which have
+    /// member counts) and to webhooks.
+    fn send_count(&self, hub: &Hub, channel: &str, subscribers: usize) {
+        let app = hub.app().id.as_str();
+        if self.webhooks.enabled(app) {
+            self.webhooks.emit(app, json!({ "name": "subscription_count", "channel": channel, "subscription_count": subscribers }));
+        }
+        let counted = subscribers > 0 && ChannelKind::of(channel).access != Access::Presence;
+        if hub.app().enable_subscription_count && counted {
+            let data = format!(r#"{{"subscription_count":{subscribers}}}"#);
+            let frame = wire::frame("pusher_internal:subscription_count", Some(channel), Data::Str(&data), None);
+            hub.publish(channel, &frame, None);
+        }
     }
-    let counted = change.subscribers > 0 && ChannelKind::of(channel).access != Access::Presence;
-    if hub.app().enable_subscription_count && counted {
-        let data = format!(r#"{{"subscription_count":{}}}"#, change.subscribers);
-        let frame = wire::frame("pusher_internal:subscription_count", Some(channel), Data::Str(&data), None);
-        hub.publish(channel, &frame, None);
+
+    /// Sends the coalesced counts.
+    pub(crate) fn flush(&self, engine: &Engine) {
+        let due = std::mem::take(&mut *self.deferred.lock());
+        for ((app, channel), subscribers) in due {
+            if let Some(hub) = engine.by_id(&app) {
+                self.send_count(hub, &channel, subscribers);
+            }
+        }
     }
 }
 

@@ -33,6 +33,8 @@ use tokio_util::task::TaskTracker;
 pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};
 
+use events::Announcer;
+
 /// Settings of the Pusher front that are not per app.
 #[derive(Debug, Clone)]
 pub struct PusherConfig {
@@ -79,7 +81,7 @@ pub struct Pusher {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     admission: Arc<Semaphore>,
-    webhooks: Arc<Webhooks>,
+    announcer: Arc<Announcer>,
 }
 
 impl Pusher {
@@ -87,14 +89,16 @@ impl Pusher {
     pub fn new(engine: Arc<Engine>, config: PusherConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Arc<Self> {
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let webhooks = Webhooks::start(&engine, &config.webhooks, shutdown.clone(), &tasks);
+        let announcer = Arc::new(Announcer::new(webhooks));
         for hub in engine.hubs() {
             // Changes the engine finds on its own (a dead node reaped) reach clients as Pusher events.
-            let hooks = webhooks.clone();
+            let announcer = announcer.clone();
             hub.set_announcer(Arc::new(move |hub: &herald_core::Hub, change: &herald_core::ChannelChange| {
-                events::announce(hub, &hooks, change, None)
+                announcer.announce(hub, change, None)
             }));
         }
-        Arc::new(Pusher { engine, config, shutdown, tasks, admission, webhooks })
+        tasks.spawn(flush_counts(announcer.clone(), Arc::downgrade(&engine), shutdown.clone()));
+        Arc::new(Pusher { engine, config, shutdown, tasks, admission, announcer })
     }
 
     /// The engine this front serves.
@@ -116,6 +120,19 @@ impl Pusher {
     pub fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
         let hub = self.engine.by_id(app_id).ok_or_else(|| TriggerError::UnknownApp(app_id.to_string()))?;
         Ok(publish::trigger(hub, trigger)?)
+    }
+}
+
+/// Sends coalesced subscription counts every [`events::COUNT_INTERVAL`] until shutdown.
+async fn flush_counts(announcer: Arc<Announcer>, engine: std::sync::Weak<Engine>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(events::COUNT_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(engine) = engine.upgrade() else { return };
+        announcer.flush(&engine);
     }
 }
 

@@ -18,7 +18,7 @@ use tracing::{debug, info_span};
 use crate::auth;
 use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
 use crate::codes;
-use crate::events::{announce, presence_data};
+use crate::events::presence_data;
 use crate::wire::{self, ChannelData, Data, Incoming, SigninData, SubscribeData, UnsubscribeData};
 use crate::Pusher;
 
@@ -221,7 +221,7 @@ impl Session {
             .await;
         } else {
             for change in self.hub.disconnect(self.id) {
-                announce(&self.hub, &self.front.webhooks, &change, None);
+                self.front.announcer.announce(&self.hub, &change, None);
             }
         }
         debug!("disconnected");
@@ -314,7 +314,7 @@ impl Session {
                 if left.subscribers == 0 {
                     transitions.push(Transition::Vacated);
                 }
-                announce(&self.hub, &self.front.webhooks, &ChannelChange { channel, subscribers: left.subscribers, transitions }, actor);
+                self.front.announcer.announce(&self.hub, &ChannelChange { channel, subscribers: left.subscribers, transitions }, actor);
             }
             Ok(Err(_)) | Err(_) => {
                 metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
@@ -357,7 +357,7 @@ impl Session {
                         if self.hub.state().is_some() {
                             return Some(Pending::Leave { channel: change.channel, user });
                         }
-                        announce(&self.hub, &self.front.webhooks, &change, Some(self.id));
+                        self.front.announcer.announce(&self.hub, &change, Some(self.id));
                     }
                 }
                 None => self.error(codes::GENERIC_ERROR, "pusher:unsubscribe needs data.channel", "invalid_data"),
@@ -459,12 +459,12 @@ impl Session {
                 Some(frame) => self.reply(frame),
                 None => {
                     self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None));
-                    self.front.webhooks.emit(&self.hub.app().id, serde_json::json!({ "name": "cache_miss", "channel": channel }));
+                    self.front.announcer.webhooks.emit(&self.hub.app().id, serde_json::json!({ "name": "cache_miss", "channel": channel }));
                 }
             }
         }
         if !already {
-            announce(&self.hub, &self.front.webhooks, change, Some(self.id));
+            self.front.announcer.announce(&self.hub, change, Some(self.id));
         }
     }
 
@@ -518,14 +518,14 @@ impl Session {
         let user = if ChannelKind::of(channel).access == Access::Presence { self.hub.member_of(self.id, channel) } else { None };
         let frame = wire::frame(&msg.event, Some(channel), Data::Raw(data), user.as_deref());
         self.hub.publish(channel, &frame, Some(self.id));
-        if self.front.webhooks.enabled(&app.id) {
+        if self.front.announcer.webhooks.enabled(&app.id) {
             let mut event = serde_json::json!({
                 "name": "client_event", "channel": channel, "event": &msg.event, "data": data.get(), "socket_id": &self.id_text,
             });
             if let Some(user) = &user {
                 event["user_id"] = serde_json::Value::from(&**user);
             }
-            self.front.webhooks.emit(&app.id, event);
+            self.front.announcer.webhooks.emit(&app.id, event);
         }
     }
 }

@@ -286,3 +286,25 @@ async fn graceful_shutdown_asks_clients_to_reconnect() {
     let result = tokio::time::timeout(Duration::from_secs(5), server.done).await.expect("server drained");
     assert!(result.unwrap().is_ok());
 }
+
+#[tokio::test]
+async fn subscription_counts_of_big_channels_are_coalesced() {
+    let app = App { enable_subscription_count: true, ..App::dev() };
+    let server = start(vec![app], PusherConfig::default()).await;
+    let mut first = server.client().await;
+    first.subscribe("big-stream").await;
+    let mut others = Vec::new();
+    for _ in 0..119 {
+        let mut c = server.client().await;
+        c.subscribe("big-stream").await;
+        others.push(c);
+    }
+    // Up to 100 subscribers every change is sent; above, only the latest count once per interval.
+    let mut seen = Vec::new();
+    while seen.last() != Some(&120) {
+        let v = first.expect("pusher_internal:subscription_count").await;
+        seen.push(data(&v)["subscription_count"].as_u64().unwrap());
+    }
+    assert_eq!(seen[..100], (1..=100).collect::<Vec<_>>()[..]);
+    assert!(seen.len() <= 103, "counts above 100 were not coalesced: {seen:?}");
+}
