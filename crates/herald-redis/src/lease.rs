@@ -2,9 +2,9 @@
 //!
 //! Every node registers in `P:nodes` and keeps `P:node:{id}:lease` alive (a key with a TTL, renewed at a
 //! third of it). Every node also runs a reaper, but only the one holding `P:reaper` (a short `SET NX`
-//! lock) works in a given round: for each registered node whose lease has expired, one Lua script takes
-//! that node's contributions (`P:node:{id}`, see [`crate::state`]) back out of the cluster counts and
-//! presence, atomically, and returns what that changed. The reaper then announces the resulting
+//! lock) works in a given round: for each registered node whose lease has expired, one Lua script per app
+//! takes that node's contributions (`{P:A}:node:{id}`, see [`crate::state`]) back out of the cluster
+//! counts and presence, atomically, and returns what that changed. The reaper then announces the resulting
 //! `member_removed` and counts through the engine, once for the whole cluster. A ghost member of a
 //! `kill -9`ed node is gone within the lease TTL plus one reaper round.
 
@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use herald_core::{ChannelChange, ClusterState, Engine, Joined, Member, Transition};
 
-use crate::state::RedisState;
+use crate::state::{app_tag, contributions_key, RedisState};
 use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
@@ -26,13 +26,11 @@ local out = {}
 for i = 1, #fields, 2 do
   local f = fields[i]
   local c = tonumber(fields[i + 1])
-  local p1 = string.find(f, '\0', 1, true)
-  local p2 = string.find(f, '\0', p1 + 1, true)
-  local app = string.sub(f, 1, p1 - 1)
-  local ch = string.sub(f, p1 + 1, p2 - 1)
-  local user = string.sub(f, p2 + 1)
+  local sep = string.find(f, '\0', 1, true)
+  local ch = string.sub(f, 1, sep - 1)
+  local user = string.sub(f, sep + 1)
   if c > 0 then
-    local subs_key = ARGV[1] .. ':' .. app .. ':subs'
+    local subs_key = ARGV[1] .. ':subs'
     local s = redis.call('HINCRBY', subs_key, ch, -c)
     if s <= 0 then
       redis.call('HDEL', subs_key, ch)
@@ -40,14 +38,13 @@ for i = 1, #fields, 2 do
     end
     local removed = 0
     if user ~= '' then
-      local n_key = ARGV[1] .. ':' .. app .. ':n:' .. ch
+      local n_key = ARGV[1] .. ':n:' .. ch
       local n = redis.call('HINCRBY', n_key, user, -c)
       if n <= 0 then
         redis.call('HDEL', n_key, user)
-        removed = redis.call('HDEL', ARGV[1] .. ':' .. app .. ':m:' .. ch, user)
+        removed = redis.call('HDEL', ARGV[1] .. ':m:' .. ch, user)
       end
     end
-    table.insert(out, app)
     table.insert(out, ch)
     table.insert(out, user)
     table.insert(out, removed)
@@ -55,7 +52,6 @@ for i = 1, #fields, 2 do
   end
 end
 redis.call('DEL', KEYS[1])
-redis.call('SREM', KEYS[2], ARGV[2])
 return out
 "#;
 
@@ -73,10 +69,6 @@ impl Registry {
 
     pub(crate) fn lease(&self, node: &str) -> String {
         format!("{}:node:{node}:lease", self.prefix)
-    }
-
-    pub(crate) fn contributions(&self, node: &str) -> String {
-        format!("{}:node:{node}", self.prefix)
     }
 
     fn lock(&self) -> String {
@@ -199,27 +191,29 @@ async fn reap_round(conn: &mut ConnectionManager, registry: &Registry, script: &
         if alive {
             continue;
         }
-        let reaped: Vec<redis::Value> = script
-            .key(registry.contributions(&node))
-            .key(registry.nodes())
-            .arg(&registry.prefix)
-            .arg(&node)
-            .invoke_async(conn)
-            .await?;
-        let changes = changes_from(reaped);
-        info!(node, channels = changes.len(), "reaped a dead node");
-        metrics::counter!("herald_redis_nodes_reaped_total").increment(1);
-        for ((app, _), change) in changes {
-            if let Some(hub) = engine.by_id(&app) {
-                hub.announce(&change);
+        let mut channels = 0;
+        for hub in engine.hubs() {
+            let app = hub.app().id.as_str();
+            let reaped: Vec<redis::Value> = script
+                .key(contributions_key(&registry.prefix, app, &node))
+                .arg(app_tag(&registry.prefix, app))
+                .invoke_async(conn)
+                .await?;
+            let changes = changes_from(reaped);
+            channels += changes.len();
+            for change in changes.values() {
+                hub.announce(change);
             }
         }
+        let () = conn.srem(registry.nodes(), &node).await?;
+        info!(node, channels, "reaped a dead node");
+        metrics::counter!("herald_redis_nodes_reaped_total").increment(1);
     }
     Ok(())
 }
 
-/// Groups the script's flat `[app, channel, user, removed, subscribers, ...]` by channel.
-fn changes_from(flat: Vec<redis::Value>) -> BTreeMap<(String, String), ChannelChange> {
+/// Groups the script's flat `[channel, user, removed, subscribers, ...]` by channel.
+fn changes_from(flat: Vec<redis::Value>) -> BTreeMap<String, ChannelChange> {
     let text = |v: &redis::Value| -> String {
         match v {
             redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
@@ -233,11 +227,11 @@ fn changes_from(flat: Vec<redis::Value>) -> BTreeMap<(String, String), ChannelCh
             _ => 0,
         }
     };
-    let mut out: BTreeMap<(String, String), ChannelChange> = BTreeMap::new();
-    for row in flat.chunks(5) {
-        let [app, channel, user, removed, subscribers] = row else { continue };
-        let (app, channel, user) = (text(app), text(channel), text(user));
-        let change = out.entry((app, channel.clone())).or_insert_with(|| ChannelChange {
+    let mut out: BTreeMap<String, ChannelChange> = BTreeMap::new();
+    for row in flat.chunks(4) {
+        let [channel, user, removed, subscribers] = row else { continue };
+        let (channel, user) = (text(channel), text(user));
+        let change = out.entry(channel.clone()).or_insert_with(|| ChannelChange {
             channel: Arc::from(channel.as_str()),
             subscribers: 0,
             transitions: Vec::new(),

@@ -1,11 +1,12 @@
 //! Cluster-wide counts and presence in Redis ([`ClusterState`]).
 //!
-//! Keys, for prefix `P` and app `A`:
-//! - `P:A:subs` hash: channel -> subscriptions across the cluster;
-//! - `P:A:m:{channel}` hash: user id -> member info (the first connection's info wins);
-//! - `P:A:n:{channel}` hash: user id -> that user's connections to the channel across the cluster;
-//! - `P:node:{node}` hash: what this node contributed (`A\0channel\0user` -> count), so that a reaper can
-//!   take a dead node's share back out ([`crate::lease`]).
+//! Keys, for prefix `P` and app `A` (all of an app's keys share the hash tag `{P:A}`, so every script
+//! touches a single Redis Cluster slot):
+//! - `{P:A}:subs` hash: channel -> subscriptions across the cluster;
+//! - `{P:A}:m:{channel}` hash: user id -> member info (the first connection's info wins);
+//! - `{P:A}:n:{channel}` hash: user id -> that user's connections to the channel across the cluster;
+//! - `{P:A}:node:{node}` hash: what this node contributed (`channel\0user` -> count), so that a reaper
+//!   can take a dead node's share back out ([`crate::lease`]).
 //!
 //! Joins and leaves run as Lua scripts, so "first connection of this user" and "last one left" are
 //! decided atomically for the whole cluster.
@@ -65,7 +66,7 @@ return {removed, subs}
 pub struct RedisState {
     conn: ConnectionManager,
     prefix: String,
-    node_key: String,
+    node: String,
     join: Script,
     leave: Script,
 }
@@ -76,24 +77,38 @@ fn failed(e: redis::RedisError) -> StateError {
 
 impl RedisState {
     pub(crate) fn new(conn: ConnectionManager, prefix: String, node: u128) -> RedisState {
-        RedisState { conn, node_key: format!("{prefix}:node:{node:032x}"), prefix, join: Script::new(JOIN), leave: Script::new(LEAVE) }
+        RedisState { conn, node: format!("{node:032x}"), prefix, join: Script::new(JOIN), leave: Script::new(LEAVE) }
     }
 
     fn subs_key(&self, app: &str) -> String {
-        format!("{}:{app}:subs", self.prefix)
+        format!("{}:subs", app_tag(&self.prefix, app))
     }
 
     fn members_key(&self, app: &str, channel: &str) -> String {
-        format!("{}:{app}:m:{channel}", self.prefix)
+        format!("{}:m:{channel}", app_tag(&self.prefix, app))
     }
 
     fn conns_key(&self, app: &str, channel: &str) -> String {
-        format!("{}:{app}:n:{channel}", self.prefix)
+        format!("{}:n:{channel}", app_tag(&self.prefix, app))
     }
 
-    fn contribution(app: &str, channel: &str, user: &str) -> String {
-        format!("{app}\0{channel}\0{user}")
+    fn node_key(&self, app: &str) -> String {
+        contributions_key(&self.prefix, app, &self.node)
     }
+
+    fn contribution(channel: &str, user: &str) -> String {
+        format!("{channel}\0{user}")
+    }
+}
+
+/// `{P:A}`: the hash tag that keeps one app's keys in one Redis Cluster slot.
+pub(crate) fn app_tag(prefix: &str, app: &str) -> String {
+    format!("{{{prefix}:{app}}}")
+}
+
+/// What `node` contributed to app `app`'s counts.
+pub(crate) fn contributions_key(prefix: &str, app: &str, node: &str) -> String {
+    format!("{}:node:{node}", app_tag(prefix, app))
 }
 
 fn members_from(flat: Vec<Vec<u8>>) -> Vec<Member> {
@@ -117,12 +132,12 @@ impl ClusterState for RedisState {
                 .key(self.subs_key(app_id))
                 .key(self.members_key(app_id, channel))
                 .key(self.conns_key(app_id, channel))
-                .key(&self.node_key)
+                .key(self.node_key(app_id))
                 .arg(channel)
                 .arg(user)
                 .arg(info)
                 .arg(max_members)
-                .arg(RedisState::contribution(app_id, channel, user))
+                .arg(RedisState::contribution(channel, user))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(failed)?;
@@ -146,10 +161,10 @@ impl ClusterState for RedisState {
                 .key(self.subs_key(app_id))
                 .key(self.members_key(app_id, channel))
                 .key(self.conns_key(app_id, channel))
-                .key(&self.node_key)
+                .key(self.node_key(app_id))
                 .arg(channel)
                 .arg(user)
-                .arg(RedisState::contribution(app_id, channel, user))
+                .arg(RedisState::contribution(channel, user))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(failed)?;

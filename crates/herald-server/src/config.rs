@@ -254,8 +254,8 @@ impl Config {
                 EngineKind::Redis => {
                     let d = RedisConfig::default();
                     let prefix = cli.redis_prefix.clone().or(file.redis_prefix).unwrap_or(d.prefix);
-                    if prefix.is_empty() || prefix.contains(':') {
-                        return Err(ConfigError::Invalid("redis_prefix must be non-empty and contain no ':'".into()));
+                    if prefix.is_empty() || prefix.contains([':', '{', '}']) {
+                        return Err(ConfigError::Invalid("redis_prefix must be non-empty and contain no ':', '{' or '}'".into()));
                     }
                     let lease = cli.redis_lease.or(file.redis_lease).map_or(d.lease, Duration::from_secs);
                     if lease.is_zero() {
