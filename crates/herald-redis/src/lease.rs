@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use herald_core::{ChannelChange, ClusterState, Engine, Joined, Member, Transition};
 
-use crate::state::{app_tag, contributions_key, RedisState};
-use redis::aio::ConnectionManager;
+use crate::state::{app_tag, contributions_key, Conn, RedisState};
 use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -77,7 +76,7 @@ impl Registry {
 }
 
 /// Registers this node and takes its first lease.
-pub(crate) async fn register(conn: &mut ConnectionManager, registry: &Registry, ttl: Duration) -> redis::RedisResult<()> {
+pub(crate) async fn register<C: Conn>(conn: &mut C, registry: &Registry, ttl: Duration) -> redis::RedisResult<()> {
     let () = conn.sadd(registry.nodes(), &registry.node).await?;
     let () = conn.pset_ex(registry.lease(&registry.node), 1, ttl.as_millis() as u64).await?;
     Ok(())
@@ -85,12 +84,12 @@ pub(crate) async fn register(conn: &mut ConnectionManager, registry: &Registry, 
 
 /// Renews the lease until shutdown; then extends it once so sessions can finish uncounting themselves
 /// (their leaves are idempotent against a reaper anyway).
-pub(crate) async fn lease_loop(
-    mut conn: ConnectionManager,
+pub(crate) async fn lease_loop<C: Conn>(
+    mut conn: C,
     registry: Registry,
     ttl: Duration,
     engine: Weak<Engine>,
-    state: Arc<RedisState>,
+    state: Arc<RedisState<C>>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(ttl / 3);
@@ -128,7 +127,7 @@ pub(crate) async fn lease_loop(
 
 /// Counts every local subscription again (after the cluster lost them) and announces what that
 /// changes, so other nodes' clients see this node's members come back.
-async fn reassert(engine: &Engine, state: &RedisState) {
+async fn reassert<C: Conn>(engine: &Engine, state: &RedisState<C>) {
     let mut count = 0usize;
     for hub in engine.hubs() {
         let app = hub.app().id.clone();
@@ -158,7 +157,7 @@ async fn reassert(engine: &Engine, state: &RedisState) {
 }
 
 /// Every `every`, tries to become this round's reaper and reaps nodes whose lease expired.
-pub(crate) async fn reaper_loop(mut conn: ConnectionManager, registry: Registry, engine: Weak<Engine>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn reaper_loop<C: Conn>(mut conn: C, registry: Registry, engine: Weak<Engine>, every: Duration, shutdown: CancellationToken) {
     let script = Script::new(REAP);
     let mut tick = tokio::time::interval(every);
     loop {
@@ -173,7 +172,7 @@ pub(crate) async fn reaper_loop(mut conn: ConnectionManager, registry: Registry,
     }
 }
 
-async fn reap_round(conn: &mut ConnectionManager, registry: &Registry, script: &Script, engine: &Engine, every: Duration) -> redis::RedisResult<()> {
+async fn reap_round<C: Conn>(conn: &mut C, registry: &Registry, script: &Script, engine: &Engine, every: Duration) -> redis::RedisResult<()> {
     let lock: Option<String> = redis::cmd("SET")
         .arg(registry.lock())
         .arg(&registry.node)

@@ -23,16 +23,19 @@
 //! surviving node, which takes its presence members and counts out and announces the result
 //! ([`lease`]).
 //!
-//! Not here yet (see the cluster issue): sharded pub/sub for Redis Cluster, webhooks.
+//! With [`RedisConfig::cluster`], the same runs on a Redis Cluster: sharded pub/sub (SPUBLISH /
+//! SSUBSCRIBE, so each message only travels through its channel's shard) and state keys hash-tagged per
+//! app (every script touches one slot).
 
 mod envelope;
 mod lease;
 mod state;
 
-pub use state::RedisState;
+pub use state::{Conn, RedisState};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -41,6 +44,7 @@ use futures_util::StreamExt;
 use herald_core::{Broker, Engine, Remote, Topic};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
+use redis::cluster_async::ClusterConnection;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,6 +59,8 @@ pub struct RedisConfig {
     pub prefix: String,
     /// Publications queued for Redis before new ones are dropped (counted).
     pub publish_queue: usize,
+    /// `url` lists seed nodes of a Redis Cluster (comma-separated); use sharded pub/sub.
+    pub cluster: bool,
     /// How long a node's lease lives without renewal; a node silent this long is reaped (its presence
     /// members and counts taken out of the cluster) within one more reaper round.
     pub lease: Duration,
@@ -62,7 +68,7 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into(), publish_queue: 65_536, lease: Duration::from_secs(10) }
+        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into(), publish_queue: 65_536, cluster: false, lease: Duration::from_secs(10) }
     }
 }
 
@@ -137,12 +143,12 @@ impl RedisBroker {
         tasks: &TaskTracker,
     ) -> Result<Arc<RedisBroker>, RedisBrokerError> {
         let url = config.url.clone();
-        let client = redis::Client::open(config.url.as_str()).map_err(|source| RedisBrokerError::Url { url: url.clone(), source })?;
-        let publisher = ConnectionManager::new(client.clone()).await.map_err(|source| RedisBrokerError::Connect { url: url.clone(), source })?;
+        let connect = |source| RedisBrokerError::Connect { url: url.clone(), source };
+        let bad_url = |source| RedisBrokerError::Url { url: url.clone(), source };
         let (outgoing, queued) = mpsc::channel(config.publish_queue.max(1));
         let broker = Arc::new(RedisBroker {
             node: (u128::from(fastrand::u64(..)) << 64) | u128::from(fastrand::u64(..)),
-            prefix: config.prefix,
+            prefix: config.prefix.clone(),
             outgoing,
             dirty: Mutex::new(HashSet::new()),
             dirty_notify: Notify::new(),
@@ -153,19 +159,51 @@ impl RedisBroker {
             subscriptions: AtomicUsize::new(0),
             stats: RedisStats::default(),
         });
-        let registry = lease::Registry { prefix: broker.prefix.clone(), node: format!("{:032x}", broker.node) };
-        let lease = config.lease.max(Duration::from_millis(300));
-        lease::register(&mut publisher.clone(), &registry, lease).await.map_err(|source| RedisBrokerError::Connect { url: url.clone(), source })?;
-        engine.attach(broker.clone());
-        let state = Arc::new(RedisState::new(publisher.clone(), broker.prefix.clone(), broker.node));
-        engine.attach_state(state.clone());
-        tasks.spawn(lease::lease_loop(publisher.clone(), registry.clone(), lease, Arc::downgrade(engine), state, shutdown.clone()));
-        let reap_every = (lease / 2).min(Duration::from_secs(2));
-        tasks.spawn(lease::reaper_loop(publisher.clone(), registry, Arc::downgrade(engine), reap_every, shutdown.clone()));
-        tasks.spawn(publish_loop(publisher, queued, broker.clone(), shutdown.clone()));
-        tasks.spawn(subscribe_loop(client, Arc::downgrade(engine), broker.clone(), shutdown));
-        info!(%url, prefix = %broker.prefix, "redis broker started");
+        if config.cluster {
+            // Redis Cluster: sharded pub/sub (SPUBLISH / SSUBSCRIBE) over RESP3; the cluster connection
+            // routes by slot and re-subscribes by itself after reconnecting.
+            let nodes: Vec<&str> = config.url.split(',').map(str::trim).filter(|n| !n.is_empty()).collect();
+            let (push_tx, pushes) = mpsc::unbounded_channel();
+            let client = redis::cluster::ClusterClientBuilder::new(nodes)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(push_tx)
+                .build()
+                .map_err(bad_url)?;
+            let conn = client.get_async_connection().await.map_err(connect)?;
+            broker.attach(conn.clone(), &config, engine, &shutdown, tasks).await.map_err(connect)?;
+            tasks.spawn(cluster_publish_loop(conn.clone(), queued, broker.clone(), shutdown.clone()));
+            tasks.spawn(cluster_subscribe_loop(conn, pushes, Arc::downgrade(engine), broker.clone(), shutdown));
+        } else {
+            let client = redis::Client::open(config.url.as_str()).map_err(bad_url)?;
+            let conn = ConnectionManager::new(client.clone()).await.map_err(connect)?;
+            broker.attach(conn.clone(), &config, engine, &shutdown, tasks).await.map_err(connect)?;
+            tasks.spawn(publish_loop(conn, queued, broker.clone(), shutdown.clone()));
+            tasks.spawn(subscribe_loop(client, Arc::downgrade(engine), broker.clone(), shutdown));
+        }
+        info!(%url, prefix = %broker.prefix, cluster = config.cluster, "redis broker started");
         Ok(broker)
+    }
+
+    /// Registers the node (lease), attaches broker and cluster state to the engine, and starts the
+    /// lease and reaper tasks.
+    async fn attach<C: Conn>(
+        self: &Arc<Self>,
+        conn: C,
+        config: &RedisConfig,
+        engine: &Arc<Engine>,
+        shutdown: &CancellationToken,
+        tasks: &TaskTracker,
+    ) -> redis::RedisResult<()> {
+        let registry = lease::Registry { prefix: self.prefix.clone(), node: format!("{:032x}", self.node) };
+        let lease = config.lease.max(Duration::from_millis(300));
+        lease::register(&mut conn.clone(), &registry, lease).await?;
+        engine.attach(self.clone());
+        let state = Arc::new(RedisState::new(conn.clone(), self.prefix.clone(), self.node));
+        engine.attach_state(state.clone());
+        tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, Arc::downgrade(engine), state, shutdown.clone()));
+        let reap_every = (lease / 2).min(Duration::from_secs(2));
+        tasks.spawn(lease::reaper_loop(conn, registry, Arc::downgrade(engine), reap_every, shutdown.clone()));
+        Ok(())
     }
 
     /// What crossed Redis so far.
@@ -185,13 +223,29 @@ impl RedisBroker {
         }
     }
 
+    /// Accounts for one publish batch; flips (and logs) the publisher's health.
+    fn count_published(&self, sent: usize, failed: usize) {
+        self.stats.published.fetch_add(sent as u64, Ordering::Relaxed);
+        metrics::counter!("herald_redis_published_total").increment(sent as u64);
+        if failed > 0 {
+            self.stats.dropped.fetch_add(failed as u64, Ordering::Relaxed);
+            metrics::counter!("herald_redis_publish_dropped_total").increment(failed as u64);
+            if self.publisher_up.swap(false, Ordering::AcqRel) {
+                warn!(failed, "redis publish failed; other nodes miss messages until it is back");
+            }
+        } else if !self.publisher_up.swap(true, Ordering::AcqRel) {
+            info!("redis publishing recovered");
+        }
+        metrics::gauge!("herald_redis_connected").set(if self.healthy() { 1.0 } else { 0.0 });
+    }
+
     fn set_subscriber_up(&self, up: bool) {
         self.subscriber_up.store(up, Ordering::Release);
         metrics::gauge!("herald_redis_connected").set(if self.healthy() { 1.0 } else { 0.0 });
     }
 
     /// Brings Redis subscriptions in line with local interest for every topic marked dirty.
-    async fn sync(&self, engine: &Engine, sink: &mut PubSubSink, subscribed: &mut HashMap<String, (Arc<str>, Topic)>) -> redis::RedisResult<()> {
+    async fn sync<S: Subscriptions>(&self, engine: &Engine, sink: &mut S, subscribed: &mut HashMap<String, (Arc<str>, Topic)>) -> redis::RedisResult<()> {
         let dirty: Vec<(Arc<str>, Topic)> = std::mem::take(&mut *self.dirty.lock()).into_iter().collect();
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for (app, topic) in dirty {
@@ -210,7 +264,7 @@ impl RedisBroker {
             }
         }
         for chunk in add.chunks(512) {
-            sink.subscribe(chunk).await?;
+            sink.add(chunk).await?;
             let mut live = self.live.lock();
             for key in chunk {
                 live.keys.insert(key.clone());
@@ -226,7 +280,7 @@ impl RedisBroker {
                     live.keys.remove(key);
                 });
             }
-            sink.unsubscribe(chunk).await?;
+            sink.remove(chunk).await?;
         }
         self.subscriptions.store(subscribed.len(), Ordering::Release);
         if !add.is_empty() || !remove.is_empty() {
@@ -328,6 +382,103 @@ impl Broker for RedisBroker {
     }
 }
 
+/// Subscribing and unsubscribing Redis channels: classic pub/sub on one server, sharded in a cluster.
+trait Subscriptions {
+    fn add(&mut self, keys: &[String]) -> impl Future<Output = redis::RedisResult<()>> + Send;
+    fn remove(&mut self, keys: &[String]) -> impl Future<Output = redis::RedisResult<()>> + Send;
+}
+
+impl Subscriptions for PubSubSink {
+    fn add(&mut self, keys: &[String]) -> impl Future<Output = redis::RedisResult<()>> + Send {
+        self.subscribe(keys.to_vec())
+    }
+
+    fn remove(&mut self, keys: &[String]) -> impl Future<Output = redis::RedisResult<()>> + Send {
+        self.unsubscribe(keys.to_vec())
+    }
+}
+
+impl Subscriptions for ClusterConnection {
+    fn add(&mut self, keys: &[String]) -> impl Future<Output = redis::RedisResult<()>> + Send {
+        let keys = keys.to_vec();
+        async move { self.ssubscribe(keys).await }
+    }
+
+    fn remove(&mut self, keys: &[String]) -> impl Future<Output = redis::RedisResult<()>> + Send {
+        let keys = keys.to_vec();
+        async move { self.sunsubscribe(keys).await }
+    }
+}
+
+/// Sends queued publications with SPUBLISH (each routed to its channel's shard), concurrently per batch.
+async fn cluster_publish_loop(conn: ClusterConnection, mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken) {
+    let mut batch = Vec::with_capacity(256);
+    loop {
+        let n = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            n = queued.recv_many(&mut batch, 256) => n,
+        };
+        if n == 0 {
+            break;
+        }
+        let sends = batch.drain(..).map(|(channel, payload)| {
+            let mut conn = conn.clone();
+            async move { redis::cmd("SPUBLISH").arg(channel).arg(&payload[..]).query_async::<()>(&mut conn).await }
+        });
+        let failed = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_err).count();
+        broker.count_published(n - failed, failed);
+    }
+}
+
+/// Applies interest changes with SSUBSCRIBE / SUNSUBSCRIBE and delivers sharded messages pushed over
+/// RESP3. Reconnection and re-subscription are the cluster connection's own.
+async fn cluster_subscribe_loop(
+    mut conn: ClusterConnection,
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    engine: Weak<Engine>,
+    broker: Arc<RedisBroker>,
+    shutdown: CancellationToken,
+) {
+    let Some(engine) = engine.upgrade() else { return };
+    let mut subscribed = HashMap::new();
+    broker.set_subscriber_up(true);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            push = pushes.recv() => match push {
+                None => return,
+                Some(push) => match push.kind {
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
+                        if let [redis::Value::BulkString(name), redis::Value::BulkString(payload), ..] = &push.data[..] {
+                            let name = String::from_utf8_lossy(name);
+                            broker.handle(&engine, &subscribed, &name, Bytes::copy_from_slice(payload));
+                        }
+                    }
+                    redis::PushKind::Disconnection => broker.set_subscriber_up(false),
+                    redis::PushKind::SSubscribe => broker.set_subscriber_up(true),
+                    _ => {}
+                },
+            },
+            _ = broker.dirty_notify.notified() => {
+                if let Err(e) = broker.sync(&engine, &mut conn, &mut subscribed).await {
+                    warn!(error = %e, "sharded subscribe failed; retrying");
+                    broker.set_subscriber_up(false);
+                    // Retry everything this node wants after a pause.
+                    {
+                        let mut dirty = broker.dirty.lock();
+                        for hub in engine.hubs() {
+                            let app: Arc<str> = Arc::from(hub.app().id.as_str());
+                            dirty.extend(hub.local_topics().into_iter().map(|t| (app.clone(), t)));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    broker.dirty_notify.notify_one();
+                }
+            }
+        }
+    }
+}
+
 /// Sends queued publications, pipelined in batches.
 async fn publish_loop(mut conn: ConnectionManager, mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(256);
@@ -344,22 +495,12 @@ async fn publish_loop(mut conn: ConnectionManager, mut queued: mpsc::Receiver<(S
             pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
         }
         match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => {
-                broker.stats.published.fetch_add(n as u64, Ordering::Relaxed);
-                metrics::counter!("herald_redis_published_total").increment(n as u64);
-                if !broker.publisher_up.swap(true, Ordering::AcqRel) {
-                    info!("redis publishing recovered");
-                }
-            }
+            Ok(()) => broker.count_published(n, 0),
             Err(e) => {
-                broker.stats.dropped.fetch_add(n as u64, Ordering::Relaxed);
-                metrics::counter!("herald_redis_publish_dropped_total").increment(n as u64);
-                if broker.publisher_up.swap(false, Ordering::AcqRel) {
-                    warn!(error = %e, "redis publish failed; other nodes miss messages until it is back");
-                }
+                debug!(error = %e, "redis publish failed");
+                broker.count_published(0, n);
             }
         }
-        metrics::gauge!("herald_redis_connected").set(if broker.healthy() { 1.0 } else { 0.0 });
     }
 }
 

@@ -62,21 +62,26 @@ end
 return {removed, subs}
 "#;
 
-/// Counts and presence of every node, in Redis.
-pub struct RedisState {
-    conn: ConnectionManager,
+/// Counts and presence of every node, in Redis (a single server through a [`ConnectionManager`], or a
+/// Redis Cluster through a cluster connection).
+pub struct RedisState<C = ConnectionManager> {
+    conn: C,
     prefix: String,
     node: String,
     join: Script,
     leave: Script,
 }
 
+/// A Redis connection Herald can share between tasks: a single server's or a cluster's.
+pub trait Conn: redis::aio::ConnectionLike + Clone + Send + Sync + 'static {}
+impl<T: redis::aio::ConnectionLike + Clone + Send + Sync + 'static> Conn for T {}
+
 fn failed(e: redis::RedisError) -> StateError {
     StateError(e.to_string())
 }
 
-impl RedisState {
-    pub(crate) fn new(conn: ConnectionManager, prefix: String, node: u128) -> RedisState {
+impl<C: Conn> RedisState<C> {
+    pub(crate) fn new(conn: C, prefix: String, node: u128) -> RedisState<C> {
         RedisState { conn, node: format!("{node:032x}"), prefix, join: Script::new(JOIN), leave: Script::new(LEAVE) }
     }
 
@@ -121,7 +126,7 @@ fn members_from(flat: Vec<Vec<u8>>) -> Vec<Member> {
     out
 }
 
-impl ClusterState for RedisState {
+impl<C: Conn> ClusterState for RedisState<C> {
     fn join<'a>(&'a self, app_id: &'a str, channel: &'a str, member: Option<&'a MemberJoin>, max_members: usize) -> BoxFuture<'a, Result<Joined, StateError>> {
         Box::pin(async move {
             let user = member.map_or("", |m| &*m.user_id);
@@ -137,7 +142,7 @@ impl ClusterState for RedisState {
                 .arg(user)
                 .arg(info)
                 .arg(max_members)
-                .arg(RedisState::contribution(channel, user))
+                .arg(Self::contribution(channel, user))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(failed)?;
@@ -164,7 +169,7 @@ impl ClusterState for RedisState {
                 .key(self.node_key(app_id))
                 .arg(channel)
                 .arg(user)
-                .arg(RedisState::contribution(channel, user))
+                .arg(Self::contribution(channel, user))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(failed)?;
@@ -206,8 +211,10 @@ impl ClusterState for RedisState {
     fn members<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Vec<Member>, StateError>> {
         Box::pin(async move {
             let mut conn = self.conn.clone();
-            let flat: Vec<Vec<u8>> = redis::cmd("HGETALL").arg(self.members_key(app_id, channel)).query_async(&mut conn).await.map_err(failed)?;
-            Ok(members_from(flat))
+            // A pair list reads both RESP2's flat array and RESP3's map.
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> =
+                redis::cmd("HGETALL").arg(self.members_key(app_id, channel)).query_async(&mut conn).await.map_err(failed)?;
+            Ok(members_from(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()))
         })
     }
 }

@@ -55,6 +55,10 @@ pub struct Cli {
     /// a couple of seconds [default: 10].
     #[arg(long, env = "HERALD_REDIS_LEASE")]
     pub redis_lease: Option<u64>,
+    /// The Redis is a Redis Cluster: --redis-url lists seed nodes (comma-separated) and pub/sub is
+    /// sharded.
+    #[arg(long, env = "HERALD_REDIS_CLUSTER")]
+    pub redis_cluster: bool,
 }
 
 /// Which engine carries publications.
@@ -92,6 +96,8 @@ pub struct FileConfig {
     redis_url: Option<String>,
     redis_prefix: Option<String>,
     redis_lease: Option<u64>,
+    #[serde(default)]
+    redis_cluster: bool,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -261,7 +267,8 @@ impl Config {
                     if lease.is_zero() {
                         return Err(ConfigError::Invalid("redis_lease must be at least 1 second".into()));
                     }
-                    EngineConfig::Redis(RedisConfig { url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url), prefix, lease, ..d })
+                    let cluster = cli.redis_cluster || file.redis_cluster;
+                    EngineConfig::Redis(RedisConfig { url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url), prefix, lease, cluster, ..d })
                 }
             },
         })

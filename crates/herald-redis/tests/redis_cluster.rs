@@ -1,0 +1,154 @@
+//! The broker and cluster state on a real local Redis Cluster: three `redis-server --cluster-enabled
+//! yes` processes joined with `redis-cli --cluster create`. Sharded pub/sub (SPUBLISH/SSUBSCRIBE) and
+//! hash-tagged state keys.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::{App, Drained, Engine, Hub, Joined, MemberJoin, Outbox};
+use herald_redis::{RedisBroker, RedisConfig};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+struct RedisCluster {
+    _nodes: Vec<Child>,
+    _dir: std::path::PathBuf,
+    seeds: String,
+}
+
+async fn free_port() -> u16 {
+    // Cluster nodes also listen on port + 10000 (the cluster bus), so pick ports with room above.
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        if p < 55_000 && std::net::TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+            return p;
+        }
+    }
+}
+
+impl RedisCluster {
+    async fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut nodes = Vec::new();
+        let mut addrs = Vec::new();
+        for i in 0..3 {
+            let port = free_port().await;
+            let child = Command::new("redis-server")
+                .current_dir(&dir)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file", &format!("nodes-{i}-{port}.conf")])
+                .stdout(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server must be installed");
+            nodes.push(child);
+            addrs.push(format!("127.0.0.1:{port}"));
+        }
+        for a in &addrs {
+            for _ in 0..100 {
+                if tokio::net::TcpStream::connect(a.as_str()).await.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .await
+            .unwrap();
+        assert!(created.success(), "redis-cli --cluster create failed");
+        // Wait until every node reports the cluster up.
+        for a in &addrs {
+            let (host, port) = a.split_once(':').unwrap();
+            for _ in 0..100 {
+                let out = Command::new("redis-cli").args(["-h", host, "-p", port, "cluster", "info"]).output().await.unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("cluster_state:ok") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let seeds = addrs.iter().map(|a| format!("redis://{a}")).collect::<Vec<_>>().join(",");
+        RedisCluster { _nodes: nodes, _dir: dir, seeds }
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+async fn node(cluster: &RedisCluster, shutdown: &CancellationToken) -> (Arc<Engine>, Arc<RedisBroker>) {
+    let engine = Arc::new(Engine::new([App::dev()]));
+    let config = RedisConfig { url: cluster.seeds.clone(), prefix: "rc".into(), cluster: true, ..RedisConfig::default() };
+    let broker = RedisBroker::start(config, &engine, shutdown.clone(), &TaskTracker::new()).await.unwrap();
+    (engine, broker)
+}
+
+fn hub(engine: &Engine) -> &Arc<Hub> {
+    engine.by_id("app-id").unwrap()
+}
+
+async fn next(outbox: &Outbox, ms: u64) -> Option<Bytes> {
+    let mut batch = Vec::new();
+    match tokio::time::timeout(Duration::from_millis(ms), outbox.drain(&mut batch)).await {
+        Ok(Drained::Frames) => Some(batch.remove(0)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn sharded_routing_and_cluster_state_on_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let shutdown = CancellationToken::new();
+    let (a, _) = node(&cluster, &shutdown).await;
+    let (b, b_broker) = node(&cluster, &shutdown).await;
+
+    // Many channels, so they land on different shards; B subscribes the way a session does.
+    let mut boxes = Vec::new();
+    for i in 0..12 {
+        let channel = format!("shard-{i}");
+        if let Some(ready) = hub(&b).prepare_channel(&channel) {
+            tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
+            let (id, outbox) = hub(&b).connect().unwrap();
+            hub(&b).subscribe(id, &channel, None).unwrap();
+            hub(&b).release_channel(&channel);
+            boxes.push((channel, outbox));
+        }
+    }
+    assert_eq!(b_broker.subscriptions(), 12);
+    for (channel, outbox) in &boxes {
+        let frame = Bytes::from(format!("{{\"on\":\"{channel}\"}}"));
+        hub(&a).publish(channel, &frame, None);
+        assert_eq!(next(outbox, 2000).await.as_ref(), Some(&frame), "{channel}");
+    }
+
+    // Presence decided once for the cluster, through hash-tagged keys (one slot per app).
+    let (sa, sb) = (hub(&a).state().unwrap().clone(), hub(&b).state().unwrap().clone());
+    let alice = MemberJoin { user_id: Arc::from("alice"), info: Bytes::from_static(b"{}") };
+    match sa.join("app-id", "presence-rc", Some(&alice), 10).await.unwrap() {
+        Joined::Counted { member_added, .. } => assert!(member_added),
+        Joined::Full => panic!("full"),
+    }
+    match sb.join("app-id", "presence-rc", Some(&alice), 10).await.unwrap() {
+        Joined::Counted { member_added, subscribers, .. } => assert_eq!((member_added, subscribers), (false, 2)),
+        Joined::Full => panic!("full"),
+    }
+    assert_eq!(sb.members("app-id", "presence-rc").await.unwrap().len(), 1);
+    let listed = sa.channels("app-id", "presence-").await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!((listed[0].1.subscribers, listed[0].1.users), (2, Some(1)));
+    assert_eq!(sb.channel("app-id", "presence-rc").await.unwrap().map(|c| c.subscribers), Some(2));
+    assert!(!sa.leave("app-id", "presence-rc", Some("alice")).await.unwrap().member_removed);
+    assert!(sb.leave("app-id", "presence-rc", Some("alice")).await.unwrap().member_removed);
+    shutdown.cancel();
+}
