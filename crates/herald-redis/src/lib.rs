@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_core::{Broker, Engine, Remote, Topic};
+use herald_core::{BoxFuture, Broker, Engine, Remote, Topic};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, PubSubSink};
 use redis::cluster_async::ClusterConnection;
@@ -171,13 +171,13 @@ impl RedisBroker {
                 .map_err(bad_url)?;
             let conn = client.get_async_connection().await.map_err(connect)?;
             broker.attach(conn.clone(), &config, engine, &shutdown, tasks).await.map_err(connect)?;
-            tasks.spawn(cluster_publish_loop(conn.clone(), queued, broker.clone(), shutdown.clone()));
+            tasks.spawn(publish_loop(queued, broker.clone(), shutdown.clone(), publish_sharded(&conn)));
             tasks.spawn(cluster_subscribe_loop(conn, pushes, Arc::downgrade(engine), broker.clone(), shutdown));
         } else {
             let client = redis::Client::open(config.url.as_str()).map_err(bad_url)?;
             let conn = ConnectionManager::new(client.clone()).await.map_err(connect)?;
             broker.attach(conn.clone(), &config, engine, &shutdown, tasks).await.map_err(connect)?;
-            tasks.spawn(publish_loop(conn, queued, broker.clone(), shutdown.clone()));
+            tasks.spawn(publish_loop(queued, broker.clone(), shutdown.clone(), publish_pipelined(&conn)));
             tasks.spawn(subscribe_loop(client, Arc::downgrade(engine), broker.clone(), shutdown));
         }
         info!(%url, prefix = %broker.prefix, cluster = config.cluster, "redis broker started");
@@ -410,26 +410,6 @@ impl Subscriptions for ClusterConnection {
     }
 }
 
-/// Sends queued publications with SPUBLISH (each routed to its channel's shard), concurrently per batch.
-async fn cluster_publish_loop(conn: ClusterConnection, mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken) {
-    let mut batch = Vec::with_capacity(256);
-    loop {
-        let n = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            n = queued.recv_many(&mut batch, 256) => n,
-        };
-        if n == 0 {
-            break;
-        }
-        let sends = batch.drain(..).map(|(channel, payload)| {
-            let mut conn = conn.clone();
-            async move { redis::cmd("SPUBLISH").arg(channel).arg(&payload[..]).query_async::<()>(&mut conn).await }
-        });
-        let failed = futures_util::future::join_all(sends).await.into_iter().filter(Result::is_err).count();
-        broker.count_published(n - failed, failed);
-    }
-}
-
 /// Applies interest changes with SSUBSCRIBE / SUNSUBSCRIBE and delivers sharded messages pushed over
 /// RESP3. Reconnection and re-subscription are the cluster connection's own.
 async fn cluster_subscribe_loop(
@@ -479,8 +459,13 @@ async fn cluster_subscribe_loop(
     }
 }
 
-/// Sends queued publications, pipelined in batches.
-async fn publish_loop(mut conn: ConnectionManager, mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken) {
+/// Sends queued publications in batches of up to 256 through `send`, which returns how many of a
+/// batch failed.
+async fn publish_loop<F, Fut>(mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken, mut send: F)
+where
+    F: FnMut(Vec<(String, Bytes)>) -> Fut,
+    Fut: Future<Output = usize>,
+{
     let mut batch = Vec::with_capacity(256);
     loop {
         let n = tokio::select! {
@@ -490,17 +475,45 @@ async fn publish_loop(mut conn: ConnectionManager, mut queued: mpsc::Receiver<(S
         if n == 0 {
             break;
         }
-        let mut pipe = redis::pipe();
-        for (channel, payload) in batch.drain(..) {
-            pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
-        }
-        match pipe.query_async::<()>(&mut conn).await {
-            Ok(()) => broker.count_published(n, 0),
-            Err(e) => {
-                debug!(error = %e, "redis publish failed");
-                broker.count_published(0, n);
+        let failed = send(std::mem::take(&mut batch)).await;
+        broker.count_published(n - failed, failed);
+    }
+}
+
+/// One pipelined round trip of PUBLISH commands (a single server).
+fn publish_pipelined(conn: &ConnectionManager) -> impl FnMut(Vec<(String, Bytes)>) -> BoxFuture<'static, usize> {
+    let conn = conn.clone();
+    move |batch| {
+        let mut conn = conn.clone();
+        Box::pin(async move {
+            let n = batch.len();
+            let mut pipe = redis::pipe();
+            for (channel, payload) in batch {
+                pipe.cmd("PUBLISH").arg(channel).arg(&payload[..]).ignore();
             }
-        }
+            match pipe.query_async::<()>(&mut conn).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    debug!(error = %e, "redis publish failed");
+                    n
+                }
+            }
+        })
+    }
+}
+
+/// SPUBLISH each message to its channel's shard, concurrently (a Redis Cluster).
+fn publish_sharded(conn: &ClusterConnection) -> impl FnMut(Vec<(String, Bytes)>) -> BoxFuture<'static, usize> {
+    let conn = conn.clone();
+    move |batch| {
+        let conn = conn.clone();
+        Box::pin(async move {
+            let sends = batch.into_iter().map(|(channel, payload)| {
+                let mut conn = conn.clone();
+                async move { redis::cmd("SPUBLISH").arg(channel).arg(&payload[..]).query_async::<()>(&mut conn).await }
+            });
+            futures_util::future::join_all(sends).await.into_iter().filter(Result::is_err).count()
+        })
     }
 }
 

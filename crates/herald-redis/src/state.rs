@@ -101,6 +101,17 @@ impl<C: Conn> RedisState<C> {
         contributions_key(&self.prefix, app, &self.node)
     }
 
+    /// `script` with the four keys of one channel of one app (all in the app's slot).
+    fn invocation<'s>(&self, script: &'s Script, app: &str, channel: &str) -> redis::ScriptInvocation<'s> {
+        let mut invocation = script.prepare_invoke();
+        invocation
+            .key(self.subs_key(app))
+            .key(self.members_key(app, channel))
+            .key(self.conns_key(app, channel))
+            .key(self.node_key(app));
+        invocation
+    }
+
     fn contribution(channel: &str, user: &str) -> String {
         format!("{channel}\0{user}")
     }
@@ -133,11 +144,7 @@ impl<C: Conn> ClusterState for RedisState<C> {
             let info = member.map_or(&[][..], |m| &m.info[..]);
             let mut conn = self.conn.clone();
             let (added, subscribers, members): (i64, i64, Vec<Vec<u8>>) = self
-                .join
-                .key(self.subs_key(app_id))
-                .key(self.members_key(app_id, channel))
-                .key(self.conns_key(app_id, channel))
-                .key(self.node_key(app_id))
+                .invocation(&self.join, app_id, channel)
                 .arg(channel)
                 .arg(user)
                 .arg(info)
@@ -162,11 +169,7 @@ impl<C: Conn> ClusterState for RedisState<C> {
             let user = user_id.unwrap_or("");
             let mut conn = self.conn.clone();
             let (removed, subscribers): (i64, i64) = self
-                .leave
-                .key(self.subs_key(app_id))
-                .key(self.members_key(app_id, channel))
-                .key(self.conns_key(app_id, channel))
-                .key(self.node_key(app_id))
+                .invocation(&self.leave, app_id, channel)
                 .arg(channel)
                 .arg(user)
                 .arg(Self::contribution(channel, user))

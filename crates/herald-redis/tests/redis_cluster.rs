@@ -2,12 +2,15 @@
 //! yes` processes joined with `redis-cli --cluster create`. Sharded pub/sub (SPUBLISH/SSUBSCRIBE) and
 //! hash-tagged state keys.
 
+mod common;
+
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{App, Drained, Engine, Hub, Joined, MemberJoin, Outbox};
+use common::next;
+use herald_core::{App, Engine, Hub, Joined, MemberJoin};
 use herald_redis::{RedisBroker, RedisConfig};
 use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
@@ -96,14 +99,6 @@ async fn node(cluster: &RedisCluster, shutdown: &CancellationToken) -> (Arc<Engi
 
 fn hub(engine: &Engine) -> &Arc<Hub> {
     engine.by_id("app-id").unwrap()
-}
-
-async fn next(outbox: &Outbox, ms: u64) -> Option<Bytes> {
-    let mut batch = Vec::new();
-    match tokio::time::timeout(Duration::from_millis(ms), outbox.drain(&mut batch)).await {
-        Ok(Drained::Frames) => Some(batch.remove(0)),
-        _ => None,
-    }
 }
 
 #[tokio::test]

@@ -1,55 +1,18 @@
 //! The Redis broker against a real `redis-server` started on a free port: several engines ("nodes") in
 //! one process, connections registered directly on their hubs (no sockets needed to test routing).
 
-use std::process::Stdio;
+mod common;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::{next, RedisServer};
 use herald_core::{App, Disconnect, Drained, Engine, Hub, Outbox, SocketId};
 use herald_redis::{RedisBroker, RedisConfig};
-use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-/// A `redis-server` of our own, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: Child,
-}
-
-impl RedisServer {
-    async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        RedisServer::on(port).await
-    }
-
-    async fn on(port: u16) -> RedisServer {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server must be installed");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return RedisServer { port, child };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    async fn stop(mut self) {
-        self.child.kill().await.unwrap();
-        let _ = self.child.wait().await;
-    }
-}
 
 struct Node {
     engine: Arc<Engine>,
@@ -96,15 +59,6 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.shutdown.cancel();
-    }
-}
-
-/// The next frame in `outbox`, or `None` after `ms`.
-async fn next(outbox: &Outbox, ms: u64) -> Option<Bytes> {
-    let mut batch = Vec::new();
-    match tokio::time::timeout(Duration::from_millis(ms), outbox.drain(&mut batch)).await {
-        Ok(Drained::Frames) => Some(batch.remove(0)),
-        _ => None,
     }
 }
 

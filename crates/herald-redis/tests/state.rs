@@ -1,33 +1,16 @@
 //! Cluster-wide counts and presence ([`herald_redis::RedisState`]) against a real `redis-server`: two
 //! nodes, decisions taken once for the whole cluster.
 
-use std::process::Stdio;
+mod common;
+
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use herald_core::{App, ClusterState, Engine, Joined, MemberJoin};
 use herald_redis::{RedisBroker, RedisConfig};
-use tokio::process::Command;
+use common::RedisServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-
-async fn redis() -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server must be installed");
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    (child, format!("redis://127.0.0.1:{port}"))
-}
 
 /// A node's engine (kept alive by the caller) and its cluster state.
 async fn node(url: &str, shutdown: &CancellationToken) -> (Arc<Engine>, Arc<dyn ClusterState>) {
@@ -53,7 +36,8 @@ fn counted(j: Joined) -> (usize, bool, Vec<String>) {
 
 #[tokio::test]
 async fn presence_is_one_list_across_nodes_and_transitions_happen_once() {
-    let (_redis, url) = redis().await;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
     let shutdown = CancellationToken::new();
     let ((_ea, a), (_eb, b)) = (node(&url, &shutdown).await, node(&url, &shutdown).await);
     let (app, ch) = ("app-id", "presence-room");
@@ -84,7 +68,8 @@ async fn presence_is_one_list_across_nodes_and_transitions_happen_once() {
 
 #[tokio::test]
 async fn channel_counts_are_cluster_wide() {
-    let (_redis, url) = redis().await;
+    let redis = RedisServer::start().await;
+    let url = redis.url();
     let shutdown = CancellationToken::new();
     let ((_ea, a), (_eb, b)) = (node(&url, &shutdown).await, node(&url, &shutdown).await);
     let app = "app-id";
