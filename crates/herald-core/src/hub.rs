@@ -483,6 +483,20 @@ impl Hub {
         }
     }
 
+    /// After `user_id` signed in here: if this node is in a cluster and does not yet receive that user's
+    /// messages from other nodes, returns a receiver that resolves when it does. Pair a `Some` with
+    /// [`Hub::release_user`].
+    pub fn prepare_user(&self, user_id: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        self.broker.get()?.prepare(&self.app.id, &Topic::User(Arc::from(user_id)))
+    }
+
+    /// Ends [`Hub::prepare_user`].
+    pub fn release_user(&self, user_id: &str) {
+        if let Some(broker) = self.broker.get() {
+            broker.release(&self.app.id, &Topic::User(Arc::from(user_id)));
+        }
+    }
+
     /// Applies a message another node published (called by the broker). Returns local deliveries.
     pub fn receive(&self, topic: &Topic, message: Remote) -> usize {
         match (topic, message) {

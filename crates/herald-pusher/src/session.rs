@@ -75,6 +75,12 @@ enum Pending {
     },
     /// Uncount a subscription that already ended on this node.
     Leave { channel: Arc<str>, user: Option<Arc<str>> },
+    /// Confirm a sign-in once the node receives the user's messages from the cluster.
+    SignIn {
+        user: String,
+        user_data: String,
+        ready: tokio::sync::oneshot::Receiver<()>,
+    },
 }
 
 /// A subscription accepted on this node.
@@ -263,6 +269,13 @@ impl Session {
                 }
             }
             Pending::Leave { channel, user } => self.leave_clustered(channel, user, Some(self.id)).await,
+            Pending::SignIn { user, user_data, ready } => {
+                if tokio::time::timeout(CLUSTER_WAIT, ready).await.is_err() {
+                    metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
+                }
+                self.signed_in(&user_data);
+                self.hub.release_user(&user);
+            }
         }
     }
 
@@ -363,7 +376,7 @@ impl Session {
                 None => self.error(codes::GENERIC_ERROR, "pusher:unsubscribe needs data.channel", "invalid_data"),
             },
             "pusher:signin" => match msg.data_as::<SigninData>() {
-                Some(data) => self.sign_in(data),
+                Some(data) => return self.sign_in(data),
                 None => self.error(codes::GENERIC_ERROR, "pusher:signin needs data.auth and data.user_data", "invalid_data"),
             },
             event if event.starts_with("client-") => self.client_event(&msg),
@@ -468,13 +481,17 @@ impl Session {
         }
     }
 
-    fn sign_in(&mut self, data: SigninData) {
+    /// Signs the connection in. In a cluster, the confirmation waits (see [`Pending::SignIn`]) so that
+    /// the client's `#server-to-user` messages from other nodes are already routed here.
+    fn sign_in(&mut self, data: SigninData) -> Option<Pending> {
         let app = self.hub.app();
         if !app.enable_user_authentication {
-            return self.error(codes::TERMINATED, "User authentication is disabled for this app", "signin");
+            self.error(codes::TERMINATED, "User authentication is disabled for this app", "signin");
+            return None;
         }
         if !auth::verify_token(&app.key, &app.secret, &auth::user_message(&self.id_text, &data.user_data), &data.auth) {
-            return self.error(codes::TERMINATED, "Invalid signature for pusher:signin", "signin");
+            self.error(codes::TERMINATED, "Invalid signature for pusher:signin", "signin");
+            return None;
         }
         #[derive(serde::Deserialize)]
         struct UserData {
@@ -482,12 +499,26 @@ impl Session {
         }
         let id = match serde_json::from_str::<UserData>(&data.user_data).map(|u| u.id) {
             Ok(serde_json::Value::String(id)) if !id.is_empty() => id,
-            _ => return self.error(codes::TERMINATED, "user_data needs a non-empty string id", "signin"),
+            _ => {
+                self.error(codes::TERMINATED, "user_data needs a non-empty string id", "signin");
+                return None;
+            }
         };
         if let Err(e) = self.hub.sign_in(self.id, &id) {
-            return self.error(codes::TERMINATED, &e.to_string(), "signin");
+            self.error(codes::TERMINATED, &e.to_string(), "signin");
+            return None;
         }
-        let reply = serde_json::json!({ "user_data": data.user_data });
+        match self.hub.prepare_user(&id) {
+            Some(ready) => Some(Pending::SignIn { user: id, user_data: data.user_data, ready }),
+            None => {
+                self.signed_in(&data.user_data);
+                None
+            }
+        }
+    }
+
+    fn signed_in(&self, user_data: &str) {
+        let reply = serde_json::json!({ "user_data": user_data });
         self.reply(wire::frame_json("pusher:signin_success", None, &reply));
     }
 
