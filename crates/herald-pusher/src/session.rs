@@ -3,6 +3,11 @@
 //! The session task owns the socket. Everything it sends, replies included, goes through the
 //! connection's [`Outbox`], so replies and fan-out keep their order and share one bound. The loop
 //! writes queued frames in batches (feed each, flush once).
+//!
+//! In a cluster, a subscribe, a leave or a sign-in needs a Redis round trip (routing ready, counts and
+//! presence decided cluster-wide). `handle` returns that part as [`Pending`] work which the loop awaits
+//! (bounded by [`CLUSTER_WAIT`], boxed so idle connections keep a small future); without a cluster
+//! everything is synchronous.
 
 use std::sync::Arc;
 use std::time::Duration;

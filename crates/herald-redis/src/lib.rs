@@ -128,6 +128,8 @@ pub struct RedisBroker {
     /// Redis keys whose subscription is live, and who waits for one.
     live: Mutex<Live>,
     subscriber_up: AtomicBool,
+    /// The subscriber was connected at least once (so "not up" now means an outage, not start-up).
+    subscriber_was_up: AtomicBool,
     publisher_up: AtomicBool,
     subscriptions: AtomicUsize,
     stats: RedisStats,
@@ -155,6 +157,7 @@ impl RedisBroker {
             prepared: Mutex::new(HashMap::new()),
             live: Mutex::new(Live::default()),
             subscriber_up: AtomicBool::new(false),
+            subscriber_was_up: AtomicBool::new(false),
             publisher_up: AtomicBool::new(true),
             subscriptions: AtomicUsize::new(0),
             stats: RedisStats::default(),
@@ -241,6 +244,9 @@ impl RedisBroker {
 
     fn set_subscriber_up(&self, up: bool) {
         self.subscriber_up.store(up, Ordering::Release);
+        if up {
+            self.subscriber_was_up.store(true, Ordering::Release);
+        }
         metrics::gauge!("herald_redis_connected").set(if self.healthy() { 1.0 } else { 0.0 });
     }
 
@@ -333,6 +339,11 @@ impl Broker for RedisBroker {
     }
 
     fn prepare(&self, app_id: &str, topic: &Topic) -> Option<oneshot::Receiver<()>> {
+        if self.subscriber_was_up.load(Ordering::Acquire) && !self.subscriber_up.load(Ordering::Acquire) {
+            // An outage: waiting would only stall the client; local delivery works meanwhile and the
+            // interest is re-asserted on reconnect.
+            return None;
+        }
         let key = self.key(app_id, topic);
         let rx = {
             let mut live = self.live.lock();
