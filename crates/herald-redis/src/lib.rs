@@ -454,7 +454,10 @@ async fn cluster_subscribe_loop(
                 if let Err(e) = broker.sync(&engine, &mut conn, &mut subscribed).await {
                     warn!(error = %e, "sharded subscribe failed; retrying");
                     broker.set_subscriber_up(false);
-                    // Retry everything this node wants after a pause.
+                    // Forget what we believe is subscribed (a failed batch may be half done) and retry
+                    // everything this node wants after a pause; subscribing twice is harmless.
+                    subscribed.clear();
+                    broker.live.lock().keys.clear();
                     {
                         let mut dirty = broker.dirty.lock();
                         for hub in engine.hubs() {
