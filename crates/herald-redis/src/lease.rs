@@ -12,9 +12,12 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use herald_core::{ChannelChange, ClusterState, Engine, Joined, Member, Transition};
+use std::collections::HashMap;
+
+use herald_core::{Broker, ChannelChange, ClusterState, Engine, Joined, Member, MemberJoin, Transition};
 
 use crate::state::{app_tag, contributions_key, Conn, RedisState};
+use crate::RedisBroker;
 use redis::{AsyncCommands, Script};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -90,6 +93,7 @@ pub(crate) async fn lease_loop<C: Conn>(
     ttl: Duration,
     engine: Weak<Engine>,
     state: Arc<RedisState<C>>,
+    broker: Arc<RedisBroker>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(ttl / 3);
@@ -112,48 +116,98 @@ pub(crate) async fn lease_loop<C: Conn>(
                 // register again and re-assert every local subscription.
                 warn!("node lease was lost; registering again and re-asserting presence");
                 match register(&mut conn, &registry, ttl).await {
-                    Ok(()) => {
-                        if let Some(engine) = engine.upgrade() {
-                            reassert(&engine, &state).await;
-                        }
-                    }
+                    Ok(()) => broker.request_reconcile(),
                     Err(e) => warn!(error = %e, "re-registering failed"),
                 }
             }
             Err(e) => warn!(error = %e, "lease renewal failed"),
         }
-    }
-}
-
-/// Counts every local subscription again (after the cluster lost them) and announces what that
-/// changes, so other nodes' clients see this node's members come back.
-async fn reassert<C: Conn>(engine: &Engine, state: &RedisState<C>) {
-    let mut count = 0usize;
-    for hub in engine.hubs() {
-        let app = hub.app().id.clone();
-        let max = hub.app().limits.max_presence_members;
-        for (channel, member) in hub.local_subscriptions() {
-            match state.join(&app, &channel, member.as_ref(), max).await {
-                Ok(Joined::Counted { subscribers, member_added, .. }) => {
-                    count += 1;
-                    let mut transitions = Vec::new();
-                    if subscribers == 1 {
-                        transitions.push(Transition::Occupied);
-                    }
-                    if let (true, Some(m)) = (member_added, member) {
-                        transitions.push(Transition::MemberAdded(Member { user_id: m.user_id, info: m.info }));
-                    }
-                    hub.announce(&ChannelChange { channel, subscribers, transitions });
-                }
-                Ok(Joined::Full) => {}
-                Err(e) => {
-                    warn!(error = %e, "re-asserting presence failed; will retry with the next lease renewal");
-                    return;
+        if broker.healthy() && broker.take_reconcile() {
+            if let Some(engine) = engine.upgrade() {
+                if !reconcile(&engine, &state).await {
+                    broker.request_reconcile();
                 }
             }
         }
     }
-    info!(subscriptions = count, "presence re-asserted");
+}
+
+/// Makes what this node holds in the cluster counts equal its local subscriptions, announcing what
+/// that changes. Needed after the cluster lost this node's share (lease lost, Redis restarted empty:
+/// everything is joined again) or after an outage during which joins or leaves could not be recorded.
+/// Returns false if Redis failed midway (the caller tries again later).
+async fn reconcile<C: Conn>(engine: &Engine, state: &RedisState<C>) -> bool {
+    let (mut joined, mut left) = (0usize, 0usize);
+    for hub in engine.hubs() {
+        let app = hub.app().id.clone();
+        let max = hub.app().limits.max_presence_members;
+        let mut local: HashMap<String, (Arc<str>, Option<MemberJoin>, i64)> = HashMap::new();
+        for (channel, member) in hub.local_subscriptions() {
+            let user = member.as_ref().map_or("", |m| &*m.user_id);
+            let field = RedisState::<C>::contribution_field(&channel, user);
+            local.entry(field).or_insert((channel, member, 0)).2 += 1;
+        }
+        let stored = match state.contributions(&app).await {
+            Ok(stored) => stored,
+            Err(e) => {
+                warn!(error = %e, "reading this node's counts failed");
+                return false;
+            }
+        };
+        // Too few in Redis: join the missing ones.
+        for (channel, member, count) in local.values() {
+            let field = RedisState::<C>::contribution_field(channel, member.as_ref().map_or("", |m| &*m.user_id));
+            for _ in stored.get(&field).copied().unwrap_or(0)..*count {
+                match state.join(&app, channel, member.as_ref(), max).await {
+                    Ok(Joined::Counted { subscribers, member_added, .. }) => {
+                        joined += 1;
+                        let mut transitions = Vec::new();
+                        if subscribers == 1 {
+                            transitions.push(Transition::Occupied);
+                        }
+                        if let (true, Some(m)) = (member_added, member) {
+                            transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() }));
+                        }
+                        hub.announce(&ChannelChange { channel: channel.clone(), subscribers, transitions });
+                    }
+                    Ok(Joined::Full) => {}
+                    Err(e) => {
+                        warn!(error = %e, "re-asserting presence failed");
+                        return false;
+                    }
+                }
+            }
+        }
+        // Too many in Redis (leaves that could not be recorded): take them back.
+        for (field, held) in &stored {
+            let have = local.get(field).map_or(0, |l| l.2);
+            let Some((channel, user)) = field.split_once('\0') else { continue };
+            let user = (!user.is_empty()).then_some(user);
+            for _ in have..*held {
+                match state.leave(&app, channel, user).await {
+                    Ok(l) => {
+                        left += 1;
+                        let mut transitions = Vec::new();
+                        if let (true, Some(user_id)) = (l.member_removed, user) {
+                            transitions.push(Transition::MemberRemoved { user_id: Arc::from(user_id) });
+                        }
+                        if l.subscribers == 0 {
+                            transitions.push(Transition::Vacated);
+                        }
+                        hub.announce(&ChannelChange { channel: Arc::from(channel), subscribers: l.subscribers, transitions });
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "taking back stale counts failed");
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+    if joined + left > 0 {
+        info!(joined, left, "cluster counts reconciled with local subscriptions");
+    }
+    true
 }
 
 /// Every `every`, tries to become this round's reaper and reaps nodes whose lease expired.

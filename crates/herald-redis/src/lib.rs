@@ -130,6 +130,8 @@ pub struct RedisBroker {
     subscriber_up: AtomicBool,
     /// The subscriber was connected at least once (so "not up" now means an outage, not start-up).
     subscriber_was_up: AtomicBool,
+    /// Counts recorded in Redis may differ from local subscriptions (after an outage or a lost lease).
+    reconcile: AtomicBool,
     publisher_up: AtomicBool,
     subscriptions: AtomicUsize,
     stats: RedisStats,
@@ -158,6 +160,7 @@ impl RedisBroker {
             live: Mutex::new(Live::default()),
             subscriber_up: AtomicBool::new(false),
             subscriber_was_up: AtomicBool::new(false),
+            reconcile: AtomicBool::new(false),
             publisher_up: AtomicBool::new(true),
             subscriptions: AtomicUsize::new(0),
             stats: RedisStats::default(),
@@ -203,7 +206,7 @@ impl RedisBroker {
         engine.attach(self.clone());
         let state = Arc::new(RedisState::new(conn.clone(), self.prefix.clone(), self.node));
         engine.attach_state(state.clone());
-        tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, Arc::downgrade(engine), state, shutdown.clone()));
+        tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, Arc::downgrade(engine), state, self.clone(), shutdown.clone()));
         let reap_every = (lease / 2).min(Duration::from_secs(2));
         tasks.spawn(lease::reaper_loop(conn, registry, Arc::downgrade(engine), reap_every, shutdown.clone()));
         Ok(())
@@ -243,11 +246,24 @@ impl RedisBroker {
     }
 
     fn set_subscriber_up(&self, up: bool) {
-        self.subscriber_up.store(up, Ordering::Release);
+        let was = self.subscriber_up.swap(up, Ordering::AcqRel);
         if up {
             self.subscriber_was_up.store(true, Ordering::Release);
+        } else if was {
+            // Joins and leaves may fail while Redis is away; check the counts once it is back.
+            self.request_reconcile();
         }
         metrics::gauge!("herald_redis_connected").set(if self.healthy() { 1.0 } else { 0.0 });
+    }
+
+    /// Asks the lease task to reconcile this node's counts in Redis with its local subscriptions.
+    pub(crate) fn request_reconcile(&self) {
+        self.reconcile.store(true, Ordering::Release);
+    }
+
+    /// Takes a pending reconcile request.
+    pub(crate) fn take_reconcile(&self) -> bool {
+        self.reconcile.swap(false, Ordering::AcqRel)
     }
 
     /// Brings Redis subscriptions in line with local interest for every topic marked dirty.

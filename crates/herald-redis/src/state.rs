@@ -101,6 +101,17 @@ impl<C: Conn> RedisState<C> {
         contributions_key(&self.prefix, app, &self.node)
     }
 
+    /// What this node holds in app `app`'s counts: `channel\0user` -> connections.
+    pub(crate) async fn contributions(&self, app: &str) -> redis::RedisResult<std::collections::HashMap<String, i64>> {
+        let mut conn = self.conn.clone();
+        redis::cmd("HGETALL").arg(self.node_key(app)).query_async(&mut conn).await
+    }
+
+    /// The field [`RedisState::contributions`] uses for a channel and (presence) user.
+    pub(crate) fn contribution_field(channel: &str, user: &str) -> String {
+        Self::contribution(channel, user)
+    }
+
     /// `script` with the four keys of one channel of one app (all in the app's slot).
     fn invocation<'s>(&self, script: &'s Script, app: &str, channel: &str) -> redis::ScriptInvocation<'s> {
         let mut invocation = script.prepare_invoke();

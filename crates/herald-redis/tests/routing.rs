@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{next, RedisServer};
-use herald_core::{App, Disconnect, Drained, Engine, Hub, Outbox, SocketId};
+use herald_core::{App, Disconnect, Drained, Engine, Hub, MemberJoin, Outbox, SocketId};
 use herald_redis::{RedisBroker, RedisConfig};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -22,9 +22,13 @@ struct Node {
 
 impl Node {
     async fn start(redis: &RedisServer, prefix: &str) -> Node {
+        Node::with_lease(redis, prefix, Duration::from_secs(10)).await
+    }
+
+    async fn with_lease(redis: &RedisServer, prefix: &str, lease: Duration) -> Node {
         let engine = Arc::new(Engine::new([App::dev()]));
         let shutdown = CancellationToken::new();
-        let config = RedisConfig { url: redis.url(), prefix: prefix.into(), ..RedisConfig::default() };
+        let config = RedisConfig { url: redis.url(), prefix: prefix.into(), lease, ..RedisConfig::default() };
         let broker = RedisBroker::start(config, &engine, shutdown.clone(), &TaskTracker::new()).await.unwrap();
         Node { engine, broker, shutdown }
     }
@@ -220,5 +224,39 @@ async fn a_confirmed_first_subscriber_misses_nothing_published_elsewhere() {
         // A second subscriber on the same node does not wait.
         assert!(b.hub().prepare_channel(&channel).is_none());
     }
+    redis.stop().await;
+}
+
+#[tokio::test]
+async fn counts_are_reconciled_after_the_subscriber_connection_drops() {
+    let redis = RedisServer::start().await;
+    let a = Node::with_lease(&redis, "t7", Duration::from_millis(600)).await;
+    let state = a.hub().state().unwrap().clone();
+    // Alice is really here; Bob's leave "never reached Redis" (an outage): Redis still counts him.
+    let (alice, _outbox) = a.hub().connect().unwrap();
+    let member = |id: &str| MemberJoin { user_id: Arc::from(id), info: Bytes::from_static(b"{}") };
+    a.hub().subscribe(alice, "presence-r", Some(member("alice"))).unwrap();
+    state.join("app-id", "presence-r", Some(&member("alice")), 10).await.unwrap();
+    state.join("app-id", "presence-r", Some(&member("bob")), 10).await.unwrap();
+    a.subscriptions(1).await;
+
+    // Drop the node's subscriber connection (Redis keeps its data): on reconnect the node checks its
+    // counts against its local subscriptions and takes Bob back out.
+    let killed = tokio::process::Command::new("redis-cli")
+        .args(["-p", &redis.port.to_string(), "client", "kill", "type", "pubsub"])
+        .output()
+        .await
+        .unwrap();
+    assert!(killed.status.success());
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids = state.members("app-id", "presence-r").await.unwrap().iter().map(|m| m.user_id.to_string()).collect();
+        if ids == ["alice"] {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ids, ["alice"]);
+    assert_eq!(state.channel("app-id", "presence-r").await.unwrap().map(|c| c.subscribers), Some(1));
     redis.stop().await;
 }
