@@ -428,14 +428,14 @@ impl Hub {
     /// Queues `frame` to every subscriber of `channel` except `except`, on this node and (through the
     /// broker) on every other. Returns how many local subscribers got it.
     pub fn publish(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
-        self.broadcast(&Topic::Channel(Arc::from(channel)), Remote::Deliver { frame: frame.clone(), except, retain: false });
+        self.broadcast(|| Topic::Channel(Arc::from(channel)), || Remote::Deliver { frame: frame.clone(), except, retain: false });
         self.deliver(channel, frame, except)
     }
 
     /// Like [`Hub::publish`], and remembers `frame` as the channel's last event on every node (cache
     /// channels replay it to new subscribers).
     pub fn publish_retained(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
-        self.broadcast(&Topic::Channel(Arc::from(channel)), Remote::Deliver { frame: frame.clone(), except, retain: true });
+        self.broadcast(|| Topic::Channel(Arc::from(channel)), || Remote::Deliver { frame: frame.clone(), except, retain: true });
         self.retain(channel, frame.clone());
         self.deliver(channel, frame, except)
     }
@@ -453,9 +453,11 @@ impl Hub {
         delivered
     }
 
-    fn broadcast(&self, topic: &Topic, message: Remote) {
+    /// Hands a message to the broker, if any; topic and message are only built when there is one
+    /// (publishing on a single node allocates nothing for the cluster).
+    fn broadcast(&self, topic: impl FnOnce() -> Topic, message: impl FnOnce() -> Remote) {
         if let Some(broker) = self.broker.get() {
-            broker.publish(&self.app.id, topic, message);
+            broker.publish(&self.app.id, &topic(), message());
         }
     }
 
@@ -579,7 +581,7 @@ impl Hub {
     /// Queues `frame` to every connection signed in as `user_id` except `except`, on every node.
     /// Returns how many local connections got it.
     pub fn publish_to_user(&self, user_id: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
-        self.broadcast(&Topic::User(Arc::from(user_id)), Remote::Deliver { frame: frame.clone(), except, retain: false });
+        self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Deliver { frame: frame.clone(), except, retain: false });
         self.deliver_to_user(user_id, frame, except)
     }
 
@@ -599,7 +601,7 @@ impl Hub {
     /// Asks every connection signed in as `user_id`, on every node, to close. Returns how many local
     /// ones were asked.
     pub fn terminate_user(&self, user_id: &str) -> usize {
-        self.broadcast(&Topic::User(Arc::from(user_id)), Remote::Terminate);
+        self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Terminate);
         self.terminate_local(user_id)
     }
 
