@@ -189,7 +189,7 @@ async fn connect(
 }
 
 /// Bytes tungstenite reads at a time (and keeps per connection).
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 /// Queued outgoing bytes after which tungstenite writes without waiting for a flush.
 const WRITE_BATCH: usize = 8192;
 
