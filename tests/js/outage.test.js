@@ -62,6 +62,8 @@ test('a Redis restart is survived: local delivery, health, reconnect, re-subscri
   await until(async () => (await health(node1)).status === 'ok' && (await health(node2)).status === 'ok');
   // Presence is re-asserted by both nodes (their leases were lost with Redis's data).
   await until(async () => JSON.stringify(await users(api2)) === JSON.stringify(['alice', 'bob']));
+  // Reads are retried over a connection that broke with the restart: no 503 once nodes are back.
+  assert.deepEqual(await users(api1), ['alice', 'bob']);
   // Cross-node delivery works again (the subscriptions were re-established).
   let got;
   await until(async () => {

@@ -128,6 +128,20 @@ impl<C: Conn> RedisState<C> {
     }
 }
 
+/// Runs a read-only query, and once more if the first attempt met a connection that had just broken
+/// (the connection reconnects on that failure, and reads are safe to repeat), so a Redis restart does
+/// not surface as an error on the first API call after it.
+async fn read<T, F, Fut>(mut query: F) -> Result<T, StateError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    match query().await {
+        Err(e) if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() => query().await.map_err(failed),
+        result => result.map_err(failed),
+    }
+}
+
 /// `{P:A}`: the hash tag that keeps one app's keys in one Redis Cluster slot.
 pub(crate) fn app_tag(prefix: &str, app: &str) -> String {
     format!("{{{prefix}:{app}}}")
@@ -193,27 +207,39 @@ impl<C: Conn> ClusterState for RedisState<C> {
 
     fn channel<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Option<ChannelInfo>, StateError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let (subs, users): (Option<i64>, i64) = redis::pipe()
-                .hget(self.subs_key(app_id), channel)
-                .hlen(self.members_key(app_id, channel))
-                .query_async(&mut conn)
-                .await
-                .map_err(failed)?;
+            let (subs, users): (Option<i64>, i64) = read(|| {
+                let mut conn = self.conn.clone();
+                let mut pipe = redis::pipe();
+                pipe.hget(self.subs_key(app_id), channel).hlen(self.members_key(app_id, channel));
+                async move { pipe.query_async(&mut conn).await }
+            })
+            .await?;
             Ok(subs.filter(|n| *n > 0).map(|n| ChannelInfo { subscribers: n as usize, users: (users > 0).then_some(users as usize) }))
         })
     }
 
     fn channels<'a>(&'a self, app_id: &'a str, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(Arc<str>, ChannelInfo)>, StateError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
-            let all: Vec<(String, i64)> = redis::cmd("HGETALL").arg(self.subs_key(app_id)).query_async(&mut conn).await.map_err(failed)?;
+            let all: Vec<(String, i64)> = read(|| {
+                let mut conn = self.conn.clone();
+                let key = self.subs_key(app_id);
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
             let wanted: Vec<(String, i64)> = all.into_iter().filter(|(name, n)| *n > 0 && name.starts_with(prefix)).collect();
-            let mut pipe = redis::pipe();
-            for (name, _) in &wanted {
-                pipe.hlen(self.members_key(app_id, name));
-            }
-            let users: Vec<i64> = if wanted.is_empty() { Vec::new() } else { pipe.query_async(&mut conn).await.map_err(failed)? };
+            let users: Vec<i64> = if wanted.is_empty() {
+                Vec::new()
+            } else {
+                read(|| {
+                    let mut conn = self.conn.clone();
+                    let mut pipe = redis::pipe();
+                    for (name, _) in &wanted {
+                        pipe.hlen(self.members_key(app_id, name));
+                    }
+                    async move { pipe.query_async(&mut conn).await }
+                })
+                .await?
+            };
             Ok(wanted
                 .into_iter()
                 .zip(users)
@@ -224,10 +250,13 @@ impl<C: Conn> ClusterState for RedisState<C> {
 
     fn members<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Vec<Member>, StateError>> {
         Box::pin(async move {
-            let mut conn = self.conn.clone();
             // A pair list reads both RESP2's flat array and RESP3's map.
-            let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-                redis::cmd("HGETALL").arg(self.members_key(app_id, channel)).query_async(&mut conn).await.map_err(failed)?;
+            let pairs: Vec<(Vec<u8>, Vec<u8>)> = read(|| {
+                let mut conn = self.conn.clone();
+                let key = self.members_key(app_id, channel);
+                async move { redis::cmd("HGETALL").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
             Ok(members_from(pairs.into_iter().flat_map(|(k, v)| [k, v]).collect()))
         })
     }
