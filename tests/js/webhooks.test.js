@@ -85,10 +85,11 @@ test('presence lifecycle, client events and cache misses, signed as the SDK expe
 
   await waitFor(() => names(receiver.events('/all'), 'presence-hooks').includes('channel_vacated'));
   const all = receiver.events('/all');
-  assert.deepEqual(
-    names(all, 'presence-hooks').filter((n) => !n.startsWith('subscription_count')),
-    ['channel_occupied', 'member_added:alice', 'member_added:bob', 'client_event:alice', 'member_removed:alice', 'member_removed:bob', 'channel_vacated'],
-  );
+  const lifecycle = names(all, 'presence-hooks').filter((n) => !n.startsWith('subscription_count'));
+  assert.deepEqual(lifecycle.slice(0, 4), ['channel_occupied', 'member_added:alice', 'member_added:bob', 'client_event:alice']);
+  // Both clients close at once: the server may see either go first.
+  assert.deepEqual(lifecycle.slice(4, 6).sort(), ['member_removed:alice', 'member_removed:bob']);
+  assert.deepEqual(lifecycle.slice(6), ['channel_vacated']);
   const client = all.find((e) => e.name === 'client_event');
   assert.equal(client.event, 'client-typing');
   assert.deepEqual(JSON.parse(client.data), { on: true });
