@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
-use herald_core::{ChannelChange, Drained, Hub, Joined, Member, MemberJoin, Outbox, SocketId, Subscribed, Transition};
+use herald_core::{ChannelChange, Drained, Hub, Joined, Member, MemberJoin, Outbox, SocketId, Subscribed};
 use tokio::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::{debug, info_span};
@@ -302,14 +302,7 @@ impl Session {
                 self.subscription_error(channel, "LimitReached", 403, "The presence channel has its maximum of members");
             }
             Ok(Ok(Joined::Counted { subscribers, member_added, members: everyone })) => {
-                let mut transitions = Vec::new();
-                if subscribers == 1 {
-                    transitions.push(Transition::Occupied);
-                }
-                if let (true, Some(m)) = (member_added, admitted.member) {
-                    transitions.push(Transition::MemberAdded(Member { user_id: m.user_id, info: m.info }));
-                }
-                let change = ChannelChange { channel: change.channel, subscribers, transitions };
+                let change = ChannelChange::counted_join(change.channel, subscribers, member_added, admitted.member.as_ref());
                 self.confirm(channel, admitted.cache, everyone.as_deref(), &change, false);
             }
             Ok(Err(_)) | Err(_) => {
@@ -324,16 +317,7 @@ impl Session {
     async fn leave_clustered(&self, channel: Arc<str>, user: Option<Arc<str>>, actor: Option<SocketId>) {
         let Some(state) = self.hub.state() else { return };
         match tokio::time::timeout(CLUSTER_WAIT, state.leave(&self.hub.app().id, &channel, user.as_deref())).await {
-            Ok(Ok(left)) => {
-                let mut transitions = Vec::new();
-                if let (true, Some(user_id)) = (left.member_removed, user) {
-                    transitions.push(Transition::MemberRemoved { user_id });
-                }
-                if left.subscribers == 0 {
-                    transitions.push(Transition::Vacated);
-                }
-                self.front.announcer.announce(&self.hub, &ChannelChange { channel, subscribers: left.subscribers, transitions }, actor);
-            }
+            Ok(Ok(left)) => self.front.announcer.announce(&self.hub, &ChannelChange::counted_leave(channel, left, user), actor),
             Ok(Err(_)) | Err(_) => {
                 metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
             }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use std::collections::HashMap;
 
-use herald_core::{Broker, ChannelChange, ClusterState, Engine, Joined, Member, MemberJoin, Transition};
+use herald_core::{Broker, ChannelChange, ClusterState, Engine, Joined, MemberJoin, Transition};
 
 use crate::state::{app_tag, contributions_key, Conn, RedisState};
 use crate::RedisBroker;
@@ -161,14 +161,7 @@ async fn reconcile<C: Conn>(engine: &Engine, state: &RedisState<C>) -> bool {
                 match state.join(&app, channel, member.as_ref(), max).await {
                     Ok(Joined::Counted { subscribers, member_added, .. }) => {
                         joined += 1;
-                        let mut transitions = Vec::new();
-                        if subscribers == 1 {
-                            transitions.push(Transition::Occupied);
-                        }
-                        if let (true, Some(m)) = (member_added, member) {
-                            transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() }));
-                        }
-                        hub.announce(&ChannelChange { channel: channel.clone(), subscribers, transitions });
+                        hub.announce(&ChannelChange::counted_join(channel.clone(), subscribers, member_added, member.as_ref()));
                     }
                     Ok(Joined::Full) => {}
                     Err(e) => {
@@ -187,14 +180,7 @@ async fn reconcile<C: Conn>(engine: &Engine, state: &RedisState<C>) -> bool {
                 match state.leave(&app, channel, user).await {
                     Ok(l) => {
                         left += 1;
-                        let mut transitions = Vec::new();
-                        if let (true, Some(user_id)) = (l.member_removed, user) {
-                            transitions.push(Transition::MemberRemoved { user_id: Arc::from(user_id) });
-                        }
-                        if l.subscribers == 0 {
-                            transitions.push(Transition::Vacated);
-                        }
-                        hub.announce(&ChannelChange { channel: Arc::from(channel), subscribers: l.subscribers, transitions });
+                        hub.announce(&ChannelChange::counted_leave(Arc::from(channel), l, user.map(Arc::from)));
                     }
                     Err(e) => {
                         warn!(error = %e, "taking back stale counts failed");
