@@ -442,13 +442,12 @@ impl Hub {
 
     fn deliver(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         let Some(ch) = self.channels.get(channel) else { return 0 };
-        let mut delivered = 0;
-        for (id, sub) in &ch.subscribers {
-            if Some(*id) != except && sub.outbox.push(frame.clone()).is_ok() {
-                delivered += 1;
-            }
-        }
-        drop(ch);
+        self.push_all(ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox)), frame, except)
+    }
+
+    /// Queues `frame` to each target except `except`, and counts what went out.
+    fn push_all<'a>(&self, targets: impl Iterator<Item = (&'a SocketId, &'a Outbox)>, frame: &Bytes, except: Option<SocketId>) -> usize {
+        let delivered = targets.filter(|(id, outbox)| Some(**id) != except && outbox.push(frame.clone()).is_ok()).count();
         self.count_out(delivered, frame.len());
         delivered
     }
@@ -587,15 +586,7 @@ impl Hub {
 
     fn deliver_to_user(&self, user_id: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
         let Some(sockets) = self.users.get(user_id) else { return 0 };
-        let mut delivered = 0;
-        for (id, outbox) in sockets.iter() {
-            if Some(*id) != except && outbox.push(frame.clone()).is_ok() {
-                delivered += 1;
-            }
-        }
-        drop(sockets);
-        self.count_out(delivered, frame.len());
-        delivered
+        self.push_all(sockets.iter().map(|(id, outbox)| (id, outbox)), frame, except)
     }
 
     /// Asks every connection signed in as `user_id`, on every node, to close. Returns how many local
