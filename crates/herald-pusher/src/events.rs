@@ -91,6 +91,9 @@ impl Announcer {
                 _ => {}
             }
         }
+        if !hooked && !hub.app().enable_subscription_count {
+            return;
+        }
         let key = (Arc::from(app), change.channel.clone());
         if change.subscribers > COUNT_IMMEDIATE_UP_TO {
             self.deferred.lock().insert(key, change.subscribers);
