@@ -90,11 +90,7 @@ impl Ceiling {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
-    registry: Registry,
-    stop: CancellationToken,
-) -> anyhow::Result<()> {
+async fn serve(mut stream: TcpStream, registry: Registry, stop: CancellationToken) -> anyhow::Result<()> {
     stream.set_nodelay(true)?;
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
@@ -123,16 +119,16 @@ async fn serve(
         .map(|(_, rest)| rest.split([' ', '&']).next().unwrap_or("").to_string())
         .unwrap_or_default();
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let response = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+    let response =
+        format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
     stream.write_all(response.as_bytes()).await?;
     let established = r#"{"event":"pusher:connection_established","data":"{\"socket_id\":\"1.1\",\"activity_timeout\":120}"}"#;
     stream.write_all(&text_frame(established.as_bytes())).await?;
 
     let (tx, mut rx) = mpsc::channel::<Bytes>(QUEUE);
     Arc::make_mut(registry.lock().expect("registry").entry(channel.clone()).or_default()).push(tx.clone());
-    let succeeded = text_frame(
-        format!(r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{channel}","data":"{{}}"}}"#).as_bytes(),
-    );
+    let succeeded =
+        text_frame(format!(r#"{{"event":"pusher_internal:subscription_succeeded","channel":"{channel}","data":"{{}}"}}"#).as_bytes());
     let (mut read, mut write) = stream.into_split();
     let reader = async move {
         // The client's subscribe (and anything else) is read and discarded; the first read is answered.

@@ -46,7 +46,8 @@ impl Connector {
     /// 127.0.0.1, 127.0.0.2, ... so one machine can open more than one address's worth of ports.
     pub fn new(target: Target, connections: usize) -> Connector {
         // Start each run at a different port so the previous run's TIME_WAIT ports are not hit first.
-        let offset = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % PORTS.len() as u32;
+        let offset =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos()) % PORTS.len() as u32;
         let ips: Vec<IpAddr> = if target.addr.ip().is_loopback() {
             let n = connections.div_ceil(PER_SOURCE).clamp(1, 250);
             (0..n).map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + i as u8))).collect()

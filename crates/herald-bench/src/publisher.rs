@@ -36,10 +36,8 @@ impl Publisher {
         let body = serde_json::json!({ "name": "bench", "channel": channel, "data": data }).to_string();
         let path = format!("/apps/{}/events", self.target.app_id);
         let uri = format!("http://{}{}?{}", self.target.addr, path, self.signed_query("POST", &path, &body));
-        let req = hyper::Request::post(uri)
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .context("request")?;
+        let req =
+            hyper::Request::post(uri).header("content-type", "application/json").body(Full::new(Bytes::from(body))).context("request")?;
         let res = self.http.request(req).await.context("publish request")?;
         let status = res.status().as_u16();
         // Drain the body so the connection is reused.

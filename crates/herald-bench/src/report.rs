@@ -90,7 +90,14 @@ impl Report {
             let t_max = self.rate_over_time.last().map(|p| p.0).unwrap_or(1.0).max(0.1);
             let r_max = self.rate_over_time.iter().map(|p| p.1).fold(1.0, f64::max);
             let mut chart = ChartBuilder::on(&right)
-                .caption(format!("{} {} per second", self.label, if self.scenario == "fanout" || self.scenario == "ceiling" { "deliveries" } else { "connections" }), ("sans-serif", 18))
+                .caption(
+                    format!(
+                        "{} {} per second",
+                        self.label,
+                        if self.scenario == "fanout" || self.scenario == "ceiling" { "deliveries" } else { "connections" }
+                    ),
+                    ("sans-serif", 18),
+                )
                 .margin(10)
                 .x_label_area_size(35)
                 .y_label_area_size(60)

@@ -17,12 +17,12 @@ use parking_lot::Mutex;
 
 use crate::app::App;
 use crate::broker::{Broker, Remote, Topic};
-use crate::state::ClusterState;
 use crate::error::{ConnectError, SignInError, SubscribeError};
 use crate::ids::SocketId;
 use crate::outbox::{Disconnect, Outbox};
 use crate::presence::{Member, Presence};
 use crate::retained::Retained;
+use crate::state::ClusterState;
 
 /// Every app's hub, looked up by id (HTTP API) or key (WebSocket path).
 pub struct Engine {
@@ -240,9 +240,7 @@ impl Hub {
             return Err(ConnectError::AppDisabled);
         }
         let limit = self.app.limits.max_connections.unwrap_or(usize::MAX);
-        let admitted = self
-            .connection_count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
+        let admitted = self.connection_count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
         if admitted.is_err() {
             return Err(ConnectError::OverQuota { limit });
         }
@@ -279,12 +277,7 @@ impl Hub {
     }
 
     /// Subscribes `socket` to `channel`; `member` makes it a presence subscription.
-    pub fn subscribe(
-        &self,
-        socket: SocketId,
-        channel: &str,
-        member: Option<MemberJoin>,
-    ) -> Result<Subscribed, SubscribeError> {
+    pub fn subscribe(&self, socket: SocketId, channel: &str, member: Option<MemberJoin>) -> Result<Subscribed, SubscribeError> {
         let limits = &self.app.limits;
         let (outbox, count) = {
             let conn = self.connections.get(&socket).ok_or(SubscribeError::UnknownConnection)?;
@@ -292,10 +285,7 @@ impl Hub {
         };
         if let Some(m) = &member {
             if m.info.len() > limits.max_presence_member_size {
-                return Err(SubscribeError::MemberInfoTooLarge {
-                    size: m.info.len(),
-                    limit: limits.max_presence_member_size,
-                });
+                return Err(SubscribeError::MemberInfoTooLarge { size: m.info.len(), limit: limits.max_presence_member_size });
             }
         }
         let name: Arc<str> = Arc::from(channel);
@@ -390,10 +380,13 @@ impl Hub {
     /// Every channel `socket` is subscribed to, with the presence user it joined as.
     pub fn subscriptions_of(&self, socket: SocketId) -> Vec<(Arc<str>, Option<Arc<str>>)> {
         let channels = self.connections.get(&socket).map(|c| c.channels.clone()).unwrap_or_default();
-        channels.into_iter().map(|c| {
-            let user = self.member_of(socket, &c);
-            (c, user)
-        }).collect()
+        channels
+            .into_iter()
+            .map(|c| {
+                let user = self.member_of(socket, &c);
+                (c, user)
+            })
+            .collect()
     }
 
     /// Every local subscription (one per connection and channel), with the presence member it joined as:
@@ -614,11 +607,7 @@ impl Hub {
 
     /// Every occupied channel whose name starts with `prefix`.
     pub fn channels(&self, prefix: &str) -> Vec<(Arc<str>, ChannelInfo)> {
-        self.channels
-            .iter()
-            .filter(|e| e.key().starts_with(prefix))
-            .map(|e| (e.key().clone(), e.value().info()))
-            .collect()
+        self.channels.iter().filter(|e| e.key().starts_with(prefix)).map(|e| (e.key().clone(), e.value().info())).collect()
     }
 
     /// Members of an occupied presence channel.

@@ -27,9 +27,7 @@ mod state;
 pub use app::{App, AppLimits};
 pub use broker::{Broker, Remote, Topic};
 pub use error::{ConnectError, SignInError, SubscribeError};
-pub use hub::{
-    Announcer, ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition,
-};
+pub use hub::{Announcer, ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;

@@ -78,7 +78,13 @@ impl ChannelChange {
 pub trait ClusterState: Send + Sync + 'static {
     /// Counts a new subscription to `channel` of `app_id`; `member` makes it a presence subscription,
     /// refused with [`Joined::Full`] when `max_members` other users are present.
-    fn join<'a>(&'a self, app_id: &'a str, channel: &'a str, member: Option<&'a MemberJoin>, max_members: usize) -> BoxFuture<'a, Result<Joined, StateError>>;
+    fn join<'a>(
+        &'a self,
+        app_id: &'a str,
+        channel: &'a str,
+        member: Option<&'a MemberJoin>,
+        max_members: usize,
+    ) -> BoxFuture<'a, Result<Joined, StateError>>;
     /// Ends a subscription counted by [`ClusterState::join`].
     fn leave<'a>(&'a self, app_id: &'a str, channel: &'a str, user_id: Option<&'a str>) -> BoxFuture<'a, Result<Left, StateError>>;
     /// Counts of one channel across the cluster; `None` when nobody is subscribed.

@@ -249,12 +249,7 @@ async fn batch_events(
     Ok(Json(json!({ "batch": infos })))
 }
 
-async fn channels(
-    State(front): State<Arc<Pusher>>,
-    Path(app_id): Path<String>,
-    method: Method,
-    uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+async fn channels(State(front): State<Arc<Pusher>>, Path(app_id): Path<String>, method: Method, uri: Uri) -> Result<Json<Value>, ApiError> {
     let hub = authorize(&front, &app_id, &method, &uri, b"")?;
     let prefix = query_param(&uri, "filter_by_prefix").unwrap_or_default();
     let info = Info::parse(query_param(&uri, "info").as_deref());

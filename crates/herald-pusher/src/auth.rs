@@ -84,17 +84,9 @@ pub enum RequestAuthError {
 
 /// Verifies a signed HTTP API request. `query` is the raw query string; values are URL-decoded before
 /// the string to sign (`METHOD\nPATH\nsorted_query`) is built, as the Pusher SDKs sign decoded values.
-pub fn verify_request(
-    key: &str,
-    secret: &str,
-    method: &str,
-    path: &str,
-    query: &str,
-    body: &[u8],
-) -> Result<(), RequestAuthError> {
-    let mut params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
-        .map(|(k, v)| (k.to_lowercase(), v.into_owned()))
-        .collect();
+pub fn verify_request(key: &str, secret: &str, method: &str, path: &str, query: &str, body: &[u8]) -> Result<(), RequestAuthError> {
+    let mut params: Vec<(String, String)> =
+        form_urlencoded::parse(query.as_bytes()).map(|(k, v)| (k.to_lowercase(), v.into_owned())).collect();
     let get = |name: &'static str| -> Result<String, RequestAuthError> {
         params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()).ok_or(RequestAuthError::Missing(name))
     };
@@ -175,9 +167,7 @@ mod tests {
         let ts = now();
         let decoded = format!("auth_key=k&auth_timestamp={ts}&auth_version=1.0&info=user_count,subscription_count");
         let sig = sign("s", &format!("GET\n/apps/1/channels\n{decoded}"));
-        let sent = format!(
-            "info=user_count%2Csubscription_count&auth_key=k&auth_timestamp={ts}&auth_version=1.0&auth_signature={sig}"
-        );
+        let sent = format!("info=user_count%2Csubscription_count&auth_key=k&auth_timestamp={ts}&auth_version=1.0&auth_signature={sig}");
         assert_eq!(verify_request("k", "s", "GET", "/apps/1/channels", &sent, b""), Ok(()));
     }
 }

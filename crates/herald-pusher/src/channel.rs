@@ -58,9 +58,7 @@ pub fn is_valid_name(name: &str) -> bool {
     if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
         return !user.is_empty() && name.len() <= MAX_CHANNEL_NAME + USER_CHANNEL_PREFIX.len();
     }
-    !name.is_empty()
-        && name.len() <= MAX_CHANNEL_NAME
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b))
+    !name.is_empty() && name.len() <= MAX_CHANNEL_NAME && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b))
 }
 
 #[cfg(test)]

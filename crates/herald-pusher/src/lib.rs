@@ -23,12 +23,12 @@ use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use herald_core::Engine;
 use futures_util::future::Either;
+use herald_core::Engine;
 use tokio::sync::Semaphore;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};
@@ -165,11 +165,8 @@ async fn connect(
     let tasks = front.tasks.clone();
     // A small read buffer: Pusher client frames are small, tungstenite grows it for larger ones, and
     // every idle connection keeps it (see ARCHITECTURE.md, memory per connection).
-    ws.max_message_size(max_message)
-        .max_frame_size(max_message)
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BATCH)
-        .on_upgrade(move |socket| {
+    ws.max_message_size(max_message).max_frame_size(max_message).read_buffer_size(READ_BUFFER).write_buffer_size(WRITE_BATCH).on_upgrade(
+        move |socket| {
             // Registration is synchronous and the session future is not wrapped in further async
             // blocks: the task holds this future for the connection's whole life.
             let opened = match (refusal, hub, permit) {
@@ -185,7 +182,8 @@ async fn connect(
                 Err((code, message)) => Either::Right(async move { session::refuse(socket, code, &message).await }),
             };
             tasks.track_future(session)
-        })
+        },
+    )
 }
 
 /// Bytes tungstenite reads at a time (and keeps per connection).

@@ -16,8 +16,8 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::SinkExt;
 use herald_core::{ChannelChange, Drained, Hub, Joined, Member, MemberJoin, Outbox, SocketId, Subscribed};
-use tokio::time::Instant;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 use tracing::{debug, info_span};
 
 use crate::auth;
@@ -74,18 +74,11 @@ const CLUSTER_WAIT: Duration = Duration::from_secs(2);
 /// Work a frame leaves for the session loop to await: round trips to the cluster.
 enum Pending {
     /// Subscribe once the node receives the channel from the cluster, counting it cluster-wide.
-    Subscribe {
-        data: SubscribeData,
-        ready: Option<tokio::sync::oneshot::Receiver<()>>,
-    },
+    Subscribe { data: SubscribeData, ready: Option<tokio::sync::oneshot::Receiver<()>> },
     /// Uncount a subscription that already ended on this node.
     Leave { channel: Arc<str>, user: Option<Arc<str>> },
     /// Confirm a sign-in once the node receives the user's messages from the cluster.
-    SignIn {
-        user: String,
-        user_data: String,
-        ready: tokio::sync::oneshot::Receiver<()>,
-    },
+    SignIn { user: String, user_data: String, ready: tokio::sync::oneshot::Receiver<()> },
 }
 
 /// A subscription accepted on this node.
@@ -114,11 +107,7 @@ pub(crate) struct Session {
 pub(crate) fn open(front: Arc<Pusher>, hub: Arc<Hub>, admission: OwnedSemaphorePermit) -> Result<Session, (u16, String)> {
     let (id, outbox) = hub.connect().map_err(|e| codes::connect_error(&e))?;
     Ok(Session {
-        client_events: RateLimit {
-            window: Instant::now(),
-            used: 0,
-            per_second: hub.app().limits.client_events_per_second,
-        },
+        client_events: RateLimit { window: Instant::now(), used: 0, per_second: hub.app().limits.client_events_per_second },
         id_text: id.to_string(),
         front,
         hub,
@@ -340,9 +329,8 @@ impl Session {
             "pusher:pong" => {}
             "pusher:subscribe" => match msg.data_as::<SubscribeData>() {
                 Some(data) => {
-                    let clustered = self.hub.state().is_some()
-                        && is_valid_name(&data.channel)
-                        && ChannelKind::of(&data.channel).access != Access::User;
+                    let clustered =
+                        self.hub.state().is_some() && is_valid_name(&data.channel) && ChannelKind::of(&data.channel).access != Access::User;
                     if !clustered {
                         self.subscribe(data);
                         return None;
@@ -384,9 +372,7 @@ impl Session {
         }
         let kind = ChannelKind::of(channel);
         let app = self.hub.app();
-        let signed = |message: &str| {
-            data.auth.as_deref().is_some_and(|token| auth::verify_token(&app.key, &app.secret, message, token))
-        };
+        let signed = |message: &str| data.auth.as_deref().is_some_and(|token| auth::verify_token(&app.key, &app.secret, message, token));
         let mut member = None;
         match kind.access {
             Access::Public => {}

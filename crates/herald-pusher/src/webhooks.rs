@@ -61,7 +61,12 @@ type HttpClient = Client<HttpConnector, Full<Bytes>>;
 impl Webhooks {
     /// Starts one sender task per app with targets (tracked by `tasks`, flushing and stopping on
     /// `shutdown`).
-    pub fn start(engine: &Engine, targets: &HashMap<String, Vec<WebhookTarget>>, shutdown: CancellationToken, tasks: &TaskTracker) -> Arc<Webhooks> {
+    pub fn start(
+        engine: &Engine,
+        targets: &HashMap<String, Vec<WebhookTarget>>,
+        shutdown: CancellationToken,
+        tasks: &TaskTracker,
+    ) -> Arc<Webhooks> {
         let http: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
         let mut queues = HashMap::new();
         for hub in engine.hubs() {
@@ -142,7 +147,11 @@ async fn deliver(http: &HttpClient, app: &App, target: &WebhookTarget, body: Str
                 Ok(Ok(res)) => {
                     let status = res.status();
                     let _ = res.into_body().collect().await;
-                    if status.is_success() { Ok(()) } else { Err(format!("status {status}")) }
+                    if status.is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("status {status}"))
+                    }
                 }
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(_) => Err("timed out".to_string()),

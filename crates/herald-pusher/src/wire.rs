@@ -135,20 +135,17 @@ mod tests {
 
     #[test]
     fn encodes_string_and_raw_data() {
-        assert_eq!(
-            &frame("e", Some("c"), Data::Str("{\"a\":1}"), None)[..],
-            br#"{"event":"e","channel":"c","data":"{\"a\":1}"}"#
-        );
+        assert_eq!(&frame("e", Some("c"), Data::Str("{\"a\":1}"), None)[..], br#"{"event":"e","channel":"c","data":"{\"a\":1}"}"#);
         let raw = RawValue::from_string("{\"x\":[1,2]}".into()).unwrap();
         assert_eq!(
             &frame("client-e", Some("private-c"), Data::Raw(&raw), Some("u1"))[..],
             br#"{"event":"client-e","channel":"private-c","data":{"x":[1,2]},"user_id":"u1"}"#
         );
-        assert_eq!(&frame("pusher:cache_miss", Some("cache-a"), Data::None, None)[..], br#"{"event":"pusher:cache_miss","channel":"cache-a"}"#);
         assert_eq!(
-            &frame_json("pusher:pong", None, &serde_json::json!({}))[..],
-            br#"{"event":"pusher:pong","data":"{}"}"#
+            &frame("pusher:cache_miss", Some("cache-a"), Data::None, None)[..],
+            br#"{"event":"pusher:cache_miss","channel":"cache-a"}"#
         );
+        assert_eq!(&frame_json("pusher:pong", None, &serde_json::json!({}))[..], br#"{"event":"pusher:pong","data":"{}"}"#);
     }
 
     #[test]

@@ -197,7 +197,13 @@ async fn reconcile<C: Conn>(engine: &Engine, state: &RedisState<C>) -> bool {
 }
 
 /// Every `every`, tries to become this round's reaper and reaps nodes whose lease expired.
-pub(crate) async fn reaper_loop<C: Conn>(mut conn: C, registry: Registry, engine: Weak<Engine>, every: Duration, shutdown: CancellationToken) {
+pub(crate) async fn reaper_loop<C: Conn>(
+    mut conn: C,
+    registry: Registry,
+    engine: Weak<Engine>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     let script = Script::new(REAP);
     let mut tick = tokio::time::interval(every);
     loop {
@@ -212,7 +218,13 @@ pub(crate) async fn reaper_loop<C: Conn>(mut conn: C, registry: Registry, engine
     }
 }
 
-async fn reap_round<C: Conn>(conn: &mut C, registry: &Registry, script: &Script, engine: &Engine, every: Duration) -> redis::RedisResult<()> {
+async fn reap_round<C: Conn>(
+    conn: &mut C,
+    registry: &Registry,
+    script: &Script,
+    engine: &Engine,
+    every: Duration,
+) -> redis::RedisResult<()> {
     let lock: Option<String> = redis::cmd("SET")
         .arg(registry.lock())
         .arg(&registry.node)
@@ -233,11 +245,8 @@ async fn reap_round<C: Conn>(conn: &mut C, registry: &Registry, script: &Script,
         let mut channels = 0;
         for hub in engine.hubs() {
             let app = hub.app().id.as_str();
-            let reaped: Vec<redis::Value> = script
-                .key(contributions_key(&registry.prefix, app, &node))
-                .arg(app_tag(&registry.prefix, app))
-                .invoke_async(conn)
-                .await?;
+            let reaped: Vec<redis::Value> =
+                script.key(contributions_key(&registry.prefix, app, &node)).arg(app_tag(&registry.prefix, app)).invoke_async(conn).await?;
             let changes = changes_from(reaped);
             channels += changes.len();
             for change in changes.values() {

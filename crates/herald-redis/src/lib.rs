@@ -34,8 +34,8 @@ mod state;
 pub use state::{Conn, RedisState};
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -68,7 +68,13 @@ pub struct RedisConfig {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: "redis://127.0.0.1:6379".into(), prefix: "herald".into(), publish_queue: 65_536, cluster: false, lease: Duration::from_secs(10) }
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "herald".into(),
+            publish_queue: 65_536,
+            cluster: false,
+            lease: Duration::from_secs(10),
+        }
     }
 }
 
@@ -206,7 +212,15 @@ impl RedisBroker {
         engine.attach(self.clone());
         let state = Arc::new(RedisState::new(conn.clone(), self.prefix.clone(), self.node));
         engine.attach_state(state.clone());
-        tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, Arc::downgrade(engine), state, self.clone(), shutdown.clone()));
+        tasks.spawn(lease::lease_loop(
+            conn.clone(),
+            registry.clone(),
+            lease,
+            Arc::downgrade(engine),
+            state,
+            self.clone(),
+            shutdown.clone(),
+        ));
         let reap_every = (lease / 2).min(Duration::from_secs(2));
         tasks.spawn(lease::reaper_loop(conn, registry, Arc::downgrade(engine), reap_every, shutdown.clone()));
         Ok(())
@@ -267,7 +281,12 @@ impl RedisBroker {
     }
 
     /// Brings Redis subscriptions in line with local interest for every topic marked dirty.
-    async fn sync<S: Subscriptions>(&self, engine: &Engine, sink: &mut S, subscribed: &mut HashMap<String, (Arc<str>, Topic)>) -> redis::RedisResult<()> {
+    async fn sync<S: Subscriptions>(
+        &self,
+        engine: &Engine,
+        sink: &mut S,
+        subscribed: &mut HashMap<String, (Arc<str>, Topic)>,
+    ) -> redis::RedisResult<()> {
         let dirty: Vec<(Arc<str>, Topic)> = std::mem::take(&mut *self.dirty.lock()).into_iter().collect();
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for (app, topic) in dirty {
@@ -491,8 +510,12 @@ async fn cluster_subscribe_loop(
 
 /// Sends queued publications in batches of up to 256 through `send`, which returns how many of a
 /// batch failed.
-async fn publish_loop<F, Fut>(mut queued: mpsc::Receiver<(String, Bytes)>, broker: Arc<RedisBroker>, shutdown: CancellationToken, mut send: F)
-where
+async fn publish_loop<F, Fut>(
+    mut queued: mpsc::Receiver<(String, Bytes)>,
+    broker: Arc<RedisBroker>,
+    shutdown: CancellationToken,
+    mut send: F,
+) where
     F: FnMut(Vec<(String, Bytes)>) -> Fut,
     Fut: Future<Output = usize>,
 {

@@ -115,11 +115,7 @@ impl<C: Conn> RedisState<C> {
     /// `script` with the four keys of one channel of one app (all in the app's slot).
     fn invocation<'s>(&self, script: &'s Script, app: &str, channel: &str) -> redis::ScriptInvocation<'s> {
         let mut invocation = script.prepare_invoke();
-        invocation
-            .key(self.subs_key(app))
-            .key(self.members_key(app, channel))
-            .key(self.conns_key(app, channel))
-            .key(self.node_key(app));
+        invocation.key(self.subs_key(app)).key(self.members_key(app, channel)).key(self.conns_key(app, channel)).key(self.node_key(app));
         invocation
     }
 
@@ -163,7 +159,13 @@ fn members_from(flat: Vec<Vec<u8>>) -> Vec<Member> {
 }
 
 impl<C: Conn> ClusterState for RedisState<C> {
-    fn join<'a>(&'a self, app_id: &'a str, channel: &'a str, member: Option<&'a MemberJoin>, max_members: usize) -> BoxFuture<'a, Result<Joined, StateError>> {
+    fn join<'a>(
+        &'a self,
+        app_id: &'a str,
+        channel: &'a str,
+        member: Option<&'a MemberJoin>,
+        max_members: usize,
+    ) -> BoxFuture<'a, Result<Joined, StateError>> {
         Box::pin(async move {
             let user = member.map_or("", |m| &*m.user_id);
             let info = member.map_or(&[][..], |m| &m.info[..]);
@@ -243,7 +245,9 @@ impl<C: Conn> ClusterState for RedisState<C> {
             Ok(wanted
                 .into_iter()
                 .zip(users)
-                .map(|((name, n), u)| (Arc::from(name.as_str()), ChannelInfo { subscribers: n as usize, users: (u > 0).then_some(u as usize) }))
+                .map(|((name, n), u)| {
+                    (Arc::from(name.as_str()), ChannelInfo { subscribers: n as usize, users: (u > 0).then_some(u as usize) })
+                })
                 .collect())
         })
     }

@@ -6,9 +6,9 @@ mod common;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use common::RedisServer;
 use herald_core::{App, ClusterState, Engine, Joined, MemberJoin};
 use herald_redis::{RedisBroker, RedisConfig};
-use common::RedisServer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

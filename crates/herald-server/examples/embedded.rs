@@ -35,10 +35,7 @@ async fn main() -> anyhow::Result<()> {
     // The dev app (app-id / app-key / app-secret); a real application builds its `App`s from its config.
     let herald = Herald::new(vec![App::dev()], PusherConfig::default());
 
-    let app = Router::new()
-        .route("/orders/{id}/ship", post(ship))
-        .with_state(herald.clone())
-        .merge(herald.router());
+    let app = Router::new().route("/orders/{id}/ship", post(ship)).with_state(herald.clone()).merge(herald.router());
 
     let addr = std::env::var("EMBEDDED_ADDR").unwrap_or_else(|_| "127.0.0.1:6001".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;

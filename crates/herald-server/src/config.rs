@@ -218,7 +218,10 @@ impl Config {
         for app in &file.apps {
             for hook in &app.webhooks {
                 if !hook.url.starts_with("http://") {
-                    return Err(ConfigError::Invalid(format!("app {:?}: webhook url {:?} must be http:// (put a TLS proxy in front for https)", app.id, hook.url)));
+                    return Err(ConfigError::Invalid(format!(
+                        "app {:?}: webhook url {:?} must be http:// (put a TLS proxy in front for https)",
+                        app.id, hook.url
+                    )));
                 }
                 if let Some(bad) = hook.event_types.iter().find(|t| !WEBHOOK_EVENTS.contains(&t.as_str())) {
                     return Err(ConfigError::Invalid(format!("app {:?}: unknown webhook event type {bad:?}", app.id)));
@@ -268,7 +271,13 @@ impl Config {
                         return Err(ConfigError::Invalid("redis_lease must be at least 1 second".into()));
                     }
                     let cluster = cli.redis_cluster || file.redis_cluster;
-                    EngineConfig::Redis(RedisConfig { url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url), prefix, lease, cluster, ..d })
+                    EngineConfig::Redis(RedisConfig {
+                        url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url),
+                        prefix,
+                        lease,
+                        cluster,
+                        ..d
+                    })
                 }
             },
         })
@@ -285,7 +294,11 @@ impl FileApp {
         };
         let limits = AppLimits {
             max_connections: self.max_connections,
-            max_channels_per_connection: positive("max_channels_per_connection", self.max_channels_per_connection, d.max_channels_per_connection)?,
+            max_channels_per_connection: positive(
+                "max_channels_per_connection",
+                self.max_channels_per_connection,
+                d.max_channels_per_connection,
+            )?,
             max_presence_members: positive("max_presence_members", self.max_presence_members, d.max_presence_members)?,
             max_presence_member_size: positive("max_presence_member_size", self.max_presence_member_size, d.max_presence_member_size)?,
             max_event_size: positive("max_event_size", self.max_event_size, d.max_event_size)?,

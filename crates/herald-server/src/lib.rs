@@ -79,7 +79,12 @@ impl Herald {
 
     /// Serves on `listener` until `signal` completes, then drains: stops accepting, asks every client to
     /// reconnect elsewhere (4200), and waits up to `grace` for sessions to finish.
-    pub async fn serve(self, listener: TcpListener, signal: impl Future<Output = ()> + Send + 'static, grace: Duration) -> std::io::Result<()> {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> std::io::Result<()> {
         let token = self.shutdown.clone();
         tokio::spawn({
             let token = token.clone();

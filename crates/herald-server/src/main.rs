@@ -11,11 +11,10 @@ use tokio::net::{TcpListener, TcpSocket};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?).init();
     raise_fd_limit();
-    let listener = listen(SocketAddr::new(config.host, config.port)).with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    let listener =
+        listen(SocketAddr::new(config.host, config.port)).with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     let apps: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
     let engine = match &config.engine {
         herald_server::EngineConfig::Memory => "memory",

@@ -33,7 +33,8 @@ async fn application_router_publishes_in_process_and_drains() {
     reader.subscribe("news").await;
 
     // The application's own route triggers through Herald without HTTP signing.
-    let (status, delivered) = common::http_raw(addr, "POST /announce HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
+    let (status, delivered) =
+        common::http_raw(addr, "POST /announce HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     assert_eq!(status, 200);
     assert_eq!(delivered, Value::from(1));
     let ev = reader.expect("headline").await;

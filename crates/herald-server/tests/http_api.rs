@@ -16,7 +16,8 @@ async fn signatures_are_checked() {
     let (status, err) = api(server.addr, "app-key", "app-secret", "POST", "/apps/nope/events", "", Some(body.clone())).await;
     assert_eq!(status, 404);
     assert!(err["error"].as_str().unwrap().contains("unknown app"));
-    let (status, _) = http_raw(server.addr, "POST /apps/app-id/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").await;
+    let (status, _) =
+        http_raw(server.addr, "POST /apps/app-id/events HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").await;
     assert_eq!(status, 401, "unsigned requests are refused");
 }
 
@@ -59,7 +60,12 @@ async fn channel_queries_and_info() {
     assert_eq!(r, json!({"occupied":true,"subscription_count":2,"user_count":2}));
 
     let (status, r) = server
-        .api("POST", "/apps/app-id/events", "", Some(json!({"name":"e","channels":["news","presence-room"],"data":"{}","info":"subscription_count,user_count"})))
+        .api(
+            "POST",
+            "/apps/app-id/events",
+            "",
+            Some(json!({"name":"e","channels":["news","presence-room"],"data":"{}","info":"subscription_count,user_count"})),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(r, json!({"channels":{"news":{"subscription_count":2},"presence-room":{"subscription_count":2,"user_count":2}}}));

@@ -17,7 +17,9 @@ fn data(v: &Value) -> Value {
 
 #[tokio::test]
 async fn refuses_unknown_app_and_bad_protocol() {
-    let server = start(vec![App::dev(), App { id: "off".into(), key: "off-key".into(), enabled: false, ..App::dev() }], PusherConfig::default()).await;
+    let server =
+        start(vec![App::dev(), App { id: "off".into(), key: "off-key".into(), enabled: false, ..App::dev() }], PusherConfig::default())
+            .await;
     for (path, code) in [
         ("/app/nope?protocol=7", 4001),
         ("/app/off-key?protocol=7", 4003),
@@ -228,7 +230,12 @@ async fn user_sign_in_and_per_user_delivery() {
         c.expect("pusher_internal:subscription_succeeded").await;
     }
     let (status, _) = server
-        .api("POST", "/apps/app-id/events", "", Some(json!({"name":"progress","channel":"#server-to-user-u1","data":"42","socket_id":phone.socket_id})))
+        .api(
+            "POST",
+            "/apps/app-id/events",
+            "",
+            Some(json!({"name":"progress","channel":"#server-to-user-u1","data":"42","socket_id":phone.socket_id})),
+        )
         .await;
     assert_eq!(status, 200);
     assert_eq!(tv.expect("progress").await["data"], "42");

@@ -92,7 +92,8 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
 
     let connector = Connector::new(target, args.subscribers);
     let query = |i: usize| if ceiling { format!("&channel={}", channel_name(i % channels)) } else { String::new() };
-    let opened = super::open_many(&connector, args.subscribers, args.concurrency, |i| Some(channel_name(i % channels)), query, common.quiet).await;
+    let opened =
+        super::open_many(&connector, args.subscribers, args.concurrency, |i| Some(channel_name(i % channels)), query, common.quiet).await;
     for r in &opened.reasons {
         eprintln!("connect failure: {r}");
     }
@@ -156,9 +157,7 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
             pb.set_message(format!("{} recv", stats.received()));
         }
     };
-    let ((), _) = tokio::join!(progress, async {
-        while publishers.join_next().await.is_some() {}
-    });
+    let ((), _) = tokio::join!(progress, async { while publishers.join_next().await.is_some() {} });
     pb.finish_and_clear();
     let publish_secs = start.elapsed().as_secs_f64();
 

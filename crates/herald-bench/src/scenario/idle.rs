@@ -30,7 +30,15 @@ pub async fn run(common: &Common, args: &IdleArgs) -> anyhow::Result<Report> {
     let before = common.pid.map(rss::rss_bytes).transpose()?;
     let connector = Connector::new(common.target(), args.connections);
     let channels = args.channels.max(1);
-    let opened = super::open_many(&connector, args.connections, args.concurrency, |i| Some(format!("idle-{}", i % channels)), |_| String::new(), common.quiet).await;
+    let opened = super::open_many(
+        &connector,
+        args.connections,
+        args.concurrency,
+        |i| Some(format!("idle-{}", i % channels)),
+        |_| String::new(),
+        common.quiet,
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = common.pid.map(rss::rss_bytes).transpose()?;
     let n = opened.sockets.len();

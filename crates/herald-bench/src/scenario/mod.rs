@@ -33,9 +33,7 @@ pub fn bar(len: u64, what: &str, quiet: bool) -> ProgressBar {
     }
     let pb = ProgressBar::new(len);
     pb.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})")
-            .expect("template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})").expect("template").progress_chars("=> "),
     );
     pb.set_message(what.to_string());
     pb

@@ -82,10 +82,7 @@ async fn presence_is_per_user_across_tabs() {
     ids.sort();
     assert_eq!(ids, vec![Arc::from("bob")]);
     let changes = hub.disconnect(bob);
-    assert_eq!(
-        changes[0].transitions,
-        vec![Transition::MemberRemoved { user_id: Arc::from("bob") }, Transition::Vacated]
-    );
+    assert_eq!(changes[0].transitions, vec![Transition::MemberRemoved { user_id: Arc::from("bob") }, Transition::Vacated]);
     assert_eq!(hub.connection_count(), 0);
 }
 
@@ -150,10 +147,7 @@ async fn user_routing_reaches_every_device_but_the_sender() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_and_others_still_receive() {
-    let hub = hub_with(AppLimits {
-        outbox: OutboxLimits { max_messages: 3, ..OutboxLimits::default() },
-        ..AppLimits::default()
-    });
+    let hub = hub_with(AppLimits { outbox: OutboxLimits { max_messages: 3, ..OutboxLimits::default() }, ..AppLimits::default() });
     let (slow, o_slow) = connect(&hub);
     let (fast, o_fast) = connect(&hub);
     hub.subscribe(slow, "c", None).unwrap();

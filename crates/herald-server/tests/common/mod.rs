@@ -5,10 +5,10 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use hmac::{Hmac, Mac};
 use herald_core::App;
 use herald_pusher::PusherConfig;
 use herald_server::Herald;
+use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::net::TcpStream;
@@ -28,9 +28,7 @@ pub async fn start(apps: Vec<App>, config: PusherConfig) -> Server {
     let addr = listener.local_addr().unwrap();
     let token = herald.shutdown_token();
     let serving = herald.clone();
-    let done = tokio::spawn(async move {
-        serving.serve(listener, async move { token.cancelled().await }, Duration::from_secs(5)).await
-    });
+    let done = tokio::spawn(async move { serving.serve(listener, async move { token.cancelled().await }, Duration::from_secs(5)).await });
     Server { addr, herald, done }
 }
 
@@ -73,11 +71,7 @@ pub async fn api(
     use md5::Digest;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let mut params = vec![
-        format!("auth_key={key}"),
-        format!("auth_timestamp={ts}"),
-        "auth_version=1.0".to_string(),
-    ];
+    let mut params = vec![format!("auth_key={key}"), format!("auth_timestamp={ts}"), "auth_version=1.0".to_string()];
     if !body.is_empty() {
         params.push(format!("body_md5={}", hex::encode(md5::Md5::digest(body.as_bytes()))));
     }
@@ -119,9 +113,7 @@ pub enum Received {
 
 impl Client {
     pub async fn connect(addr: std::net::SocketAddr, key: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/app/{key}?protocol=7&client=test&version=1"))
-            .await
-            .unwrap();
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/app/{key}?protocol=7&client=test&version=1")).await.unwrap();
         let mut c = Client { ws, socket_id: String::new() };
         let established = c.expect("pusher:connection_established").await;
         let data: Value = serde_json::from_str(established["data"].as_str().unwrap()).unwrap();
@@ -135,9 +127,7 @@ impl Client {
 
     pub async fn next(&mut self) -> Received {
         loop {
-            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next())
-                .await
-                .expect("timed out waiting for a frame");
+            let msg = tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.expect("timed out waiting for a frame");
             match msg {
                 Some(Ok(Message::Text(t))) => return Received::Event(serde_json::from_str(t.as_str()).unwrap()),
                 Some(Ok(Message::Close(Some(frame)))) => return Received::Closed(frame.code.into()),
@@ -190,8 +180,7 @@ impl Client {
     pub async fn subscribe_presence(&mut self, channel: &str, user: &str) -> Value {
         let data = json!({"user_id": user, "user_info": {"name": user}}).to_string();
         let auth = format!("app-key:{}", sign("app-secret", &format!("{}:{channel}:{data}", self.socket_id)));
-        self.send(json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":data}}))
-            .await;
+        self.send(json!({"event":"pusher:subscribe","data":{"channel":channel,"auth":auth,"channel_data":data}})).await;
         self.expect("pusher_internal:subscription_succeeded").await
     }
 
