@@ -93,4 +93,10 @@ pub trait ClusterState: Send + Sync + 'static {
     fn channels<'a>(&'a self, app_id: &'a str, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(Arc<str>, ChannelInfo)>, StateError>>;
     /// Members of a presence channel across the cluster.
     fn members<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Vec<Member>, StateError>>;
+    /// Admits one connection of `app_id` if fewer than `limit` are open across the cluster, and counts
+    /// it as this node's (so a reaper can take it back if this node dies). `Ok(false)`: at the limit,
+    /// nothing was counted.
+    fn connect<'a>(&'a self, app_id: &'a str, limit: usize) -> BoxFuture<'a, Result<bool, StateError>>;
+    /// Uncounts a connection admitted by [`ClusterState::connect`].
+    fn disconnect<'a>(&'a self, app_id: &'a str) -> BoxFuture<'a, Result<(), StateError>>;
 }

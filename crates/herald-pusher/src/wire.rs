@@ -22,21 +22,42 @@ pub struct Incoming {
     pub data: Option<Box<RawValue>>,
 }
 
+/// Why a JSON text was refused where the protocol wants an object.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ObjectError {
+    /// Valid or not, the text is not a JSON object (serde would accept an array for a struct).
+    #[error("expected a JSON object")]
+    NotAnObject,
+    /// The object does not have the expected fields or types.
+    #[error(transparent)]
+    Json(#[from] serde_json::Error),
+}
+
+/// Decodes `text` as `T`, which the protocol defines as a JSON *object*. serde's derived structs also
+/// accept arrays (`["bob"]` would decode as `{"id":"bob"}`); this refuses anything but an object.
+pub fn object<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, ObjectError> {
+    if !text.trim_start().starts_with('{') {
+        return Err(ObjectError::NotAnObject);
+    }
+    Ok(serde_json::from_str(text)?)
+}
+
 impl Incoming {
-    /// Parses a text frame.
-    pub fn parse(text: &str) -> Result<Incoming, serde_json::Error> {
-        serde_json::from_str(text)
+    /// Parses a text frame (a JSON object with an `event`).
+    pub fn parse(text: &str) -> Result<Incoming, ObjectError> {
+        object(text)
     }
 
     /// Decodes `data` as `T`, accepting both an object and a JSON string holding one (some clients
-    /// double-encode).
+    /// double-encode). Anything but an object is refused.
     pub fn data_as<T: DeserializeOwned>(&self) -> Option<T> {
         let raw = self.data.as_deref()?.get();
         if raw.starts_with('"') {
             let inner: String = serde_json::from_str(raw).ok()?;
-            return serde_json::from_str(&inner).ok();
+            return object(&inner).ok();
         }
-        serde_json::from_str(raw).ok()
+        object(raw).ok()
     }
 }
 
@@ -157,5 +178,14 @@ mod tests {
         assert_eq!(f.data_as::<SubscribeData>().unwrap().channel, "b");
         assert!(Incoming::parse("not json").is_err());
         assert!(Incoming::parse(r#"{"data":1}"#).is_err(), "event is required");
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        assert!(Incoming::parse(r#"["pusher:ping"]"#).is_err());
+        let f = Incoming::parse(r#"{"event":"pusher:subscribe","data":["a"]}"#).unwrap();
+        assert!(f.data_as::<SubscribeData>().is_none());
+        assert!(object::<ChannelData>("[1,2]").is_err());
+        assert_eq!(object::<ChannelData>(r#" {"user_id":"1"}"#).unwrap().user_id, "1");
     }
 }
