@@ -42,6 +42,45 @@ pub enum Remote {
     Terminate,
 }
 
+/// Interest prepared with a [`Broker`] before a first local subscriber (or sign-in) exists: the node
+/// receives the topic from other nodes while this guard lives. Dropping it releases the interest, so
+/// every exit path (error, cancellation, panic) gives it back; from then on local interest alone decides.
+#[must_use = "the interest is released when the guard is dropped"]
+pub struct PreparedInterest {
+    broker: Arc<dyn Broker>,
+    app_id: Arc<str>,
+    topic: Topic,
+    ready: Option<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl PreparedInterest {
+    /// Prepares `topic` of `app_id` with `broker`; `None` when the node already receives it.
+    pub fn new(broker: &Arc<dyn Broker>, app_id: &str, topic: Topic) -> Option<PreparedInterest> {
+        let ready = broker.prepare(app_id, &topic)?;
+        Some(PreparedInterest { broker: broker.clone(), app_id: Arc::from(app_id), topic, ready: Some(ready) })
+    }
+
+    /// Resolves once the backend routes the topic to this node (at once if it already did, or if the
+    /// broker gave up on it). Callers bound the wait themselves.
+    pub async fn ready(&mut self) {
+        if let Some(ready) = self.ready.take() {
+            let _ = ready.await;
+        }
+    }
+}
+
+impl Drop for PreparedInterest {
+    fn drop(&mut self) {
+        self.broker.release(&self.app_id, &self.topic);
+    }
+}
+
+impl std::fmt::Debug for PreparedInterest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreparedInterest").field("app_id", &self.app_id).field("topic", &self.topic).finish()
+    }
+}
+
 /// Carries [`Remote`] messages between nodes. Called on hot paths: implementations must not block
 /// (queue, and say in their docs what happens when the queue is full).
 pub trait Broker: Send + Sync + 'static {
@@ -52,7 +91,7 @@ pub trait Broker: Send + Sync + 'static {
     /// Makes this node receive `topic` from other nodes *before* a first local subscriber is added, so
     /// nothing published elsewhere after the subscriber is confirmed can be missed. Returns a receiver
     /// that resolves once the backend subscription is live, or `None` if it already is. Every `Some`
-    /// must be paired with a [`Broker::release`].
+    /// must be paired with a [`Broker::release`]; use [`PreparedInterest`], which does that on drop.
     fn prepare(&self, app_id: &str, topic: &Topic) -> Option<tokio::sync::oneshot::Receiver<()>>;
     /// Ends a [`Broker::prepare`]: from now on local interest alone decides.
     fn release(&self, app_id: &str, topic: &Topic);

@@ -11,12 +11,13 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use metrics::{Counter, Gauge};
 use parking_lot::Mutex;
 
 use crate::app::App;
-use crate::broker::{Broker, Remote, Topic};
+use crate::broker::{Broker, PreparedInterest, Remote, Topic};
 use crate::error::{ConnectError, SignInError, SubscribeError};
 use crate::ids::SocketId;
 use crate::outbox::{Disconnect, Outbox};
@@ -289,44 +290,54 @@ impl Hub {
             }
         }
         let name: Arc<str> = Arc::from(channel);
-        let mut entry = self
-            .channels
-            .entry(name.clone())
-            .or_insert_with(|| Channel { subscribers: HashMap::new(), presence: member.as_ref().map(|_| Presence::default()) });
+        // Everything below runs under the channel's shard lock. A channel entry exists only while it has
+        // subscribers (the last leave removes it under the same lock), so `Occupied` is decided by
+        // creating the entry and `Vacated` by removing it: racing connections can't both decide either.
+        let (mut entry, created) = match self.channels.entry(name.clone()) {
+            Entry::Occupied(entry) => {
+                let ch = entry.get();
+                if ch.subscribers.contains_key(&socket) {
+                    let info = ch.info();
+                    let members = ch.presence.as_ref().map(Presence::snapshot);
+                    return Ok(Subscribed {
+                        already: true,
+                        change: ChannelChange { channel: name, subscribers: info.subscribers, transitions: Vec::new() },
+                        members,
+                    });
+                }
+                if count >= limits.max_channels_per_connection {
+                    return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
+                }
+                (entry.into_ref(), false)
+            }
+            Entry::Vacant(entry) => {
+                if count >= limits.max_channels_per_connection {
+                    return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
+                }
+                let presence = member.as_ref().map(|_| Presence::default());
+                (entry.insert(Channel { subscribers: HashMap::new(), presence }), true)
+            }
+        };
         let ch = entry.value_mut();
-        if ch.subscribers.contains_key(&socket) {
-            let info = ch.info();
-            let members = ch.presence.as_ref().map(Presence::snapshot);
-            return Ok(Subscribed {
-                already: true,
-                change: ChannelChange { channel: name, subscribers: info.subscribers, transitions: Vec::new() },
-                members,
-            });
-        }
-        if count >= limits.max_channels_per_connection {
-            drop(entry);
-            self.channels.remove_if(&name, |_, ch| ch.subscribers.is_empty());
-            return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
-        }
         let mut transitions = Vec::new();
+        if created {
+            transitions.push(Transition::Occupied);
+        }
         let mut user = None;
         if let (Some(presence), Some(m)) = (ch.presence.as_mut(), &member) {
-            let first = match presence.join(&m.user_id, &m.info, limits.max_presence_members) {
-                Ok(first) => first,
+            match presence.join(&m.user_id, &m.info, limits.max_presence_members) {
+                Ok(true) => transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() })),
+                Ok(false) => {}
                 Err(e) => {
                     drop(entry);
-                    self.channels.remove_if(&name, |_, ch| ch.subscribers.is_empty());
+                    if created {
+                        // Only reachable with a member limit of 0: take back the entry this call made.
+                        self.channels.remove_if(&name, |_, ch| ch.subscribers.is_empty());
+                    }
                     return Err(e);
                 }
-            };
-            if first {
-                transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() }));
             }
             user = Some(m.user_id.clone());
-        }
-        if ch.subscribers.is_empty() {
-            transitions.insert(0, Transition::Occupied);
-            self.metrics.channels.increment(1.0);
         }
         ch.subscribers.insert(socket, Subscriber { outbox, user });
         let subscribers = ch.subscribers.len();
@@ -336,7 +347,8 @@ impl Hub {
         if let Some(mut conn) = self.connections.get_mut(&socket) {
             conn.channels.push(name.clone());
         }
-        if transitions.first() == Some(&Transition::Occupied) {
+        if created {
+            self.metrics.channels.increment(1.0);
             self.interest_changed(Topic::Channel(name.clone()));
         }
         Ok(Subscribed { already: false, change: ChannelChange { channel: name, subscribers, transitions }, members })
@@ -356,25 +368,28 @@ impl Hub {
     }
 
     fn leave_channel(&self, socket: SocketId, channel: &str) -> Option<ChannelChange> {
-        let mut entry = self.channels.get_mut(channel)?;
-        let ch = entry.value_mut();
-        let sub = ch.subscribers.remove(&socket)?;
-        self.metrics.subscriptions.decrement(1.0);
-        let mut transitions = Vec::new();
-        if let (Some(presence), Some(user)) = (ch.presence.as_mut(), &sub.user) {
-            if presence.leave(user) {
-                transitions.push(Transition::MemberRemoved { user_id: user.clone() });
+        // One shard lock for the whole leave: the subscriber that empties the channel removes it, so
+        // `Vacated` is decided once, by the call that removed the entry.
+        let mut left = None;
+        let removed = self.channels.remove_if_mut(channel, |name, ch| {
+            let Some(sub) = ch.subscribers.remove(&socket) else { return false };
+            let mut transitions = Vec::new();
+            if let (Some(presence), Some(user)) = (ch.presence.as_mut(), &sub.user) {
+                if presence.leave(user) {
+                    transitions.push(Transition::MemberRemoved { user_id: user.clone() });
+                }
             }
-        }
-        let subscribers = ch.subscribers.len();
-        let name = entry.key().clone();
-        drop(entry);
-        if subscribers == 0 && self.channels.remove_if(channel, |_, ch| ch.subscribers.is_empty()).is_some() {
+            left = Some(ChannelChange { channel: name.clone(), subscribers: ch.subscribers.len(), transitions });
+            ch.subscribers.is_empty()
+        });
+        let mut change = left?;
+        self.metrics.subscriptions.decrement(1.0);
+        if removed.is_some() {
             self.metrics.channels.decrement(1.0);
-            transitions.push(Transition::Vacated);
-            self.interest_changed(Topic::Channel(name.clone()));
+            change.transitions.push(Transition::Vacated);
+            self.interest_changed(Topic::Channel(change.channel.clone()));
         }
-        Some(ChannelChange { channel: name, subscribers, transitions })
+        Some(change)
     }
 
     /// Every channel `socket` is subscribed to, with the presence user it joined as.
@@ -460,35 +475,20 @@ impl Hub {
     }
 
     /// Before a connection subscribes to `channel`: if this node is in a cluster and has no local
-    /// subscriber yet, starts receiving the channel from other nodes and returns a receiver that
-    /// resolves when that is live. Pair with [`Hub::release_channel`] after subscribing.
-    pub fn prepare_channel(&self, channel: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    /// subscriber yet, starts receiving the channel from other nodes. The guard resolves
+    /// ([`PreparedInterest::ready`]) when that is live; keep it until the local subscribe is done.
+    pub fn prepare_channel(&self, channel: &str) -> Option<PreparedInterest> {
         let broker = self.broker.get()?;
         if self.channels.contains_key(channel) {
             return None;
         }
-        broker.prepare(&self.app.id, &Topic::Channel(Arc::from(channel)))
-    }
-
-    /// Ends [`Hub::prepare_channel`].
-    pub fn release_channel(&self, channel: &str) {
-        if let Some(broker) = self.broker.get() {
-            broker.release(&self.app.id, &Topic::Channel(Arc::from(channel)));
-        }
+        PreparedInterest::new(broker, &self.app.id, Topic::Channel(Arc::from(channel)))
     }
 
     /// After `user_id` signed in here: if this node is in a cluster and does not yet receive that user's
-    /// messages from other nodes, returns a receiver that resolves when it does. Pair a `Some` with
-    /// [`Hub::release_user`].
-    pub fn prepare_user(&self, user_id: &str) -> Option<tokio::sync::oneshot::Receiver<()>> {
-        self.broker.get()?.prepare(&self.app.id, &Topic::User(Arc::from(user_id)))
-    }
-
-    /// Ends [`Hub::prepare_user`].
-    pub fn release_user(&self, user_id: &str) {
-        if let Some(broker) = self.broker.get() {
-            broker.release(&self.app.id, &Topic::User(Arc::from(user_id)));
-        }
+    /// messages from other nodes, returns a guard that resolves when it does.
+    pub fn prepare_user(&self, user_id: &str) -> Option<PreparedInterest> {
+        PreparedInterest::new(self.broker.get()?, &self.app.id, Topic::User(Arc::from(user_id)))
     }
 
     /// Applies a message another node published (called by the broker). Returns local deliveries.

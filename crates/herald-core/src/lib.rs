@@ -25,7 +25,7 @@ mod retained;
 mod state;
 
 pub use app::{App, AppLimits};
-pub use broker::{Broker, Remote, Topic};
+pub use broker::{Broker, PreparedInterest, Remote, Topic};
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use hub::{Announcer, ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition};
 pub use ids::{ParseSocketIdError, SocketId};

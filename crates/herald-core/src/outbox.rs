@@ -12,6 +12,9 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+/// Queue slots an outbox keeps after draining; a larger capacity left by a burst is released.
+const KEEP_CAPACITY: usize = 16;
+
 /// Bounds of one connection's outbound queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutboxLimits {
@@ -166,6 +169,10 @@ impl Outbox {
                 if !state.frames.is_empty() {
                     out.extend(state.frames.drain(..));
                     state.bytes = 0;
+                    // A burst grew the queue; an idle connection should not keep that capacity.
+                    if state.frames.capacity() > KEEP_CAPACITY {
+                        state.frames = VecDeque::new();
+                    }
                     return Drained::Frames;
                 }
                 if let Some(reason) = state.closed {
@@ -227,6 +234,19 @@ mod tests {
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
         assert_eq!(out.len(), 1);
         assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::Terminated));
+    }
+
+    #[tokio::test]
+    async fn outbox_releases_burst_capacity_after_drain() {
+        let outbox = Outbox::new(limits(2000, 1 << 20));
+        for _ in 0..1000 {
+            outbox.push(Bytes::from_static(b"x")).unwrap();
+        }
+        assert!(outbox.inner.state.lock().frames.capacity() >= 1000);
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(out.len(), 1000);
+        assert!(outbox.inner.state.lock().frames.capacity() <= KEEP_CAPACITY, "burst capacity is released");
     }
 
     #[tokio::test]

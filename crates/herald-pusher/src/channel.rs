@@ -5,6 +5,8 @@ pub const MAX_CHANNEL_NAME: usize = 164;
 
 /// The prefix of the per-user channel a signed-in pusher-js subscribes to.
 pub const USER_CHANNEL_PREFIX: &str = "#server-to-user-";
+/// Longest user id (presence `user_id`, sign-in `id`, API user paths): what fits a user channel name.
+pub const MAX_USER_ID: usize = MAX_CHANNEL_NAME;
 
 /// What a channel name's prefix makes it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

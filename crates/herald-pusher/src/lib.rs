@@ -12,6 +12,7 @@ pub mod codes;
 mod events;
 pub mod publish;
 mod session;
+mod upgrade;
 pub mod webhooks;
 pub mod wire;
 
@@ -19,13 +20,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::future::Either;
 use herald_core::Engine;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -34,6 +36,7 @@ pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};
 
 use events::Announcer;
+use upgrade::WsUpgrade;
 
 /// Settings of the Pusher front that are not per app.
 #[derive(Debug, Clone)]
@@ -48,6 +51,9 @@ pub struct PusherConfig {
     pub max_connections: usize,
     /// Webhook targets by app id.
     pub webhooks: HashMap<String, Vec<WebhookTarget>>,
+    /// How long a connection may take to accept one batch of frames; a client that stops reading is
+    /// disconnected after it (counted as a slow consumer).
+    pub write_timeout: Duration,
 }
 
 impl Default for PusherConfig {
@@ -58,6 +64,7 @@ impl Default for PusherConfig {
             max_request_body: 256 * 1024,
             max_connections: 1_000_000,
             webhooks: HashMap::new(),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -150,10 +157,17 @@ async fn connect(
     State(front): State<Arc<Pusher>>,
     Path(key): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    ws: WebSocketUpgrade,
+    mut request: Request,
 ) -> Response {
+    let upgrade = match WsUpgrade::from_request(&mut request) {
+        Ok(upgrade) => upgrade,
+        Err(response) => return response,
+    };
     let hub = front.engine.by_key(&key).cloned();
     let max_message = hub.as_ref().map_or(16 * 1024, |h| h.app().limits.max_event_size * 2 + 4096);
+    // What may wait in tungstenite's write buffer: one batch plus the connection's outbox bound, so
+    // a client that never reads (and floods pings) can't grow it without limit.
+    let max_write = WRITE_BATCH + hub.as_ref().map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024));
     let refusal: Option<(u16, String)> = if front.shutdown.is_cancelled() {
         Some((codes::RECONNECT_NOW, "Server is shutting down".into()))
     } else if hub.is_none() {
@@ -162,28 +176,31 @@ async fn connect(
         check_protocol(query.get("protocol")).err().map(|(c, m)| (c, m.to_string()))
     };
     let permit = front.admission.clone().try_acquire_owned().ok();
-    let tasks = front.tasks.clone();
     // A small read buffer: Pusher client frames are small, tungstenite grows it for larger ones, and
     // every idle connection keeps it (see ARCHITECTURE.md, memory per connection).
-    ws.max_message_size(max_message).max_frame_size(max_message).read_buffer_size(READ_BUFFER).write_buffer_size(WRITE_BATCH).on_upgrade(
-        move |socket| {
-            // Registration is synchronous and the session future is not wrapped in further async
-            // blocks: the task holds this future for the connection's whole life.
-            let opened = match (refusal, hub, permit) {
-                (Some(refusal), _, _) => Err(refusal),
-                (None, Some(hub), Some(permit)) => session::open(front, hub, permit),
-                (None, _, _) => Err((codes::OVER_QUOTA, "Server is at its connection limit".to_string())),
-            };
-            let session = match opened {
-                Ok(session) => {
-                    let span = session.span();
-                    Either::Left(session.serve(socket).instrument(span))
-                }
-                Err((code, message)) => Either::Right(async move { session::refuse(socket, code, &message).await }),
-            };
-            tasks.track_future(session)
-        },
-    )
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(max_message))
+        .max_frame_size(Some(max_message))
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BATCH)
+        .max_write_buffer_size(max_write);
+    let tasks = front.tasks.clone();
+    upgrade.accept(config, &tasks, move |socket| {
+        // Registration is synchronous and the session future is not wrapped in further async blocks:
+        // the task holds this future for the connection's whole life.
+        let opened = match (refusal, hub, permit) {
+            (Some(refusal), _, _) => Err(refusal),
+            (None, Some(hub), Some(permit)) => session::open(front, hub, permit),
+            (None, _, _) => Err((codes::OVER_QUOTA, "Server is at its connection limit".to_string())),
+        };
+        match opened {
+            Ok(session) => {
+                let span = session.span();
+                Either::Left(session.serve(socket).instrument(span))
+            }
+            Err((code, message)) => Either::Right(async move { session::refuse(socket, code, &message).await }),
+        }
+    })
 }
 
 /// Bytes tungstenite reads at a time (and keeps per connection).

@@ -112,11 +112,11 @@ async fn sharded_routing_and_cluster_state_on_redis_cluster() {
     let mut boxes = Vec::new();
     for i in 0..12 {
         let channel = format!("shard-{i}");
-        if let Some(ready) = hub(&b).prepare_channel(&channel) {
-            tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
+        if let Some(mut interest) = hub(&b).prepare_channel(&channel) {
+            tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap();
             let (id, outbox) = hub(&b).connect().unwrap();
             hub(&b).subscribe(id, &channel, None).unwrap();
-            hub(&b).release_channel(&channel);
+            drop(interest);
             boxes.push((channel, outbox));
         }
     }

@@ -211,12 +211,12 @@ async fn a_confirmed_first_subscriber_misses_nothing_published_elsewhere() {
     let b = Node::start(&redis, "t6").await;
     for round in 0..5 {
         let channel = format!("fresh-{round}");
-        // What the session does on subscribe: prepare, wait, subscribe, release.
-        let ready = b.hub().prepare_channel(&channel).expect("no local subscriber yet: must wait");
-        tokio::time::timeout(Duration::from_secs(2), ready).await.unwrap().unwrap();
+        // What the session does on subscribe: prepare, wait, subscribe, release (the guard's drop).
+        let mut interest = b.hub().prepare_channel(&channel).expect("no local subscriber yet: must wait");
+        tokio::time::timeout(Duration::from_secs(2), interest.ready()).await.unwrap();
         let (id, outbox) = b.hub().connect().unwrap();
         b.hub().subscribe(id, &channel, None).unwrap();
-        b.hub().release_channel(&channel);
+        drop(interest);
         // Published on A right after the subscriber was confirmed on B: it must arrive.
         let frame = Bytes::from(format!("{{\"round\":{round}}}"));
         a.hub().publish(&channel, &frame, None);

@@ -256,6 +256,7 @@ impl Config {
                 max_request_body: file.max_request_body.unwrap_or(defaults.max_request_body),
                 max_connections: file.max_connections.unwrap_or(defaults.max_connections),
                 webhooks,
+                write_timeout: defaults.write_timeout,
             },
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
             engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {

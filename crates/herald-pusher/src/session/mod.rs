@@ -1,0 +1,306 @@
+//! One WebSocket connection speaking Pusher v7: registration, the read/write loop, keep-alive, closing.
+//!
+//! The session task owns the socket. Everything it sends, replies included, goes through the
+//! connection's [`Outbox`], so replies and fan-out keep their order and share one bound. The loop
+//! writes queued frames in batches (feed each, flush once), each batch under a deadline: a client that
+//! stops reading is disconnected, never waited on.
+//!
+//! In a cluster, a subscribe, a leave or a sign-in needs Redis round trips (routing ready, counts and
+//! presence decided cluster-wide). [`commands`] returns that part as a [`cluster::Step`], which is one
+//! more branch of the loop: while it is pending the session keeps writing, answers pings, watches
+//! keep-alive and shutdown, and queues (bounded) the frames that arrive, to handle them in order once
+//! the step is done. Without a cluster everything is synchronous.
+//!
+//! The connection's registration is a guard ([`registration::Registered`]): whatever ends the session
+//! (close, error, shutdown, cancellation, a panic) unregisters it, and in a cluster uncounts it.
+
+mod cluster;
+mod commands;
+mod registration;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use herald_core::{Drained, Hub, Outbox};
+use tokio::io::AsyncReadExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tracing::{debug, info_span};
+
+use crate::codes;
+use crate::upgrade::Socket;
+use crate::wire::{self, Data};
+use crate::Pusher;
+
+use cluster::Step;
+use commands::{Ctx, RateLimit};
+use registration::Registered;
+
+/// Client frames queued while a cluster step is pending; beyond it the session stops reading (TCP
+/// pushes back) until the step is done.
+const MAX_WAITING: usize = 32;
+/// WebSocket pings a client may send per second; a flood (each ping costs a pong) is closed with 1008.
+const MAX_PINGS_PER_SECOND: u32 = 50;
+/// How long the session sends its close frame for, and then reads the client's remaining input (so
+/// the close frame is not lost to a reset) before it drops the socket.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Sends an error frame and a close frame, for connections refused before they start.
+pub(crate) async fn refuse(mut socket: Socket, code: u16, message: &str) {
+    let data = serde_json::json!({ "code": code, "message": message });
+    metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
+    let refusal = async {
+        let raw = serde_json::value::to_raw_value(&data).expect("json");
+        if let Some(frame) = text(wire::frame("pusher:error", None, Data::Raw(&raw), None)) {
+            socket.feed(frame).await?;
+        }
+        socket.send(close(code, message)).await
+    };
+    if tokio::time::timeout(CLOSE_LINGER, refusal).await.is_ok_and(|sent| sent.is_ok()) {
+        linger(&mut socket).await;
+    }
+}
+
+/// A frame as a WebSocket text message. Frames reach the outbox already validated as UTF-8 (encoded
+/// here, or checked where they entered from another node); one that is not is dropped and counted,
+/// never a panic.
+fn text(frame: Bytes) -> Option<Message> {
+    match Utf8Bytes::try_from(frame) {
+        Ok(text) => Some(Message::Text(text)),
+        Err(_) => {
+            metrics::counter!("herald_errors_total", "kind" => "invalid_outgoing_frame").increment(1);
+            None
+        }
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
+}
+
+/// `pusher:connection_established`, built and dropped before the session loop so it holds no memory.
+fn established(socket_id: &str, activity: Duration) -> Bytes {
+    let data = serde_json::json!({ "socket_id": socket_id, "activity_timeout": activity.as_secs() });
+    wire::frame_json("pusher:connection_established", None, &data)
+}
+
+/// How a session ends, and what it still owes the client.
+enum Ending {
+    /// Send this close code and reason.
+    Close(u16, &'static str),
+    /// The client sent a close frame: echo it (tungstenite queued the reply).
+    Echo,
+    /// The socket is broken or stuck: drop it without another word.
+    Drop,
+}
+
+/// A registered connection, ready to be served.
+pub(crate) struct Session {
+    // Fields drop in order: the admission slot is freed before the registration cleans up.
+    admission: Option<OwnedSemaphorePermit>,
+    conn: Registered,
+    client_events: RateLimit,
+}
+
+/// Registers a new connection with its app's hub. On refusal (e.g. the app's connection quota),
+/// returns the Pusher code and message to close with.
+///
+/// This is a plain function, not part of the session future: every connection's task holds that future
+/// for its whole life, and each level of `async fn` nesting adds to its size.
+pub(crate) fn open(front: Arc<Pusher>, hub: Arc<Hub>, admission: OwnedSemaphorePermit) -> Result<Session, (u16, String)> {
+    let (id, outbox) = hub.connect().map_err(|e| codes::connect_error(&e))?;
+    let client_events = RateLimit::new(hub.app().limits.client_events_per_second);
+    let ctx = Ctx::new(front, hub, id, outbox);
+    Ok(Session { admission: Some(admission), conn: Registered::new(ctx), client_events })
+}
+
+impl Session {
+    /// The tracing span of this connection.
+    pub(crate) fn span(&self) -> tracing::Span {
+        info_span!("conn", app = %self.conn.hub.app().id, socket_id = %self.conn.id_text)
+    }
+
+    /// Runs the connection to completion, then closes the socket politely (bounded).
+    pub(crate) async fn serve(mut self, mut socket: Socket) {
+        if let Err((code, message)) = Box::pin(self.conn.count_in_cluster()).await {
+            return refuse(socket, code, message).await;
+        }
+        let ending = self.run(&mut socket).await;
+        // Free the admission slot now: the goodbye below may take a while for a slow client.
+        drop(self.admission.take());
+        Box::pin(finish(socket, ending)).await;
+        debug!("disconnected");
+    }
+
+    async fn run(&mut self, socket: &mut Socket) -> Ending {
+        let activity = self.conn.front.config.activity_timeout;
+        let write_timeout = self.conn.front.config.write_timeout;
+        self.conn.reply(established(&self.conn.id_text, activity));
+        debug!("connected");
+
+        // The socket is not split: each select! branch future is dropped before its handler runs, so
+        // the read branch and the write handler can both borrow it (no BiLock, less memory per socket).
+        // Created once: a fresh `cancelled()` per loop turn would re-register with the token every time.
+        let shutdown = self.conn.front.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let outbox: Outbox = self.conn.outbox.clone();
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut pending: Option<Step> = None;
+        let mut waiting: VecDeque<Utf8Bytes> = VecDeque::new();
+        let mut last_seen = Instant::now();
+        let mut awaiting_pong = false;
+        let mut pings = (Instant::now(), 0u32);
+        let keepalive = tokio::time::sleep(activity);
+        tokio::pin!(keepalive);
+
+        loop {
+            tokio::select! {
+                _ = &mut cancelled => return ending(codes::disconnect(herald_core::Disconnect::Shutdown)),
+                drained = outbox.drain(&mut batch) => match drained {
+                    Drained::Frames => {
+                        if !write_batch(socket, &mut batch, write_timeout).await {
+                            return Ending::Drop;
+                        }
+                    }
+                    Drained::Closed(reason) => return ending(codes::disconnect(reason)),
+                },
+                () = async { match pending.as_mut() { Some(step) => step.await, None => std::future::pending().await } } => {
+                    pending = None;
+                    // Frames that arrived meanwhile, in order, until one needs the cluster again.
+                    while pending.is_none() {
+                        let Some(frame) = waiting.pop_front() else { break };
+                        pending = self.conn.handle(frame.as_str(), &mut self.client_events);
+                    }
+                    if waiting.is_empty() && waiting.capacity() > MAX_WAITING {
+                        waiting = VecDeque::new();
+                    }
+                },
+                incoming = socket.next(), if waiting.len() < MAX_WAITING => {
+                    last_seen = Instant::now();
+                    awaiting_pong = false;
+                    match incoming {
+                        Some(Ok(Message::Text(t))) => {
+                            if pending.is_none() {
+                                pending = self.conn.handle(t.as_str(), &mut self.client_events);
+                            } else if !self.conn.answer_ping(t.as_str()) {
+                                waiting.push_back(t);
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => self.conn.error(codes::GENERIC_ERROR, "binary frames are not supported", "binary"),
+                        Some(Ok(Message::Ping(_))) => {
+                            let now = Instant::now();
+                            if now.duration_since(pings.0) >= Duration::from_secs(1) {
+                                pings = (now, 0);
+                            }
+                            pings.1 += 1;
+                            if pings.1 > MAX_PINGS_PER_SECOND {
+                                metrics::counter!("herald_errors_total", "kind" => "ping_flood").increment(1);
+                                return Ending::Close(u16::from(CloseCode::Policy), "Too many pings");
+                            }
+                        }
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(_))) => return Ending::Echo,
+                        None => return Ending::Drop,
+                        Some(Err(e)) => return protocol_error(e),
+                    }
+                },
+                _ = &mut keepalive => {
+                    let idle_until = last_seen + activity;
+                    let now = Instant::now();
+                    if awaiting_pong {
+                        return Ending::Close(codes::PONG_TIMEOUT, "Pong reply not received in time");
+                    } else if now < idle_until {
+                        keepalive.as_mut().reset(idle_until);
+                    } else {
+                        self.conn.reply(wire::frame_json("pusher:ping", None, &serde_json::json!({})));
+                        awaiting_pong = true;
+                        keepalive.as_mut().reset(now + self.conn.front.config.pong_timeout);
+                    }
+                },
+            }
+        }
+    }
+}
+
+fn ending((code, reason): (u16, &'static str)) -> Ending {
+    debug!(code, reason, "closing");
+    Ending::Close(code, reason)
+}
+
+/// The close a read error calls for: 1009 for an oversized frame, 1007 for invalid UTF-8, 1002 for
+/// any other protocol violation; a broken connection is just dropped.
+fn protocol_error(e: WsError) -> Ending {
+    debug!(error = %e, "read failed");
+    let (kind, code, reason) = match e {
+        WsError::Capacity(_) => ("frame_too_large", codes::MESSAGE_TOO_BIG, "Message too big"),
+        WsError::Utf8(_) => ("invalid_utf8", u16::from(CloseCode::Invalid), "Invalid UTF-8 in a text frame"),
+        WsError::Protocol(_) => ("websocket_protocol", u16::from(CloseCode::Protocol), "WebSocket protocol violation"),
+        _ => return Ending::Drop,
+    };
+    metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
+    Ending::Close(code, reason)
+}
+
+/// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
+/// did not take the bytes in time (a stalled reader: counted as a slow consumer).
+async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
+    let write = async {
+        for frame in batch.drain(..) {
+            if let Some(message) = text(frame) {
+                socket.feed(message).await?;
+            }
+        }
+        socket.flush().await
+    };
+    let written = match tokio::time::timeout(deadline, write).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "write_timeout").increment(1);
+            debug!("write timed out; dropping the connection");
+            false
+        }
+    };
+    batch.clear();
+    // A burst may have grown the batch; idle connections should not keep it.
+    if batch.capacity() > 64 {
+        *batch = Vec::new();
+    }
+    written
+}
+
+/// Says goodbye: sends the close frame (or the echo of the client's), then reads what the client
+/// still sends until it closes too, so the close frame is not destroyed by a TCP reset. Bounded.
+async fn finish(mut socket: Socket, ending: Ending) {
+    let said = match ending {
+        Ending::Close(code, reason) => tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await,
+        Ending::Echo => tokio::time::timeout(CLOSE_LINGER, socket.flush()).await,
+        Ending::Drop => return,
+    };
+    if said.is_ok_and(|sent| sent.is_ok()) {
+        linger(&mut socket).await;
+    }
+}
+
+/// Reads (and discards) until the client closes or [`CLOSE_LINGER`] passes. Once tungstenite can no
+/// longer parse the input (the rest of an oversized or invalid frame), the raw bytes are drained.
+async fn linger(socket: &mut Socket) {
+    let drain = async {
+        loop {
+            match socket.next().await {
+                Some(Ok(_)) => {}
+                None => return,
+                Some(Err(_)) => break,
+            }
+        }
+        let mut buf = vec![0u8; 4096];
+        while matches!(socket.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}
