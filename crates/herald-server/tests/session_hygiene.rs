@@ -91,12 +91,9 @@ fn masked(first: u8, payload: &[u8]) -> Vec<u8> {
 async fn a_client_close_frame_is_echoed() {
     let server = start_dev().await;
     let mut c = server.client().await;
-    c.ws.send(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
-        code: 1000.into(),
-        reason: "bye".into(),
-    })))
-    .await
-    .unwrap();
+    c.ws.send(Message::Close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame { code: 1000.into(), reason: "bye".into() })))
+        .await
+        .unwrap();
     assert_eq!(c.closed().await, 1000, "the server answers a close with a close");
 }
 

@@ -223,3 +223,58 @@ fn transitions_stay_balanced_under_concurrent_subscribe_and_leave() {
     assert_eq!(total[2], total[3], "every MemberAdded has its MemberRemoved: {total:?}");
     assert!(hub.channels("").is_empty(), "no channel is left behind");
 }
+
+/// A broker that only records prepares and releases.
+#[derive(Default)]
+struct Recorder {
+    senders: Mutex<Vec<tokio::sync::oneshot::Sender<()>>>,
+    released: AtomicUsize,
+}
+
+impl Broker for Recorder {
+    fn publish(&self, _: &str, _: &Topic, _: Remote) {}
+    fn interest_changed(&self, _: &str, _: Topic) {}
+    fn prepare(&self, _: &str, _: &Topic) -> Option<tokio::sync::oneshot::Receiver<()>> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.senders.lock().push(tx);
+        Some(rx)
+    }
+    fn release(&self, _: &str, _: &Topic) {
+        self.released.fetch_add(1, Ordering::SeqCst);
+    }
+    fn healthy(&self) -> bool {
+        true
+    }
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+}
+
+#[tokio::test]
+async fn prepared_interest_is_released_on_every_exit() {
+    let engine = Engine::new(vec![App::dev()]);
+    let recorder = Arc::new(Recorder::default());
+    assert!(engine.attach(recorder.clone()));
+    let hub = engine.by_id("app-id").unwrap().clone();
+    let released = || recorder.released.load(Ordering::SeqCst);
+
+    let mut interest = hub.prepare_channel("a").expect("no local subscriber: prepared");
+    recorder.senders.lock().pop().unwrap().send(()).unwrap();
+    interest.ready().await;
+    drop(interest);
+    assert_eq!(released(), 1, "dropped after use");
+
+    let interest = hub.prepare_user("u").unwrap();
+    let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let _interest = interest;
+        panic!("a bug while subscribing");
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(released(), 2, "released while unwinding");
+
+    let mut interest = hub.prepare_channel("b").unwrap();
+    let task = tokio::spawn(async move { interest.ready().await });
+    task.abort();
+    let _ = task.await;
+    assert_eq!(released(), 3, "released when the waiting task is cancelled");
+}

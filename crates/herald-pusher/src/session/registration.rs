@@ -92,3 +92,64 @@ impl Drop for Registered {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::panic::AssertUnwindSafe;
+
+    use bytes::Bytes;
+    use herald_core::{App, Drained, Engine, MemberJoin};
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use super::*;
+    use crate::{Pusher, PusherConfig};
+
+    fn member(user: &str) -> Option<MemberJoin> {
+        Some(MemberJoin { user_id: Arc::from(user), info: Bytes::new() })
+    }
+
+    /// Frames queued for `outbox` so far, as text.
+    async fn drained(outbox: &herald_core::Outbox) -> String {
+        let mut batch = Vec::new();
+        if !outbox.is_empty() {
+            assert_eq!(outbox.drain(&mut batch).await, Drained::Frames);
+        }
+        batch.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn registration_is_released_on_panic_and_cancellation() {
+        let engine = Arc::new(Engine::new(vec![App::dev()]));
+        let front = Pusher::new(engine.clone(), PusherConfig::default(), CancellationToken::new(), TaskTracker::new());
+        let hub = engine.by_id("app-id").unwrap().clone();
+        let (watcher, watcher_box) = hub.connect().unwrap();
+        hub.subscribe(watcher, "presence-room", member("watcher")).unwrap();
+
+        // A session that panics while registered and present.
+        let (id, outbox) = hub.connect().unwrap();
+        hub.subscribe(id, "presence-room", member("ghost")).unwrap();
+        let registered = Registered::new(Ctx::new(front.clone(), hub.clone(), id, outbox));
+        let panicked = std::panic::catch_unwind(AssertUnwindSafe(move || {
+            let _registered = registered;
+            panic!("a bug in a session");
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(hub.connection_count(), 1, "the panicked connection is gone");
+        assert_eq!(hub.members("presence-room").unwrap().len(), 1, "its member is gone");
+        assert!(drained(&watcher_box).await.contains("member_removed"), "and the others were told");
+
+        // A session whose task is cancelled (aborted) while registered.
+        let (id, outbox) = hub.connect().unwrap();
+        hub.subscribe(id, "news", None).unwrap();
+        let registered = Registered::new(Ctx::new(front.clone(), hub.clone(), id, outbox));
+        let task = tokio::spawn(async move {
+            let _registered = registered;
+            std::future::pending::<()>().await
+        });
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        assert_eq!(hub.connection_count(), 1);
+        assert!(hub.channel("news").is_none());
+    }
+}
