@@ -85,7 +85,8 @@ export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
  * both styles work: a predicate (`() => seen.length === 3`; it must return a boolean, not the result of
  * `find`, which is `undefined` when nothing matched) and an assertion callback
  * (`() => assert.deepEqual(seen, [1, 2])`, retried until it stops throwing; the last assertion error is
- * reported, with its diff, at the deadline). Resolves with `check`'s last result.
+ * reported, with its diff, at the deadline). `message` (a string, or a function called at the deadline
+ * to describe what was seen) says what was awaited. Resolves with `check`'s last result.
  */
 export async function eventually(check, { timeout = 3000, interval = 20, message = 'condition not reached' } = {}) {
   const deadline = Date.now() + timeout;
@@ -99,7 +100,10 @@ export async function eventually(check, { timeout = 3000, interval = 20, message
     }
     if (Date.now() >= deadline) {
       const why = failure ? `: ${failure.message}` : '';
-      throw new assert.AssertionError({ message: `${message} (within ${timeout} ms)${why}`, actual: failure?.actual, expected: failure?.expected, operator: failure?.operator });
+      const what = typeof message === 'function' ? message() : message;
+      const error = new assert.AssertionError({ message: `${what} (within ${timeout} ms)${why}` });
+      if (failure) error.cause = failure;
+      throw error;
     }
     await sleep(interval);
   }
@@ -115,13 +119,11 @@ export async function startHerald(extraArgs = [], { config = CONFIG } = {}) {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-  for (let i = 0; i < 200; i++) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/up`);
-      if (res.ok) break;
-    } catch {}
-    await sleep(50);
-  }
+  // A herald that exits (bad config, port taken) fails the start at once.
+  const died = exited.then((r) => Promise.reject(new Error(`herald exited before answering /up: ${JSON.stringify(r)}`)));
+  died.catch(() => {}); // the normal exit, at the end of the test, is not an error
+  const up = async () => (await fetch(`http://127.0.0.1:${port}/up`)).ok;
+  await Promise.race([eventually(up, { timeout: 10000, interval: 50, message: `herald answers /up on port ${port}` }), died]);
   return {
     port,
     proc,
@@ -140,17 +142,15 @@ export async function startRedis(fixedPort) {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const exited = new Promise((resolve) => proc.on('exit', resolve));
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise((resolve) => {
+  const accepts = () =>
+    new Promise((resolve) => {
       const s = net.connect(port, '127.0.0.1', () => {
         s.end();
         resolve(true);
       });
       s.on('error', () => resolve(false));
     });
-    if (up) break;
-    await sleep(50);
-  }
+  await eventually(accepts, { timeout: 5000, interval: 50, message: `redis-server accepts on port ${port}` });
   return {
     port,
     proc,

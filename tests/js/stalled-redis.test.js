@@ -93,7 +93,7 @@ test('stalled Redis: a client whose subscribe waits on the cluster keeps receivi
   await publishRound();
   await eventually(() => log.filter((e) => e.startsWith('A')).length === published, {
     timeout: 5000,
-    message: `all ${published} events on stall-a arrived (pusher:error codes: ${codes()})`,
+    message: () => `all ${published} events on stall-a arrived (got ${log.filter((e) => e.startsWith('A')).length}; pusher:error codes: ${codes()})`,
   });
   const ticks = log.filter((e) => e.startsWith('A'));
   assert.deepEqual(ticks, Array.from({ length: published }, (_, n) => `A${n}`), 'in publish order');
