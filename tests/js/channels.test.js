@@ -2,7 +2,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import nacl from 'tweetnacl';
-import { APPS, ENCRYPTION_MASTER_KEY, collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, subscribe } from './harness.js';
+import { APPS, ENCRYPTION_MASTER_KEY, collect, connect, disconnectAll, eventually, next, sdk, startBackend, startHerald, subscribe } from './harness.js';
 
 let herald, backend, api;
 before(async () => {
@@ -26,7 +26,10 @@ test('public channel: SDK trigger reaches every subscriber; socket_id excludes t
   assert.equal(res.status, 200);
   assert.deepEqual(await res.json(), {});
   assert.deepEqual(await next(cb, 'goal'), { team: 'home' });
-  await sleep(150);
+  // A later publish without exclusion reaches `a` behind anything queued to it before.
+  const marker = next(ca, 'marker');
+  await api.trigger('scores', 'marker', {});
+  await marker;
   assert.equal(gotA.length, 0, 'the excluded socket got nothing');
 });
 
@@ -128,8 +131,7 @@ test('batch trigger delivers up to 10 events; 11 is refused', async () => {
   const batch = Array.from({ length: 10 }, (_, i) => ({ channel: 'batch-ch', name: 'b', data: String(i) }));
   const res = await api.triggerBatch(batch);
   assert.equal(res.status, 200);
-  await sleep(200);
-  assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+  await eventually(() => assert.deepEqual(seen, [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]));
   await assert.rejects(api.triggerBatch([...batch, batch[0]]), (e) => e.status === 400);
 });
 
@@ -160,13 +162,18 @@ test('channel queries through the SDK', async () => {
 
 test('unsubscribe stops delivery', async () => {
   const a = await connect(herald);
-  const ch = await subscribe(a, 'leaving');
-  const seen = collect(ch, 'e');
+  await subscribe(a, 'leaving');
+  // pusher-js forgets an unsubscribed channel's bindings, so watch the connection's raw messages.
+  const seen = [];
+  a.connection.bind('message', (m) => m.channel === 'leaving' && m.event === 'e' && seen.push(m));
+  const marker = await subscribe(a, 'leaving-marker');
   a.unsubscribe('leaving');
-  await sleep(100);
+  // The server has handled the unsubscribe once the channel is vacated.
+  await eventually(async () => assert.deepEqual(await (await api.get({ path: '/channels/leaving' })).json(), { occupied: false }));
   await api.trigger('leaving', 'e', {});
-  await sleep(150);
+  // Published after `e`: had `e` been queued to `a`, it would have arrived before this.
+  const done = next(marker, 'marker');
+  await api.trigger('leaving-marker', 'marker', {});
+  await done;
   assert.equal(seen.length, 0);
-  const res = await api.get({ path: '/channels/leaving' });
-  assert.deepEqual(await res.json(), { occupied: false });
 });

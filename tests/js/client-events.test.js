@@ -1,7 +1,7 @@
 // Client events (whispers) between pusher-js clients: delivery, no echo, rules and rate limits.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { APPS, collect, connect, disconnectAll, next, sleep, startBackend, startHerald, subscribe } from './harness.js';
+import { APPS, collect, connect, disconnectAll, next, roundTrip, sdk, startBackend, startHerald, subscribe } from './harness.js';
 
 let herald, backend, tinyBackend;
 before(async () => {
@@ -24,7 +24,10 @@ test('whisper between two clients on a private channel, not echoed to the sender
   const got = next(cb, 'client-typing');
   assert.equal(ca.trigger('client-typing', { typing: true }), true);
   assert.deepEqual(await got, { typing: true });
-  await sleep(150);
+  // b's reply is relayed to a behind an echo of a's own event, had there been one.
+  const reply = next(ca, 'client-reply');
+  cb.trigger('client-reply', {});
+  await reply;
   assert.equal(echoed.length, 0);
 });
 
@@ -48,8 +51,14 @@ test('rate limit: beyond 10/s the sender gets pusher:error 4301 and the excess i
   const received = collect(cb, 'client-pos');
   const errors = collect(a.connection, 'error');
   for (let i = 0; i < 25; i++) ca.trigger('client-pos', { i });
-  await sleep(400);
+  // Once a's ping is answered, the server has handled all 25 (relayed or dropped) and sent a its
+  // errors; a publish made after that reaches b behind every relayed event.
+  await roundTrip(a);
+  const marker = next(cb, 'marker');
+  await sdk(herald).trigger('private-flood', 'marker', {});
+  await marker;
   assert.equal(received.length, 10);
+  assert.deepEqual(received.map((r) => r.i), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
   assert.ok(errors.length >= 1 && errors.every((e) => e.data.code === 4301), JSON.stringify(errors));
   assert.equal(a.connection.state, 'connected', 'a rate-limited client stays connected');
 });

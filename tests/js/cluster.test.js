@@ -3,7 +3,7 @@
 // exclusion works across nodes, client events and per-user delivery cross nodes.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { APPS, collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, startRedis, subscribe } from './harness.js';
+import { APPS, collect, connect, disconnectAll, eventually, next, sdk, startBackend, startHerald, startRedis, subscribe } from './harness.js';
 
 let redis, node1, node2, backend1, backend2, api1, api2, stream1, stream2;
 before(async () => {
@@ -20,6 +20,20 @@ after(async () => {
   await Promise.all([node1.stop(), node2.stop()]);
   await redis.stop();
 });
+
+let markers = 0;
+/**
+ * A barrier before a negative assertion: publishes one marker event on `channel` through each node
+ * and waits until every one of `listeners` (channel objects) got both. Anything a node queued to a
+ * listener before it (directly, or through Redis, which keeps the order of publishes) has arrived by then.
+ */
+async function barrier(channel, listeners) {
+  const name = `marker-${++markers}`;
+  const arrived = listeners.map((l) => collect(l, name));
+  await api1.trigger(channel, name, { via: 1 });
+  await api2.trigger(channel, name, { via: 2 });
+  await eventually(() => arrived.every((a) => a.length === 2), { message: `${name} reached every listener through both nodes` });
+}
 
 test('health reports the redis engine', async () => {
   const up = await (await fetch(`http://127.0.0.1:${node1.port}/up`)).json();
@@ -39,9 +53,10 @@ test('a publish on one node reaches subscribers on both, once each', async () =>
   // other way round.
   await api2.trigger('scores', 'goal', { n: 1 });
   await api1.trigger('scores', 'goal', { n: 2 });
-  await sleep(300);
   // Exactly once each; the two publishes took different paths, so their order may differ.
   const byN = (a, b) => a.n - b.n;
+  await eventually(() => seenA.length === 2 && seenB.length === 2, { message: 'both goals reached both clients' });
+  await barrier('scores', [chA, chB]);
   assert.deepEqual(seenA.sort(byN), [{ n: 1 }, { n: 2 }]);
   assert.deepEqual(seenB.sort(byN), [{ n: 1 }, { n: 2 }]);
 });
@@ -57,7 +72,7 @@ test('cross-device sync across nodes: socket_id exclusion names a connection on 
   await api2.trigger('private-user.u-x', 'progress', { position: 42 }, { socket_id: A.connection.socket_id });
   assert.deepEqual(await toB, { position: 42 });
   assert.deepEqual(await toC, { position: 42 });
-  await sleep(200);
+  await barrier('private-user.u-x', chans);
   assert.equal(gotA.length, 0);
 });
 
@@ -70,7 +85,10 @@ test('client events (whisper) cross nodes and are not echoed', async () => {
   ra.trigger('client-pose', { x: 1 });
   const got = await pose;
   assert.deepEqual(got, { x: 1 });
-  await sleep(200);
+  // Bob's reply crosses back through Redis behind an echo of Alice's event, had node 1 sent one.
+  const reply = next(ra, 'client-reply');
+  rb.trigger('client-reply', {});
+  await reply;
   assert.equal(echoed.length, 0);
 });
 
@@ -79,7 +97,7 @@ test('per-user delivery and termination cross nodes', async () => {
     const p = await connect(node, backend, 'u-roam');
     p.signin();
     await p.user.signinDonePromise;
-    for (let i = 0; i < 50 && !p.user.serverToUserChannel?.subscribed; i++) await sleep(20);
+    await eventually(() => p.user.serverToUserChannel?.subscribed === true, { message: 'user channel subscribed' });
     return p;
   }
   const phone = await device(node1, backend1);
@@ -112,7 +130,9 @@ test('presence is one list across nodes: tabs on two nodes are one member, added
   const tab2 = await connect(node2, backend2, 'alice');
   const t2 = await subscribe(tab2, 'presence-cluster');
   assert.equal(t2.members.count, 2);
-  await sleep(200);
+  await eventually(() => added.length >= 1, { message: 'member_added for alice' });
+  // The second tab must not announce Alice again.
+  await barrier('presence-cluster', [room]);
   assert.deepEqual(added.map((m) => m.id), ['alice']);
   assert.equal(room.members.count, 2);
 
@@ -128,12 +148,17 @@ test('presence is one list across nodes: tabs on two nodes are one member, added
 
   // Closing one tab keeps Alice; closing the other removes her, once.
   tab1.disconnect();
-  await sleep(300);
+  // The cluster has counted tab 1's leave once the subscription count drops; a member_removed it
+  // (wrongly) announced would have been published before the barrier's markers.
+  const subscriptions = async () =>
+    (await (await api2.get({ path: '/channels/presence-cluster', params: { info: 'subscription_count' } })).json()).subscription_count;
+  await eventually(async () => (await subscriptions()) === 2, { message: "tab 1's leave counted" });
+  await barrier('presence-cluster', [room]);
   assert.equal(removed.length, 0);
   const gone = next(room, 'pusher:member_removed');
   tab2.disconnect();
   assert.equal((await gone).id, 'alice');
-  await sleep(200);
+  await barrier('presence-cluster', [room]);
   assert.equal(removed.length, 1);
   assert.equal(room.members.count, 1);
 });
@@ -150,9 +175,8 @@ test('live-stream viewer count (subscription_count) is cluster-wide', async () =
   const v3 = await connect(node2, stream2, 'viewer-3', opts);
   await subscribe(v3, 'stream-42');
   assert.equal((await seen2).subscription_count, 3);
-  await sleep(200);
   // Viewer 1 (node 1) saw the count of the whole cluster grow.
-  assert.equal(counts.at(-1), 3);
+  await eventually(() => counts.at(-1) === 3, { message: 'viewer 1 saw the count reach 3' });
   const down = next(c1, 'pusher:subscription_count');
   v3.disconnect();
   assert.equal((await down).subscription_count, 2);

@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import Echo from 'laravel-echo';
-import { ENCRYPTION_MASTER_KEY, PusherJs, sdk, sleep, startBackend, startHerald } from './harness.js';
+import { ENCRYPTION_MASTER_KEY, PusherJs, sdk, startBackend, startHerald } from './harness.js';
 
 let herald, backend, api;
 const echos = [];
@@ -100,7 +100,10 @@ test('toOthers: a publish carrying the sender socket id skips the sender', async
   // What Laravel's broadcast(...)->toOthers() sends: the X-Socket-ID the Echo interceptor added.
   await api.trigger('private-project.7', 'App\\Events\\TaskMoved', { task: 3 }, { socket_id: sender.socketId() });
   assert.deepEqual(await got, { task: 3 });
-  await sleep(150);
+  // Published to everyone after: anything queued to the sender before arrives first.
+  const marker = once((cb) => chs[0].listen('.marker', cb));
+  await api.trigger('private-project.7', 'marker', {});
+  await marker;
   assert.deepEqual(seenBySender, []);
 });
 

@@ -1,5 +1,6 @@
 // Test harness: starts a real `herald` process and a backend whose auth endpoints use the `pusher`
 // server SDK (authorizeChannel / authenticateUser), as a real application would.
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
@@ -9,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import PusherServer from 'pusher';
 import PusherJs from 'pusher-js';
+import WebSocket from 'ws';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 export const HERALD_BIN = process.env.HERALD_BIN || path.join(here, '..', '..', 'target', 'debug', 'herald');
@@ -74,6 +76,39 @@ export function freePort() {
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * Polls `check` (sync or async) until it passes, and fails the test if it has not passed by the
+ * deadline. This is the one way these tests wait for something to become true: never a fixed sleep
+ * followed by a positive assertion.
+ *
+ * `check` passes when it returns without throwing and its result is either truthy or `undefined`, so
+ * both styles work: a predicate (`() => seen.length === 3`; it must return a boolean, not the result of
+ * `find`, which is `undefined` when nothing matched) and an assertion callback
+ * (`() => assert.deepEqual(seen, [1, 2])`, retried until it stops throwing; the last assertion error is
+ * reported, with its diff, at the deadline). `message` (a string, or a function called at the deadline
+ * to describe what was seen) says what was awaited. Resolves with `check`'s last result.
+ */
+export async function eventually(check, { timeout = 3000, interval = 20, message = 'condition not reached' } = {}) {
+  const deadline = Date.now() + timeout;
+  for (;;) {
+    let failure;
+    try {
+      const result = await check();
+      if (result === undefined || result) return result;
+    } catch (e) {
+      failure = e;
+    }
+    if (Date.now() >= deadline) {
+      const why = failure ? `: ${failure.message}` : '';
+      const what = typeof message === 'function' ? message() : message;
+      const error = new assert.AssertionError({ message: `${what} (within ${timeout} ms)${why}` });
+      if (failure) error.cause = failure;
+      throw error;
+    }
+    await sleep(interval);
+  }
+}
+
 /** Starts herald with the test config; resolves once /up answers. */
 export async function startHerald(extraArgs = [], { config = CONFIG } = {}) {
   const port = await freePort();
@@ -84,13 +119,11 @@ export async function startHerald(extraArgs = [], { config = CONFIG } = {}) {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const exited = new Promise((resolve) => proc.on('exit', (code, signal) => resolve({ code, signal })));
-  for (let i = 0; i < 200; i++) {
-    try {
-      const res = await fetch(`http://127.0.0.1:${port}/up`);
-      if (res.ok) break;
-    } catch {}
-    await sleep(50);
-  }
+  // A herald that exits (bad config, port taken) fails the start at once.
+  const died = exited.then((r) => Promise.reject(new Error(`herald exited before answering /up: ${JSON.stringify(r)}`)));
+  died.catch(() => {}); // the normal exit, at the end of the test, is not an error
+  const up = async () => (await fetch(`http://127.0.0.1:${port}/up`)).ok;
+  await Promise.race([eventually(up, { timeout: 10000, interval: 50, message: `herald answers /up on port ${port}` }), died]);
   return {
     port,
     proc,
@@ -109,22 +142,33 @@ export async function startRedis(fixedPort) {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   const exited = new Promise((resolve) => proc.on('exit', resolve));
-  for (let i = 0; i < 100; i++) {
-    const up = await new Promise((resolve) => {
+  const accepts = () =>
+    new Promise((resolve) => {
       const s = net.connect(port, '127.0.0.1', () => {
         s.end();
         resolve(true);
       });
       s.on('error', () => resolve(false));
     });
-    if (up) break;
-    await sleep(50);
-  }
+  await eventually(accepts, { timeout: 5000, interval: 50, message: `redis-server accepts on port ${port}` });
   return {
     port,
+    proc,
     url: `redis://127.0.0.1:${port}`,
+    /** Freezes the server (SIGSTOP): connections stay open but nothing is answered, as in a stall. */
+    pause() {
+      proc.kill('SIGSTOP');
+    },
+    /** Undoes `pause` (SIGCONT). */
+    resume() {
+      if (proc.exitCode === null) proc.kill('SIGCONT');
+    },
     async stop() {
-      if (proc.exitCode === null) proc.kill('SIGKILL');
+      if (proc.exitCode === null) {
+        proc.kill('SIGKILL');
+        // A SIGKILLed stopped process dies too, but continue it so nothing is left waiting on it.
+        proc.kill('SIGCONT');
+      }
       await exited;
     },
   };
@@ -279,5 +323,92 @@ export function subscribe(pusher, name) {
   });
 }
 
+/**
+ * A round trip through the server: sends `pusher:ping` and resolves on the `pusher:pong`. The server
+ * handles a connection's frames in order, so once the pong is back every frame this client sent
+ * before has been handled (its relays queued to other connections), and everything queued to this
+ * client before the pong has been delivered. Tests use it as a barrier before negative assertions.
+ */
+export function roundTrip(pusher, ms = 3000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      pusher.connection.unbind('message', onMessage);
+      reject(new Error('timed out waiting for pusher:pong'));
+    }, ms);
+    function onMessage(m) {
+      if (m.event !== 'pusher:pong') return;
+      clearTimeout(timer);
+      pusher.connection.unbind('message', onMessage);
+      resolve();
+    }
+    pusher.connection.bind('message', onMessage);
+    pusher.send_event('pusher:ping', {});
+  });
+}
 
-export { PusherJs };
+/**
+ * A plain WebSocket client (the `ws` package) speaking the Pusher protocol by hand, for what
+ * pusher-js hides: raw frames, ordering of replies, close codes. Resolves once
+ * `pusher:connection_established` arrived. Every received frame is kept in `frames` (with `data`
+ * parsed when it is a JSON string); `closed` resolves with `{ code, reason }`.
+ */
+export async function rawClient(herald, { key = APPS.main.key, protocol = 7 } = {}) {
+  const ws = new WebSocket(`ws://127.0.0.1:${herald.port}/app/${key}?protocol=${protocol}&client=js&version=8.4.0`);
+  const waiters = new Set();
+  const c = {
+    ws,
+    frames: [],
+    closed: new Promise((resolve) => ws.on('close', (code, reason) => resolve({ code, reason: reason.toString() }))),
+    /** Sends one Pusher message. */
+    send(event, data = {}, channel) {
+      ws.send(JSON.stringify(channel === undefined ? { event, data } : { event, data, channel }));
+    },
+    /** Resolves with the first frame (received so far or later) for which `match` is true. */
+    frame(match, ms = 3000, what = 'frame') {
+      const seen = c.frames.find(match);
+      if (seen) return Promise.resolve(seen);
+      return new Promise((resolve, reject) => {
+        const waiter = {
+          match,
+          resolve(f) {
+            clearTimeout(timer);
+            resolve(f);
+          },
+        };
+        const timer = setTimeout(() => {
+          waiters.delete(waiter);
+          reject(new Error(`timed out waiting for ${what}`));
+        }, ms);
+        waiters.add(waiter);
+      });
+    },
+    close() {
+      ws.terminate();
+    },
+  };
+  ws.on('error', () => {}); // reported through `closed` (code 1006)
+  ws.on('message', (raw) => {
+    let f;
+    try {
+      f = JSON.parse(raw.toString());
+    } catch {
+      f = { event: null, raw: raw.toString() }; // kept, so a test can see the server sent garbage
+    }
+    if (typeof f.data === 'string') {
+      try {
+        f.data = JSON.parse(f.data);
+      } catch {}
+    }
+    c.frames.push(f);
+    for (const w of waiters) {
+      if (w.match(f)) {
+        waiters.delete(w);
+        w.resolve(f);
+      }
+    }
+  });
+  c.established = (await Promise.race([c.frame((f) => f.event === 'pusher:connection_established', 5000, 'connection_established'), c.closed.then((e) => Promise.reject(new Error(`closed ${e.code} before connection_established`)))])).data;
+  return c;
+}
+
+export { PusherJs, WebSocket };

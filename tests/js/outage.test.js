@@ -2,7 +2,7 @@
 // outage, nodes reconnect on their own, re-subscribe, and re-assert presence; no Herald restart.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, startRedis, subscribe } from './harness.js';
+import { connect, disconnectAll, eventually, next, sdk, startBackend, startHerald, startRedis, subscribe } from './harness.js';
 
 let redis, node1, node2, backend1, backend2, api1, api2;
 before(async () => {
@@ -23,15 +23,8 @@ async function health(node) {
   return (await fetch(`http://127.0.0.1:${node.port}/up`)).json();
 }
 
-async function until(check, ms = 10000) {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    // A request may still fail while a node reconnects (503): keep asking.
-    if (await check().catch(() => false)) return;
-    await sleep(100);
-  }
-  assert.fail('condition not reached in time');
-}
+/** Polls `check` for up to 10 s; a request failing meanwhile (503 while a node reconnects) is retried. */
+const until = (check, message) => eventually(check, { timeout: 10000, interval: 100, message });
 
 test('a Redis restart is survived: local delivery, health, reconnect, re-subscribe, presence re-asserted', async () => {
   const alice = await connect(node1, backend1, 'alice');
@@ -43,7 +36,7 @@ test('a Redis restart is survived: local delivery, health, reconnect, re-subscri
 
   const port = redis.port;
   await redis.stop();
-  await until(async () => (await health(node1)).backend === 'down');
+  await until(async () => (await health(node1)).backend === 'down', 'node 1 reports Redis down');
   assert.equal((await health(node1)).status, 'degraded');
 
   // During the outage new clients are still served without stalling on Redis.
@@ -59,9 +52,9 @@ test('a Redis restart is survived: local delivery, health, reconnect, re-subscri
 
   // Redis comes back empty on the same port.
   redis = await startRedis(port);
-  await until(async () => (await health(node1)).status === 'ok' && (await health(node2)).status === 'ok');
+  await until(async () => (await health(node1)).status === 'ok' && (await health(node2)).status === 'ok', 'both nodes healthy again');
   // Presence is re-asserted by both nodes (their leases were lost with Redis's data).
-  await until(async () => JSON.stringify(await users(api2)) === JSON.stringify(['alice', 'bob']));
+  await until(async () => assert.deepEqual(await users(api2), ['alice', 'bob']), 'presence re-asserted');
   // Reads are retried over a connection that broke with the restart: no 503 once nodes are back.
   assert.deepEqual(await users(api1), ['alice', 'bob']);
   // Cross-node delivery works again (the subscriptions were re-established).
@@ -71,6 +64,6 @@ test('a Redis restart is survived: local delivery, health, reconnect, re-subscri
     await api1.trigger('live', 'tick', { after: true });
     got = await arrived;
     return got !== undefined;
-  });
+  }, 'cross-node delivery resumed');
   assert.deepEqual(got, { after: true });
 });

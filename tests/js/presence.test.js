@@ -1,7 +1,7 @@
 // Presence with pusher-js: members per user across tabs, join/leave events, limits, live-stream counts.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { APPS, collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, subscribe } from './harness.js';
+import { APPS, collect, connect, disconnectAll, eventually, next, sdk, startBackend, startHerald, subscribe } from './harness.js';
 
 let herald, backend, tinyBackend, streamBackend;
 before(async () => {
@@ -45,16 +45,26 @@ test('two tabs of one user are one member; removed only when the last tab leaves
   const tab2 = await connect(herald, backend, 'carol');
   const tab2Room = await subscribe(tab2, 'presence-tabs');
   assert.equal(tab2Room.members.count, 2, 'watcher and carol');
-  await sleep(150);
+  const api = sdk(herald);
+  // A publish reaches the watcher behind whatever the server queued to it before.
+  const barrier = async () => {
+    const marker = next(room, 'marker');
+    await api.trigger('presence-tabs', 'marker', {});
+    await marker;
+  };
+  await eventually(() => added.length >= 1, { message: 'carol added' });
+  await barrier();
   assert.equal(added.length, 1, 'carol added once');
   tab1.disconnect();
-  await sleep(200);
+  // The server has handled tab 1's leave once the channel counts two subscriptions again.
+  const subscriptions = async () =>
+    (await (await api.get({ path: '/channels/presence-tabs', params: { info: 'subscription_count' } })).json()).subscription_count;
+  await eventually(async () => (await subscriptions()) === 2, { message: "tab 1's leave handled" });
+  await barrier();
   assert.equal(removed.length, 0, 'carol still has a tab');
   tab2.disconnect();
-  await sleep(200);
-  assert.deepEqual(removed.map((m) => m.id), ['carol']);
-  const res = await sdk(herald).get({ path: '/channels/presence-tabs/users' });
-  assert.deepEqual(await res.json(), { users: [{ id: 'watcher' }] });
+  await eventually(() => assert.deepEqual(removed.map((m) => m.id), ['carol']));
+  await eventually(async () => assert.deepEqual(await (await api.get({ path: '/channels/presence-tabs/users' })).json(), { users: [{ id: 'watcher' }] }));
 });
 
 test('member limit per channel and member info size are enforced', async () => {
@@ -80,20 +90,18 @@ test('live-stream room: viewer count via subscription_count and presence count a
     await subscribe(v, 'stream-42');
     viewers.push(v);
   }
-  await sleep(200);
+  await eventually(() => assert.deepEqual(counts.map((c) => c.subscription_count), [1, 2, 3, 4]));
   assert.equal(stream.subscriptionCount, 4, 'pusher-js tracks the count');
-  assert.deepEqual(counts.map((c) => c.subscription_count), [1, 2, 3, 4]);
   viewers.pop().disconnect();
-  await sleep(200);
-  assert.equal(stream.subscriptionCount, 3);
+  await eventually(() => stream.subscriptionCount === 3, { message: 'pusher-js count back to 3' });
   let res = await api.get({ path: '/channels/stream-42', params: { info: 'subscription_count' } });
   assert.deepEqual(await res.json(), { occupied: true, subscription_count: 3 });
 
   // The presence flavour of the same room: members.count follows viewers.
   const room = await subscribe(host, 'presence-stream-42');
   for (const v of viewers) await subscribe(v, 'presence-stream-42');
-  await sleep(150); // the host's member_added events trail the viewers' own confirmations
-  assert.equal(room.members.count, 3);
+  // The host's member_added events trail the viewers' own confirmations.
+  await eventually(() => room.members.count === 3, { message: 'the host sees 3 members' });
   viewers.pop().disconnect();
   await next(room, 'pusher:member_removed');
   assert.equal(room.members.count, 2);
@@ -107,6 +115,9 @@ test('subscription_count is not sent when the app does not enable it', async () 
   const counts = collect(ch, 'pusher:subscription_count');
   const b = await connect(herald);
   await subscribe(b, 'quiet-count');
-  await sleep(200);
+  // A publish reaches `a` behind any count the server would have queued to it for b's subscribe.
+  const marker = next(ch, 'marker');
+  await sdk(herald).trigger('quiet-count', 'marker', {});
+  await marker;
   assert.equal(counts.length, 0);
 });

@@ -1,7 +1,7 @@
 // User sign-in with pusher-js: per-user delivery to every device, cross-device sync, termination.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, subscribe } from './harness.js';
+import { collect, connect, disconnectAll, eventually, next, roundTrip, sdk, startBackend, startHerald, subscribe } from './harness.js';
 
 let herald, backend, api;
 before(async () => {
@@ -20,8 +20,7 @@ async function device(user) {
   p.signin();
   await p.user.signinDonePromise;
   // pusher-js subscribes #server-to-user-{id} after sign-in; wait until it is confirmed.
-  for (let i = 0; i < 50 && !p.user.serverToUserChannel?.subscribed; i++) await sleep(20);
-  assert.ok(p.user.serverToUserChannel.subscribed, 'user channel subscribed');
+  await eventually(() => p.user.serverToUserChannel?.subscribed === true, { message: 'user channel subscribed' });
   return p;
 }
 
@@ -36,7 +35,10 @@ test('sendToUser reaches every signed-in device of that user only', async () => 
   assert.equal(res.status, 200);
   assert.deepEqual(await a, { added: 'tt0133093' });
   assert.deepEqual(await b, { added: 'tt0133093' });
-  await sleep(100);
+  // Sent to the stranger after: anything queued to it before arrives first.
+  const marker = next(stranger.user, 'marker');
+  await api.sendToUser('someone-else', 'marker', {});
+  await marker;
   assert.equal(strangerGot.length, 0);
 });
 
@@ -61,7 +63,11 @@ test('cross-device sync: a publish with device A socket_id reaches B and C, not 
   await api.trigger('private-user.u-sync', 'handoff', { to: 'tv' }, { socket_id: A.connection.socket_id });
   assert.deepEqual(await onB, { to: 'tv' });
   assert.deepEqual(await onC, { to: 'tv' });
-  await sleep(150);
+  // Published to A after both: anything queued to A before arrives first.
+  const markers = [next(A.user, 'marker'), next(channels[0], 'marker')];
+  await api.sendToUser('u-sync', 'marker', {});
+  await api.trigger('private-user.u-sync', 'marker', {});
+  await Promise.all(markers);
   assert.equal(gotA.length, 0);
   assert.equal(onA.length, 0);
 });
@@ -76,8 +82,9 @@ test('terminateUserConnections closes every device of the user and no one else',
   for (const e of await Promise.all(closed)) {
     assert.equal((e.error ?? e).data?.code ?? e.data?.code, 4009);
   }
-  await sleep(200);
-  assert.notEqual(d1.connection.state, 'connected');
+  await eventually(() => d1.connection.state !== 'connected', { message: 'd1 disconnected' });
+  // The other user's connection still answers.
+  await roundTrip(other);
   assert.equal(other.connection.state, 'connected');
 });
 

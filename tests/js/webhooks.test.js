@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { baseConfig, collect, connect, disconnectAll, next, sdk, sleep, startBackend, startHerald, startRedis, subscribe } from './harness.js';
+import { baseConfig, connect, disconnectAll, eventually, next, sdk, startBackend, startHerald, startRedis, subscribe } from './harness.js';
 
 const HOOK_APP = { id: 'hook-id', key: 'hook-key', secret: 'hook-secret' };
 
@@ -45,14 +45,7 @@ event_types = ["channel_occupied", "channel_vacated"]
 `;
 }
 
-async function waitFor(check, ms = 5000) {
-  const until = Date.now() + ms;
-  while (Date.now() < until) {
-    if (check()) return;
-    await sleep(25);
-  }
-  assert.fail('timed out waiting for webhooks');
-}
+const waitFor = (check, ms = 5000) => eventually(check, { timeout: ms, interval: 25, message: 'webhooks not received' });
 
 const names = (events, channel) => events.filter((e) => e.channel === channel).map((e) => e.name + (e.user_id ? `:${e.user_id}` : ''));
 
@@ -131,10 +124,20 @@ test('with two nodes on Redis each webhook fires once for the cluster', async ()
     const tab2 = await connect(n2, b2, 'dana', { app: HOOK_APP });
     await subscribe(tab2, 'presence-cluster-hooks');
     tab1.disconnect();
-    await sleep(200);
+    // Tab 1's leave is counted by the cluster before tab 2 leaves.
+    const subscriptions = async () =>
+      (await (await sdk(n2, HOOK_APP).get({ path: '/channels/presence-cluster-hooks', params: { info: 'subscription_count' } })).json()).subscription_count;
+    await eventually(async () => (await subscriptions()) === 1, { message: "tab 1's leave counted" });
     tab2.disconnect();
     await waitFor(() => names(hooks.events('/all'), 'presence-cluster-hooks').includes('channel_vacated'));
-    await sleep(300);
+    // A barrier: each node's webhooks are sent in order, so once a channel occupied and vacated on
+    // each node has been reported, every webhook either node queued before has arrived.
+    for (const [node, backend, channel] of [[n1, b1, 'marker-hooks-1'], [n2, b2, 'marker-hooks-2']]) {
+      const p = await connect(node, backend, 'marker', { app: HOOK_APP });
+      await subscribe(p, channel);
+      p.disconnect();
+    }
+    await waitFor(() => ['marker-hooks-1', 'marker-hooks-2'].every((c) => names(hooks.events('/all'), c).includes('channel_vacated')));
     assert.deepEqual(
       names(hooks.events('/all'), 'presence-cluster-hooks').filter((n) => !n.startsWith('subscription_count')),
       ['channel_occupied', 'member_added:dana', 'member_removed:dana', 'channel_vacated'],
