@@ -275,28 +275,32 @@ async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Dura
     written
 }
 
-/// Says goodbye: sends the close frame (or the echo of the client's), then reads what the client
-/// still sends until it closes too, so the close frame is not destroyed by a TCP reset. Bounded.
+/// Says goodbye: sends the close frame and reads what the client still sends until its close reply,
+/// so the close frame is not destroyed by a TCP reset; or echoes the client's close. Bounded.
 async fn finish(mut socket: Socket, ending: Ending) {
-    let said = match ending {
-        Ending::Close(code, reason) => tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await,
-        Ending::Echo => tokio::time::timeout(CLOSE_LINGER, socket.flush()).await,
-        Ending::Drop => return,
-    };
-    if said.is_ok_and(|sent| sent.is_ok()) {
-        linger(&mut socket).await;
+    match ending {
+        Ending::Close(code, reason) => {
+            if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
+                linger(&mut socket).await;
+            }
+        }
+        Ending::Echo => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
+        }
+        Ending::Drop => {}
     }
 }
 
-/// Reads (and discards) until the client closes or [`CLOSE_LINGER`] passes. Once tungstenite can no
-/// longer parse the input (the rest of an oversized or invalid frame), the raw bytes are drained.
+/// Reads (and discards) until the client's close reply or [`CLOSE_LINGER`]. Once tungstenite can no
+/// longer parse the input (the rest of an oversized or invalid frame), the raw bytes are drained until
+/// the client closes.
 async fn linger(socket: &mut Socket) {
     let drain = async {
         loop {
             match socket.next().await {
+                Some(Ok(Message::Close(_))) => return,
                 Some(Ok(_)) => {}
-                None => return,
-                Some(Err(_)) => break,
+                None | Some(Err(_)) => break,
             }
         }
         let mut buf = vec![0u8; 4096];
