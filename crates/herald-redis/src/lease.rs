@@ -17,7 +17,8 @@
 //! A node that finds its lease gone registers again and reads (and deletes) its `reaped` marker: if it
 //! was reaped, the others saw its members leave, so the reconcile that re-joins them announces
 //! `member_added`; if not, Redis lost its data (restarted empty, FLUSHALL) and the clients never saw
-//! anything change, so it re-joins silently.
+//! anything change, so it re-joins silently. A lease later it reconciles once more (announcing), which
+//! repairs what a reaper already mid-way through its share may have taken after it came back.
 
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -84,6 +85,9 @@ pub(crate) async fn lease_loop<C: Conn>(mut conn: C, registry: Registry, ttl: Du
     let mut backoff = PROBE;
     let mut reachable = health.watch();
     let key = registry.lease(&registry.node);
+    // After registering again: one more (announcing) reconcile a lease later, which repairs what a
+    // reaper that was already mid-way through this node's share may have taken after the first one.
+    let mut follow_up: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
@@ -122,6 +126,7 @@ pub(crate) async fn lease_loop<C: Conn>(mut conn: C, registry: Registry, ttl: Du
                         let mode = if reaped { Mode::Announce } else { Mode::Silent };
                         warn!(reaped, "node lease was lost; registered again, re-asserting presence");
                         health.request_reconcile(mode);
+                        follow_up = Some(tokio::time::Instant::now() + ttl);
                         Ok(())
                     }
                     Err(e) => Err(e),
@@ -134,6 +139,10 @@ pub(crate) async fn lease_loop<C: Conn>(mut conn: C, registry: Registry, ttl: Du
                 health.up();
                 wait = period;
                 backoff = PROBE;
+                if follow_up.is_some_and(|at| at <= tokio::time::Instant::now()) {
+                    follow_up = None;
+                    health.request_reconcile(Mode::Announce);
+                }
             }
             Err(e) => {
                 health.down(&e);

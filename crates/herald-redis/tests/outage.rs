@@ -59,7 +59,9 @@ async fn a_stalled_redis_answers_within_the_deadline_then_fails_fast_and_recover
     let redis = RedisServer::start().await;
     let deadline = Duration::from_secs(1);
     let config = RedisConfig { url: redis.url(), prefix: "st".into(), timeout: deadline, ..RedisConfig::default() };
-    let a = Node::with(config, App::dev()).await;
+    let a = Node::with(config.clone(), App::dev()).await;
+    // A listen-only node that makes no calls of its own: only its lease renewal can notice the stall.
+    let quiet = Node::with(config, App::dev()).await;
     let state = a.state();
     let (id, _outbox) = a.hub().connect().unwrap();
     a.hub().subscribe(id, "room", None).unwrap();
@@ -82,10 +84,12 @@ async fn a_stalled_redis_answers_within_the_deadline_then_fails_fast_and_recover
     // wait for routing meanwhile.
     assert!(eventually(3 * deadline, || async { !a.healthy() }).await);
     assert!(a.hub().prepare_channel("fresh").is_none());
+    // Within one renewal period (a third of the 10 s lease) plus the deadline.
+    assert!(eventually(Duration::from_secs(10) / 3 + 2 * deadline, || async { !quiet.healthy() }).await, "the stall went unnoticed");
 
     redis.resume().await;
     assert!(eventually(Duration::from_secs(10), || async { state.channel("app-id", "room").await.is_ok() }).await);
-    assert!(eventually(Duration::from_secs(10), || async { a.healthy() }).await);
+    assert!(eventually(Duration::from_secs(10), || async { a.healthy() && quiet.healthy() }).await);
     let ready = a.hub().prepare_channel("fresh").expect("routing is confirmed again once redis answers");
     tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
     a.hub().release_channel("fresh");
