@@ -189,5 +189,14 @@ async fn a_full_push_queue_drops_counts_and_recovers_routing() {
     .await;
     assert!(recovered, "routing did not recover after dropped pushes");
     assert_eq!(b_broker.subscriptions(), 1);
+    // Reconcile works on the cluster too (its batched script touches only the app's slot): B's two
+    // local subscriptions, never joined through the state here, get counted.
+    b_broker.request_reconcile();
+    let state = hub(&b).state().unwrap().clone();
+    let counted = eventually(Duration::from_secs(10), || async {
+        state.channel("app-id", channel).await.ok().flatten().map(|c| c.subscribers) == Some(2)
+    })
+    .await;
+    assert!(counted, "reconcile on the cluster: {:?}", state.channel("app-id", channel).await);
     shutdown.cancel();
 }
