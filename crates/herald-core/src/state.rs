@@ -90,6 +90,7 @@ pub trait ClusterState: Send + Sync + 'static {
     /// Counts of one channel across the cluster; `None` when nobody is subscribed.
     fn channel<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Option<ChannelInfo>, StateError>>;
     /// Every occupied channel whose name starts with `prefix`, with its counts.
+    #[allow(clippy::type_complexity)]
     fn channels<'a>(&'a self, app_id: &'a str, prefix: &'a str) -> BoxFuture<'a, Result<Vec<(Arc<str>, ChannelInfo)>, StateError>>;
     /// Members of a presence channel across the cluster.
     fn members<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<Vec<Member>, StateError>>;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::next;
+use common::{eventually, frames, next};
 use herald_core::{App, Engine, Hub, Joined, MemberJoin};
 use herald_redis::{RedisBroker, RedisConfig};
 use tokio::process::{Child, Command};
@@ -34,7 +34,8 @@ async fn free_port() -> u16 {
 
 impl RedisCluster {
     async fn start() -> RedisCluster {
-        let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}", std::process::id()));
+        // One directory per cluster: tests of this file run concurrently in one process.
+        let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}-{}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
         let mut nodes = Vec::new();
         let mut addrs = Vec::new();
@@ -91,8 +92,12 @@ impl Drop for RedisCluster {
 }
 
 async fn node(cluster: &RedisCluster, shutdown: &CancellationToken) -> (Arc<Engine>, Arc<RedisBroker>) {
+    node_with(cluster, shutdown, RedisConfig::default().push_queue).await
+}
+
+async fn node_with(cluster: &RedisCluster, shutdown: &CancellationToken, push_queue: usize) -> (Arc<Engine>, Arc<RedisBroker>) {
     let engine = Arc::new(Engine::new([App::dev()]));
-    let config = RedisConfig { url: cluster.seeds.clone(), prefix: "rc".into(), cluster: true, ..RedisConfig::default() };
+    let config = RedisConfig { url: cluster.seeds.clone(), prefix: "rc".into(), cluster: true, push_queue, ..RedisConfig::default() };
     let broker = RedisBroker::start(config, &engine, shutdown.clone(), &TaskTracker::new()).await.unwrap();
     (engine, broker)
 }
@@ -145,5 +150,53 @@ async fn sharded_routing_and_cluster_state_on_redis_cluster() {
     assert_eq!(sb.channel("app-id", "presence-rc").await.unwrap().map(|c| c.subscribers), Some(2));
     assert!(!sa.leave("app-id", "presence-rc", Some("alice")).await.unwrap().member_removed);
     assert!(sb.leave("app-id", "presence-rc", Some("alice")).await.unwrap().member_removed);
+    shutdown.cancel();
+}
+
+#[tokio::test]
+async fn a_full_push_queue_drops_counts_and_recovers_routing() {
+    let cluster = RedisCluster::start().await;
+    let shutdown = CancellationToken::new();
+    let (a, _) = node(&cluster, &shutdown).await;
+    // B's push queue holds one message: a burst from A overflows it.
+    let (b, b_broker) = node_with(&cluster, &shutdown, 1).await;
+    let channel = "burst";
+    let ready = hub(&b).prepare_channel(channel).expect("first subscriber waits for routing");
+    tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
+    let (first, _first_box) = hub(&b).connect().unwrap();
+    hub(&b).subscribe(first, channel, None).unwrap();
+    hub(&b).release_channel(channel);
+
+    let frame = Bytes::from_static(b"{\"event\":\"burst\"}");
+    let overflowed = eventually(Duration::from_secs(20), || async {
+        for _ in 0..500 {
+            hub(&a).publish(channel, &frame, None);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        b_broker.push_dropped() > 0
+    })
+    .await;
+    assert!(overflowed, "the push queue never overflowed");
+
+    // After the loss B re-subscribes (and reconciles); a new subscriber receives what A publishes next.
+    let (late, late_box) = hub(&b).connect().unwrap();
+    hub(&b).subscribe(late, channel, None).unwrap();
+    let after = Bytes::from_static(b"{\"event\":\"after\"}");
+    let recovered = eventually(Duration::from_secs(20), || async {
+        hub(&a).publish(channel, &after, None);
+        frames(&late_box, 200).await.contains(&after)
+    })
+    .await;
+    assert!(recovered, "routing did not recover after dropped pushes");
+    assert_eq!(b_broker.subscriptions(), 1);
+    // Reconcile works on the cluster too (its batched script touches only the app's slot): B's two
+    // local subscriptions, never joined through the state here, get counted.
+    b_broker.request_reconcile();
+    let state = hub(&b).state().unwrap().clone();
+    let counted = eventually(Duration::from_secs(10), || async {
+        state.channel("app-id", channel).await.ok().flatten().map(|c| c.subscribers) == Some(2)
+    })
+    .await;
+    assert!(counted, "reconcile on the cluster: {:?}", state.channel("app-id", channel).await);
     shutdown.cancel();
 }

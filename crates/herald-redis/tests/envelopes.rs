@@ -1,0 +1,80 @@
+//! Input from Redis is untrusted: anyone who can PUBLISH to the Redis can put bytes on a node's
+//! channels. Bad envelopes are dropped and counted; nothing reaches a subscriber or a cache channel.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use common::{eventually, frames, Node, RedisServer};
+use herald_core::{App, MemberJoin};
+
+/// A header as a foreign node would write it: version 1, `kind`, node 0x42, exclusion flag `flag`.
+fn header(kind: u8, flag: u8) -> BytesMut {
+    let mut b = BytesMut::new();
+    b.put_u8(1);
+    b.put_u8(kind);
+    b.put_u128(0x42);
+    b.put_u8(flag);
+    b.put_u64(0);
+    b.put_u64(0);
+    b
+}
+
+fn garbage() -> Vec<Bytes> {
+    let mut not_utf8 = header(0, 0);
+    not_utf8.put_slice(&[0xff, 0xfe, 0xfd]);
+    let mut retained_not_utf8 = header(1, 0);
+    retained_not_utf8.put_slice(&[0xff, 0xfe, 0xfd]);
+    let mut version = header(0, 0);
+    version[0] = 9;
+    let mut terminate_with_tail = header(2, 0);
+    terminate_with_tail.put_slice(b"{}");
+    vec![
+        not_utf8.freeze(),
+        retained_not_utf8.freeze(),
+        header(0, 0).freeze().slice(..10),
+        Bytes::from_static(b"hello"),
+        Bytes::new(),
+        version.freeze(),
+        header(7, 0).freeze(),
+        header(0, 2).freeze(),
+        terminate_with_tail.freeze(),
+    ]
+}
+
+#[tokio::test]
+async fn bad_envelopes_from_redis_are_dropped_and_counted_and_valid_ones_still_flow() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = Node::start(&url, "herald", Duration::from_secs(10), App::dev()).await;
+    let b = Node::start(&url, "herald", Duration::from_secs(10), App::dev()).await;
+    let (id, outbox) = a.hub().connect().unwrap();
+    let member = MemberJoin { user_id: Arc::from("alice"), info: Bytes::from_static(b"{}") };
+    a.hub().subscribe(id, "presence-room", Some(member)).unwrap();
+    a.hub().subscribe(id, "cache-room", None).unwrap();
+    assert!(eventually(Duration::from_secs(5), || async { a.broker.subscriptions() == 2 }).await);
+
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let garbage = garbage();
+    for channel in ["herald:app-id:c:presence-room", "herald:app-id:c:cache-room"] {
+        for payload in &garbage {
+            let receivers: i64 = redis::cmd("PUBLISH").arg(channel).arg(&payload[..]).query_async(&mut conn).await.unwrap();
+            assert_eq!(receivers, 1, "node A is subscribed to {channel}");
+        }
+    }
+
+    // A valid publish from another node, after the garbage (Redis keeps the order).
+    let frame = Bytes::from_static(b"{\"event\":\"ok\"}");
+    b.hub().publish("presence-room", &frame, None);
+    b.hub().publish_retained("cache-room", &frame, None);
+    assert!(eventually(Duration::from_secs(5), || async { a.hub().retained("cache-room").is_some() }).await);
+    assert_eq!(frames(&outbox, 300).await, [frame.clone(), frame.clone()], "the valid frames and nothing from the garbage");
+    assert_eq!(a.broker.stats().bad_envelopes.load(Ordering::Relaxed), 2 * garbage.len() as u64);
+    assert_eq!(a.hub().retained("cache-room").as_ref(), Some(&frame), "only the valid frame is retained");
+    assert!(a.hub().is_subscribed(id, "presence-room"));
+    redis.stop().await;
+}
