@@ -51,20 +51,25 @@ pub struct PreparedInterest {
     app_id: Arc<str>,
     topic: Topic,
     ready: Option<tokio::sync::oneshot::Receiver<()>>,
+    routed: bool,
 }
 
 impl PreparedInterest {
     /// Prepares `topic` of `app_id` with `broker`; `None` when the node already receives it.
     pub fn new(broker: &Arc<dyn Broker>, app_id: &str, topic: Topic) -> Option<PreparedInterest> {
         let ready = broker.prepare(app_id, &topic)?;
-        Some(PreparedInterest { broker: broker.clone(), app_id: Arc::from(app_id), topic, ready: Some(ready) })
+        Some(PreparedInterest { broker: broker.clone(), app_id: Arc::from(app_id), topic, ready: Some(ready), routed: false })
     }
 
-    /// Resolves once the backend routes the topic to this node (at once if it already did, or if the
-    /// broker gave up on it). Callers bound the wait themselves.
-    pub async fn ready(&mut self) {
-        if let Some(ready) = self.ready.take() {
-            let _ = ready.await;
+    /// Resolves once the backend routes the topic to this node, with `true`; `false` if the broker gave
+    /// up on it (the backend went away). Callers bound the wait themselves.
+    pub async fn ready(&mut self) -> bool {
+        match self.ready.take() {
+            Some(ready) => {
+                self.routed = ready.await.is_ok();
+                self.routed
+            }
+            None => self.routed,
         }
     }
 }

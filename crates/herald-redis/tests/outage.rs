@@ -90,8 +90,8 @@ async fn a_stalled_redis_answers_within_the_deadline_then_fails_fast_and_recover
     redis.resume().await;
     assert!(eventually(Duration::from_secs(10), || async { state.channel("app-id", "room").await.is_ok() }).await);
     assert!(eventually(Duration::from_secs(10), || async { a.healthy() && quiet.healthy() }).await);
-    let ready = a.hub().prepare_channel("fresh").expect("routing is confirmed again once redis answers");
-    tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
-    a.hub().release_channel("fresh");
+    let mut interest = a.hub().prepare_channel("fresh").expect("routing is confirmed again once redis answers");
+    assert!(tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap(), "routed");
+    drop(interest);
     redis.stop().await;
 }

@@ -118,7 +118,7 @@ async fn sharded_routing_and_cluster_state_on_redis_cluster() {
     for i in 0..12 {
         let channel = format!("shard-{i}");
         if let Some(mut interest) = hub(&b).prepare_channel(&channel) {
-            tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap();
+            assert!(tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap(), "routed");
             let (id, outbox) = hub(&b).connect().unwrap();
             hub(&b).subscribe(id, &channel, None).unwrap();
             drop(interest);
@@ -161,11 +161,11 @@ async fn a_full_push_queue_drops_counts_and_recovers_routing() {
     // B's push queue holds one message: a burst from A overflows it.
     let (b, b_broker) = node_with(&cluster, &shutdown, 1).await;
     let channel = "burst";
-    let ready = hub(&b).prepare_channel(channel).expect("first subscriber waits for routing");
-    tokio::time::timeout(Duration::from_secs(5), ready).await.unwrap().unwrap();
+    let mut interest = hub(&b).prepare_channel(channel).expect("first subscriber waits for routing");
+    assert!(tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap(), "routed");
     let (first, _first_box) = hub(&b).connect().unwrap();
     hub(&b).subscribe(first, channel, None).unwrap();
-    hub(&b).release_channel(channel);
+    drop(interest);
 
     let frame = Bytes::from_static(b"{\"event\":\"burst\"}");
     let overflowed = eventually(Duration::from_secs(20), || async {

@@ -213,7 +213,7 @@ async fn a_confirmed_first_subscriber_misses_nothing_published_elsewhere() {
         let channel = format!("fresh-{round}");
         // What the session does on subscribe: prepare, wait, subscribe, release (the guard's drop).
         let mut interest = b.hub().prepare_channel(&channel).expect("no local subscriber yet: must wait");
-        tokio::time::timeout(Duration::from_secs(2), interest.ready()).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_secs(2), interest.ready()).await.unwrap(), "routed");
         let (id, outbox) = b.hub().connect().unwrap();
         b.hub().subscribe(id, &channel, None).unwrap();
         drop(interest);

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
 use herald_pusher::{PusherConfig, Trigger};
 use serde_json::json;

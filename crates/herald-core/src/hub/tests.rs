@@ -260,7 +260,7 @@ async fn prepared_interest_is_released_on_every_exit() {
 
     let mut interest = hub.prepare_channel("a").expect("no local subscriber: prepared");
     recorder.senders.lock().pop().unwrap().send(()).unwrap();
-    interest.ready().await;
+    assert!(interest.ready().await);
     drop(interest);
     assert_eq!(released(), 1, "dropped after use");
 
