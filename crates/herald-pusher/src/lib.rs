@@ -46,6 +46,9 @@ pub struct PusherConfig {
     pub max_request_body: usize,
     /// Connections this process accepts across all apps; beyond it new ones are refused with 4004.
     pub max_connections: usize,
+    /// How long an HTTP API request may take to deliver its body once its head has arrived (408
+    /// beyond), so stalled bodies do not hold memory.
+    pub body_timeout: Duration,
     /// Webhook targets by app id.
     pub webhooks: HashMap<String, Vec<WebhookTarget>>,
 }
@@ -57,6 +60,7 @@ impl Default for PusherConfig {
             pong_timeout: Duration::from_secs(30),
             max_request_body: 256 * 1024,
             max_connections: 1_000_000,
+            body_timeout: Duration::from_secs(10),
             webhooks: HashMap::new(),
         }
     }
