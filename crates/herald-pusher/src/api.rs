@@ -143,7 +143,7 @@ async fn signed_body(
     body: Body,
 ) -> Result<(Arc<Hub>, Bytes), ApiError> {
     let hub = authorize(front, app_id, method, uri, b"")?;
-    let body = read_body(front, headers, body).await?;
+    let body = read_body(front, &hub, headers, body).await?;
     if !body.is_empty() {
         authorize(front, app_id, method, uri, &body)?;
     }
@@ -152,8 +152,8 @@ async fn signed_body(
 }
 
 /// Reads a request body: 413 beyond `max_request_body` (at once when `Content-Length` says so), 408
-/// when it does not arrive within `body_timeout`.
-async fn read_body(front: &Pusher, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+/// when it does not arrive within `body_timeout` (counted in `herald_api_body_timeouts_total`).
+async fn read_body(front: &Pusher, hub: &Hub, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = front.config.max_request_body;
     let too_large = || ApiError(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than {limit} bytes"));
     let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
@@ -166,7 +166,7 @@ async fn read_body(front: &Pusher, headers: &HeaderMap, body: Body) -> Result<By
         Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Ok(Err(e)) => Err(bad_request(format!("cannot read the request body: {e}"))),
         Err(_) => {
-            metrics::counter!("herald_http_timeouts_total", "kind" => "body").increment(1);
+            metrics::counter!("herald_api_body_timeouts_total", "app" => hub.app().id.clone()).increment(1);
             Err(ApiError(StatusCode::REQUEST_TIMEOUT, format!("request body not received within {} ms", deadline.as_millis())))
         }
     }

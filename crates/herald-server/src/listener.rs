@@ -13,7 +13,7 @@
 //! - gives every connection [`HttpConfig::header_timeout`] to deliver a complete request head,
 //!   counted from accept and again from the end of each response: so a socket that sends nothing, one
 //!   that trickles its head, and an idle keep-alive connection are all closed after it (counted in
-//!   `herald_http_timeouts_total{kind="header"}`); the WebSocket upgrade is a request like any other,
+//!   `herald_http_header_timeouts_total`); the WebSocket upgrade is a request like any other,
 //!   so it must arrive within it too;
 //! - sets `TCP_NODELAY` on every accepted socket (small frames are not held back by Nagle's
 //!   algorithm waiting for a delayed ACK: 40 ms on the first event after a subscribe);
@@ -102,7 +102,7 @@ async fn serve_connection(conn: http1::UpgradeableConnection<TokioIo<Counted>, T
     };
     if let Err(e) = result {
         if e.is_timeout() {
-            metrics::counter!("herald_http_timeouts_total", "kind" => "header").increment(1);
+            metrics::counter!("herald_http_header_timeouts_total").increment(1);
         }
         debug!(error = %e, "http connection ended");
     }

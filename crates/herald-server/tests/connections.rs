@@ -33,6 +33,7 @@ async fn silent_socket_is_closed_after_the_header_timeout() {
     assert!(opened.elapsed() >= SHORT - Duration::from_millis(50), "closed before the deadline");
     // hyper may answer 408 before closing; what matters is that nothing else is served.
     assert!(got.is_empty() || parse_response(&got).status == 408);
+    assert!(metrics_text(server.addr).await.contains("herald_http_header_timeouts_total"));
 }
 
 #[tokio::test]
@@ -82,6 +83,7 @@ async fn slow_body_gets_a_json_408() {
     assert!(response.headers.contains("content-type: application/json"), "{}", response.headers);
     let json: serde_json::Value = serde_json::from_str(&response.body).unwrap();
     assert!(json["error"].as_str().unwrap().contains("body"), "{json}");
+    assert!(metrics_text(server.addr).await.contains("herald_api_body_timeouts_total{app=\"app-id\"}"));
 }
 
 #[tokio::test]
@@ -117,10 +119,12 @@ async fn sockets_beyond_max_connections_are_closed_at_accept() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let mut s = TcpStream::connect(server.addr).await.unwrap();
-        s.write_all(b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
         if let Some(got) = read_until_closed(&mut s, Duration::from_secs(2)).await {
             if !got.is_empty() {
-                assert_eq!(parse_response(&got).status, 200);
+                let response = parse_response(&got);
+                assert_eq!(response.status, 200);
+                assert!(response.body.contains("herald_sockets_refused_total"), "refusals are counted");
                 break;
             }
         }

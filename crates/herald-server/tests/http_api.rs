@@ -205,4 +205,5 @@ async fn publish_with_info_answers_200_when_redis_is_gone() {
     let (status, r) = server.api("POST", "/apps/app-id/batch_events", "", Some(batch)).await;
     assert_eq!((status, r), (200, json!({"batch":[{"subscription_count":1}]})));
     assert!(started.elapsed() < std::time::Duration::from_secs(8), "answered within the counts deadline: {:?}", started.elapsed());
+    assert!(metrics_text(server.addr).await.contains("herald_api_info_fallback_total{app=\"app-id\"}"), "the fallback is counted");
 }

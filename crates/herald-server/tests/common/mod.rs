@@ -164,6 +164,11 @@ pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Opti
     }
 }
 
+/// The `/metrics` text.
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    http_full(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.body
+}
+
 /// A `redis-server` of the test's own on a free port, killed on drop.
 pub struct RedisServer {
     pub port: u16,
