@@ -117,3 +117,56 @@ async fn a_trickling_receiver_does_not_hold_back_other_targets() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A receiver that answers with a 100 MB body as fast as it can; reports when its connection was
+/// dropped, and how much of the body it got out.
+async fn flooding_receiver() -> (String, mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let total = 100 * 1024 * 1024;
+                let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes()).await;
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut sent = 0;
+                while sent < total {
+                    if stream.write_all(&chunk).await.is_err() {
+                        let _ = tx.send(sent);
+                        return;
+                    }
+                    sent += chunk.len();
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test]
+async fn a_flooding_response_body_is_cut_at_the_cap() {
+    let (url, mut dropped) = flooding_receiver().await;
+    let targets = vec![WebhookTarget { url, event_types: vec![] }];
+    let config = PusherConfig { webhooks: HashMap::from([("app-id".to_string(), targets)]), ..PusherConfig::default() };
+    let server = start(vec![App::dev()], config).await;
+    let mut client = server.client().await;
+    client.subscribe("room").await;
+    // Dropped after the cap, well before the exchange deadline (reading 100 MB on loopback would be
+    // done in well under that too, so only the cap explains an early drop).
+    let sent = tokio::time::timeout(Duration::from_secs(4), dropped.recv())
+        .await
+        .expect("the flooding receiver's connection was dropped before the exchange deadline")
+        .unwrap();
+    assert!(sent < 50 * 1024 * 1024, "the client stopped reading early: {sent} bytes were written");
+}
