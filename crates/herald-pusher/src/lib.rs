@@ -44,7 +44,9 @@ pub struct PusherConfig {
     pub pong_timeout: Duration,
     /// Largest HTTP API request body, in bytes (413 beyond).
     pub max_request_body: usize,
-    /// Connections this process accepts across all apps; beyond it new ones are refused with 4004.
+    /// Connections this process accepts across all apps; beyond it new sessions are refused with 4004.
+    /// herald-server's `Herald::serve` also counts sockets from accept (before their upgrade) against
+    /// it and closes new sockets at the cap.
     pub max_connections: usize,
     /// How long an HTTP API request may take to deliver its body once its head has arrived (408
     /// beyond), so stalled bodies do not hold memory.

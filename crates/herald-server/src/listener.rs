@@ -78,7 +78,10 @@ pub(crate) async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(e) => {
-                    accept_failed(e).await;
+                    tokio::select! {
+                        _ = accept_failed(e) => {}
+                        _ = shutdown.cancelled() => return,
+                    }
                     continue;
                 }
             },
