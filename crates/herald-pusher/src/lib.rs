@@ -47,8 +47,13 @@ pub struct PusherConfig {
     pub pong_timeout: Duration,
     /// Largest HTTP API request body, in bytes (413 beyond).
     pub max_request_body: usize,
-    /// Connections this process accepts across all apps; beyond it new ones are refused with 4004.
+    /// Connections this process accepts across all apps; beyond it new sessions are refused with 4004.
+    /// herald-server's `Herald::serve` also counts sockets from accept (before their upgrade) against
+    /// it and closes new sockets at the cap.
     pub max_connections: usize,
+    /// How long an HTTP API request may take to deliver its body once its head has arrived (408
+    /// beyond), so stalled bodies do not hold memory.
+    pub body_timeout: Duration,
     /// Webhook targets by app id.
     pub webhooks: HashMap<String, Vec<WebhookTarget>>,
     /// How long a connection may take to accept one batch of frames; a client that stops reading is
@@ -63,6 +68,7 @@ impl Default for PusherConfig {
             pong_timeout: Duration::from_secs(30),
             max_request_body: 256 * 1024,
             max_connections: 1_000_000,
+            body_timeout: Duration::from_secs(10),
             webhooks: HashMap::new(),
             write_timeout: Duration::from_secs(10),
         }

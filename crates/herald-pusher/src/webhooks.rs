@@ -5,9 +5,16 @@
 //! Events come from the places that decide them once per cluster (see `events::announce`): channel
 //! occupied/vacated and member added/removed from engine or cluster transitions, `client_event` from the
 //! session that received it, `cache_miss` from the subscribe that missed, `subscription_count` with each
-//! count change. Each app with targets has one bounded queue (policy: when full, new events are dropped
-//! and counted in `herald_webhooks_dropped_total`) and one sender task that batches what is queued,
-//! filters it per target, and retries failed deliveries with backoff before giving up (counted too).
+//! count change.
+//!
+//! Targets are served independently, so one slow or broken receiver cannot delay another: each target
+//! has its own bounded queue of the events it accepts (policy: when full, new events are dropped and
+//! counted in `herald_webhooks_dropped_total{reason="queue_full"}`) and its own sender task (tracked,
+//! watching shutdown) that batches what is queued and retries failed deliveries with backoff before
+//! giving up (counted too). Each exchange, request and the whole response body, must finish within
+//! [`EXCHANGE_TIMEOUT`], and at most [`MAX_RESPONSE_BODY`] bytes of a response are read: a receiver
+//! that trickles or floods its response is dropped (its connection closed, counted in
+//! `herald_webhooks_abandoned_total`); the status it answered still decides the delivery.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use herald_core::{App, Engine};
 use hmac::{Hmac, Mac};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -27,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
 
-/// Events queued per app before new ones are dropped.
+/// Events queued per target before new ones are dropped.
 const QUEUE: usize = 10_000;
 /// Most events in one request.
 const MAX_BATCH: usize = 100;
@@ -35,6 +42,10 @@ const MAX_BATCH: usize = 100;
 const LINGER: Duration = Duration::from_millis(50);
 /// Delivery attempts per batch and target.
 const ATTEMPTS: u32 = 4;
+/// Longest exchange with a receiver: connecting, sending the request and reading the whole response.
+pub const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most response-body bytes read from a receiver before its connection is dropped.
+pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 
 /// Where one app's webhooks go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,15 +62,30 @@ impl WebhookTarget {
     }
 }
 
+/// One target's queue.
+struct Queue {
+    target: WebhookTarget,
+    tx: mpsc::Sender<Value>,
+}
+
 /// The webhook senders of every app that has targets.
 pub struct Webhooks {
-    queues: HashMap<String, mpsc::Sender<Value>>,
+    queues: HashMap<String, Vec<Queue>>,
 }
 
 type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
+/// The HTTP client of every sender: `TCP_NODELAY` (a request is one small write; Nagle would hold it
+/// for a delayed ACK) and a connect timeout within the exchange's.
+fn http_client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(EXCHANGE_TIMEOUT));
+    Client::builder(TokioExecutor::new()).build(connector)
+}
+
 impl Webhooks {
-    /// Starts one sender task per app with targets (tracked by `tasks`, flushing and stopping on
+    /// Starts one sender task per target of every app (tracked by `tasks`, flushing and stopping on
     /// `shutdown`).
     pub fn start(
         engine: &Engine,
@@ -67,13 +93,17 @@ impl Webhooks {
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Arc<Webhooks> {
-        let http: HttpClient = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let http = http_client();
         let mut queues = HashMap::new();
         for hub in engine.hubs() {
             let Some(app_targets) = targets.get(&hub.app().id).filter(|t| !t.is_empty()) else { continue };
-            let (tx, rx) = mpsc::channel(QUEUE);
-            queues.insert(hub.app().id.clone(), tx);
-            tasks.spawn(send_loop(hub.app().clone(), app_targets.clone(), rx, http.clone(), shutdown.clone()));
+            let mut app_queues = Vec::with_capacity(app_targets.len());
+            for target in app_targets {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                tasks.spawn(send_loop(hub.app().clone(), target.clone(), rx, http.clone(), shutdown.clone()));
+                app_queues.push(Queue { target: target.clone(), tx });
+            }
+            queues.insert(hub.app().id.clone(), app_queues);
         }
         Arc::new(Webhooks { queues })
     }
@@ -83,16 +113,28 @@ impl Webhooks {
         self.queues.contains_key(app_id)
     }
 
-    /// Queues one event (`{"name":..., "channel":..., ...}`) for app `app_id`.
+    /// Queues one event (`{"name":..., "channel":..., ...}`) for every target of app `app_id` that
+    /// accepts it.
     pub fn emit(&self, app_id: &str, event: Value) {
-        let Some(queue) = self.queues.get(app_id) else { return };
-        if queue.try_send(event).is_err() {
-            metrics::counter!("herald_webhooks_dropped_total", "reason" => "queue_full").increment(1);
+        let Some(queues) = self.queues.get(app_id) else { return };
+        let name = event["name"].as_str().unwrap_or("");
+        let accepting: Vec<&Queue> = queues.iter().filter(|q| q.target.accepts(name)).collect();
+        let Some((last, others)) = accepting.split_last() else { return };
+        for queue in others {
+            enqueue(app_id, queue, event.clone());
         }
+        enqueue(app_id, last, event);
     }
 }
 
-async fn send_loop(app: App, targets: Vec<WebhookTarget>, mut rx: mpsc::Receiver<Value>, http: HttpClient, shutdown: CancellationToken) {
+fn enqueue(app_id: &str, queue: &Queue, event: Value) {
+    if queue.tx.try_send(event).is_err() {
+        metrics::counter!("herald_webhooks_dropped_total", "app" => app_id.to_string(), "reason" => "queue_full").increment(1);
+    }
+}
+
+/// Serves one target: batches its queue and delivers each batch.
+async fn send_loop(app: App, target: WebhookTarget, mut rx: mpsc::Receiver<Value>, http: HttpClient, shutdown: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let n = tokio::select! {
@@ -117,20 +159,54 @@ async fn send_loop(app: App, targets: Vec<WebhookTarget>, mut rx: mpsc::Receiver
             }
         }
         let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-        for target in &targets {
-            let events: Vec<&Value> = batch.iter().filter(|e| target.accepts(e["name"].as_str().unwrap_or(""))).collect();
-            if events.is_empty() {
-                continue;
-            }
-            let body = json!({ "time_ms": time_ms, "events": events }).to_string();
-            deliver(&http, &app, target, body, events.len(), &shutdown).await;
-        }
+        let body = json!({ "time_ms": time_ms, "events": batch }).to_string();
+        let delivered = deliver(&http, &app, &target, body, batch.len(), &shutdown).await;
         batch.clear();
+        if !delivered && shutdown.is_cancelled() {
+            // Shutting down and the target is failing: drop the rest rather than hold the drain.
+            rx.close();
+            let mut dropped = 0;
+            while rx.try_recv().is_ok() {
+                dropped += 1;
+            }
+            metrics::counter!("herald_webhooks_dropped_total", "app" => app.id.clone(), "reason" => "shutdown").increment(dropped);
+            return;
+        }
     }
 }
 
-/// Posts one batch, retrying with backoff (shorter once shutting down).
-async fn deliver(http: &HttpClient, app: &App, target: &WebhookTarget, body: String, count: usize, shutdown: &CancellationToken) {
+/// One POST; an error (no answer, or an unsuccessful status) is worth retrying. The status decides
+/// the outcome; the response body is read (so the connection can be
+/// reused) within what is left of [`EXCHANGE_TIMEOUT`] and up to [`MAX_RESPONSE_BODY`] bytes, else the
+/// connection is dropped.
+async fn exchange(http: &HttpClient, app: &App, request: hyper::Request<Full<Bytes>>) -> Result<(), String> {
+    let deadline = tokio::time::Instant::now() + EXCHANGE_TIMEOUT;
+    let response = match tokio::time::timeout_at(deadline, http.request(request)).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("timed out".into()),
+    };
+    let status = response.status();
+    let abandoned = match tokio::time::timeout_at(deadline, Limited::new(response.into_body(), MAX_RESPONSE_BODY).collect()).await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Some("body_too_large"),
+        Ok(Err(_)) => Some("body_error"),
+        Err(_) => Some("body_timeout"),
+    };
+    // Dropping the unfinished body (above) closes the connection instead of returning it to the pool.
+    if let Some(reason) = abandoned {
+        metrics::counter!("herald_webhooks_abandoned_total", "app" => app.id.clone(), "reason" => reason).increment(1);
+    }
+    if status.is_success() {
+        Ok(())
+    } else {
+        Err(format!("status {status}"))
+    }
+}
+
+/// Posts one batch, retrying with backoff (no retry once shutting down). Returns whether it was
+/// delivered.
+async fn deliver(http: &HttpClient, app: &App, target: &WebhookTarget, body: String, count: usize, shutdown: &CancellationToken) -> bool {
     let mut mac = Hmac::<Sha256>::new_from_slice(app.secret.as_bytes()).expect("any key length");
     mac.update(body.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());
@@ -143,35 +219,28 @@ async fn deliver(http: &HttpClient, app: &App, target: &WebhookTarget, body: Str
             .header("x-pusher-signature", &signature)
             .body(Full::new(body.clone()));
         let outcome = match request {
-            Ok(req) => match tokio::time::timeout(Duration::from_secs(5), http.request(req)).await {
-                Ok(Ok(res)) => {
-                    let status = res.status();
-                    let _ = res.into_body().collect().await;
-                    if status.is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("status {status}"))
-                    }
-                }
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err("timed out".to_string()),
-            },
+            Ok(req) => exchange(http, app, req).await,
             Err(e) => Err(e.to_string()),
         };
         match outcome {
             Ok(()) => {
-                metrics::counter!("herald_webhooks_sent_total").increment(count as u64);
-                return;
+                metrics::counter!("herald_webhooks_sent_total", "app" => app.id.clone()).increment(count as u64);
+                return true;
             }
             Err(e) if attempt == ATTEMPTS || shutdown.is_cancelled() => {
                 warn!(url = %target.url, error = %e, events = count, "webhook delivery failed; dropping the batch");
-                metrics::counter!("herald_webhooks_dropped_total", "reason" => "delivery_failed").increment(count as u64);
-                return;
+                metrics::counter!("herald_webhooks_dropped_total", "app" => app.id.clone(), "reason" => "delivery_failed")
+                    .increment(count as u64);
+                return false;
             }
             Err(_) => {
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = shutdown.cancelled() => {}
+                }
                 backoff *= 2;
             }
         }
     }
+    false
 }

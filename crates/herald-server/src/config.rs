@@ -3,7 +3,7 @@
 //! Bad values fail at start-up with a message naming the key; nothing is silently defaulted.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -11,6 +11,9 @@ use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
 use herald_pusher::{PusherConfig, WebhookTarget};
 use herald_redis::RedisConfig;
 use serde::Deserialize;
+
+use crate::listener::HttpConfig;
+use crate::redact::redact;
 
 /// Command-line flags; each also reads its `HERALD_*` environment variable. Flags win over env,
 /// env wins over the config file.
@@ -46,7 +49,7 @@ pub struct Cli {
     pub engine: Option<EngineKind>,
     /// Redis URL for the redis engine [default: redis://127.0.0.1:6379].
     #[arg(long, env = "HERALD_REDIS_URL")]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<RedisUrl>,
     /// Prefix of Herald's Redis channel names; deployments sharing a Redis need different ones
     /// [default: herald].
     #[arg(long, env = "HERALD_REDIS_PREFIX")]
@@ -55,6 +58,10 @@ pub struct Cli {
     /// a couple of seconds [default: 10].
     #[arg(long, env = "HERALD_REDIS_LEASE")]
     pub redis_lease: Option<u64>,
+    /// Seconds (decimals allowed) each Redis call made for a client or an API request may take
+    /// before it fails (an API request then answers 503) [default: 2].
+    #[arg(long, env = "HERALD_REDIS_TIMEOUT")]
+    pub redis_timeout: Option<f64>,
     /// The Redis is a Redis Cluster: --redis-url lists seed nodes (comma-separated) and pub/sub is
     /// sharded.
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
@@ -71,13 +78,69 @@ pub enum EngineKind {
     Redis,
 }
 
-/// The resolved engine settings.
-#[derive(Debug, Clone)]
+/// The resolved engine settings. `Debug` masks the Redis password.
+#[derive(Clone)]
 pub enum EngineConfig {
     /// In-process only.
     Memory,
     /// Through Redis.
     Redis(RedisConfig),
+}
+
+impl std::fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EngineConfig::Memory => f.write_str("Memory"),
+            EngineConfig::Redis(redis) => {
+                let masked = RedisConfig { url: redact(&redis.url), ..redis.clone() };
+                f.debug_tuple("Redis").field(&masked).finish()
+            }
+        }
+    }
+}
+
+/// A Redis URL as given in the config; its `Debug` masks the password.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", redact(&self.0))
+    }
+}
+
+impl std::str::FromStr for RedisUrl {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(RedisUrl(s.to_string()))
+    }
+}
+
+/// A duration in seconds in the config file: an integer or a decimal (`10`, `0.5`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum Seconds {
+    Whole(u64),
+    Decimal(f64),
+}
+
+impl Seconds {
+    fn get(self) -> f64 {
+        match self {
+            Seconds::Whole(n) => n as f64,
+            Seconds::Decimal(x) => x,
+        }
+    }
+}
+
+/// `secs` as a positive duration, or an error naming `key`.
+fn positive_duration(key: &str, secs: f64) -> Result<Duration, ConfigError> {
+    match Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(86_400) => Ok(d),
+        _ => Err(ConfigError::Invalid(format!("{key} must be a number of seconds above 0 and at most 86400, got {secs}"))),
+    }
 }
 
 /// The config file. Every key is optional and documented in the README with its default.
@@ -92,10 +155,13 @@ pub struct FileConfig {
     max_connections: Option<usize>,
     max_request_body: Option<usize>,
     shutdown_grace: Option<u64>,
+    header_timeout: Option<Seconds>,
+    body_timeout: Option<Seconds>,
     engine: Option<EngineKind>,
-    redis_url: Option<String>,
+    redis_url: Option<RedisUrl>,
     redis_prefix: Option<String>,
     redis_lease: Option<u64>,
+    redis_timeout: Option<Seconds>,
     #[serde(default)]
     redis_cluster: bool,
     #[serde(default)]
@@ -137,6 +203,9 @@ struct FileWebhook {
     #[serde(default)]
     event_types: Vec<String>,
 }
+
+/// Default of `redis_timeout`.
+const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Webhook events Herald sends.
 const WEBHOOK_EVENTS: [&str; 7] =
@@ -184,6 +253,8 @@ pub struct Config {
     pub apps: Vec<App>,
     /// Pusher front settings.
     pub pusher: PusherConfig,
+    /// HTTP server limits (header deadline).
+    pub http: HttpConfig,
     /// How long shutdown waits for connections to drain.
     pub shutdown_grace: Duration,
     /// The engine.
@@ -213,6 +284,18 @@ impl Config {
         let pong = file.pong_timeout.unwrap_or(defaults.pong_timeout.as_secs());
         if pong == 0 {
             return Err(ConfigError::Invalid("pong_timeout must be at least 1 second".into()));
+        }
+        let header_timeout = match file.header_timeout {
+            Some(s) => positive_duration("header_timeout", s.get())?,
+            None => HttpConfig::default().header_timeout,
+        };
+        let body_timeout = match file.body_timeout {
+            Some(s) => positive_duration("body_timeout", s.get())?,
+            None => defaults.body_timeout,
+        };
+        let max_connections = file.max_connections.unwrap_or(defaults.max_connections);
+        if max_connections == 0 {
+            return Err(ConfigError::Invalid("max_connections must be positive".into()));
         }
         let mut webhooks = HashMap::new();
         for app in &file.apps {
@@ -254,10 +337,12 @@ impl Config {
                 activity_timeout: Duration::from_secs(activity),
                 pong_timeout: Duration::from_secs(pong),
                 max_request_body: file.max_request_body.unwrap_or(defaults.max_request_body),
-                max_connections: file.max_connections.unwrap_or(defaults.max_connections),
+                max_connections,
+                body_timeout,
                 webhooks,
                 write_timeout: defaults.write_timeout,
             },
+            http: HttpConfig { header_timeout },
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
             engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {
                 EngineKind::Memory => EngineConfig::Memory,
@@ -272,8 +357,13 @@ impl Config {
                         return Err(ConfigError::Invalid("redis_lease must be at least 1 second".into()));
                     }
                     let cluster = cli.redis_cluster || file.redis_cluster;
+                    let _redis_timeout = match cli.redis_timeout.or(file.redis_timeout.map(Seconds::get)) {
+                        Some(secs) => positive_duration("redis_timeout", secs)?,
+                        None => DEFAULT_REDIS_TIMEOUT,
+                    };
                     EngineConfig::Redis(RedisConfig {
-                        url: cli.redis_url.clone().or(file.redis_url).unwrap_or(d.url),
+                        // TODO(merge): `timeout: _redis_timeout,` once herald-redis has `RedisConfig::timeout`.
+                        url: cli.redis_url.clone().or(file.redis_url).map_or(d.url, |u| u.0),
                         prefix,
                         lease,
                         cluster,
@@ -282,6 +372,28 @@ impl Config {
                 }
             },
         })
+    }
+}
+
+impl Config {
+    /// Logs the start-up line (listen address, apps, engine, Redis URL with its password masked).
+    pub fn log_started(&self, addr: SocketAddr) {
+        let apps: Vec<&str> = self.apps.iter().map(|a| a.id.as_str()).collect();
+        match &self.engine {
+            EngineConfig::Memory => tracing::info!(%addr, ?apps, engine = "memory", "herald listening"),
+            EngineConfig::Redis(redis) => {
+                tracing::info!(%addr, ?apps, engine = "redis", redis = %redact(&redis.url), prefix = %redis.prefix, "herald listening")
+            }
+        }
+    }
+
+    /// `text` (e.g. an error written by another crate that quotes the Redis URL) with the Redis
+    /// password masked.
+    pub fn scrub(&self, text: &str) -> String {
+        match &self.engine {
+            EngineConfig::Redis(redis) => crate::redact::scrub(text, &redis.url),
+            EngineConfig::Memory => text.to_string(),
+        }
     }
 }
 
@@ -410,6 +522,76 @@ mod tests {
         assert!(app.enabled && app.enable_client_messages && !app.enable_user_authentication);
         assert_eq!(app.limits.max_presence_members, 5);
         assert_eq!(app.limits.outbox.max_messages, 50);
+    }
+
+    #[test]
+    fn timeouts_parse_and_validate() {
+        let c = Config::resolve(FileConfig::default(), &Cli::default()).unwrap();
+        assert_eq!((c.http.header_timeout, c.pusher.body_timeout), (Duration::from_secs(10), Duration::from_secs(10)));
+        let c = Config::resolve(parse("header_timeout = 0.5\nbody_timeout = 3\n"), &Cli::default()).unwrap();
+        assert_eq!((c.http.header_timeout, c.pusher.body_timeout), (Duration::from_millis(500), Duration::from_secs(3)));
+        let err = |text: &str, cli: &Cli| Config::resolve(parse(text), cli).unwrap_err().to_string();
+        let none = Cli::default();
+        assert!(err("header_timeout = 0", &none).contains("header_timeout"));
+        assert!(err("body_timeout = -1", &none).contains("body_timeout"));
+        assert!(err("body_timeout = 1e30", &none).contains("body_timeout"));
+        assert!(err("max_connections = 0", &none).contains("max_connections"));
+        assert!(err("engine = 'redis'\nredis_timeout = 0", &none).contains("redis_timeout"));
+        assert!(Config::resolve(parse("engine = 'redis'\nredis_timeout = 0.25"), &none).is_ok());
+        let cli = Cli { redis_timeout: Some(f64::NAN), ..Cli::default() };
+        assert!(err("engine = 'redis'", &cli).contains("redis_timeout"));
+        assert!(toml::from_str::<FileConfig>("header_timeout = 'soon'").is_err());
+    }
+
+    /// A `tracing` writer into memory.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn redis_password_is_not_in_debug_output_or_the_startup_log() {
+        let url = "redis://alice:hunter2@db:6379/0";
+        let cli = Cli { engine: Some(EngineKind::Redis), redis_url: Some(RedisUrl(url.into())), ..Cli::default() };
+        let file = parse("redis_url = 'redis://:hunter2@other'\n");
+        assert!(!format!("{cli:?}").contains("hunter2"), "{cli:?}");
+        assert!(!format!("{file:?}").contains("hunter2"), "{file:?}");
+        let c = Config::resolve(file, &cli).unwrap();
+        match &c.engine {
+            EngineConfig::Redis(r) => assert_eq!(r.url, url, "the real URL is used"),
+            EngineConfig::Memory => panic!("expected redis"),
+        }
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("hunter2") && debug.contains("redis://alice:***@db:6379/0"), "{debug}");
+
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || c.log_started("127.0.0.1:6001".parse().unwrap()));
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("herald listening") && log.contains("redis://alice:***@db:6379/0"), "{log}");
+        assert!(!log.contains("hunter2"), "{log}");
+    }
+
+    #[tokio::test]
+    async fn start_up_errors_are_scrubbed_of_the_redis_password() {
+        // herald-redis quotes the URL when it cannot parse it.
+        let url = "redis://alice:hunter2@127.0.0.1:notaport";
+        let cli = Cli { engine: Some(EngineKind::Redis), redis_url: Some(RedisUrl(url.into())), ..Cli::default() };
+        let c = Config::resolve(FileConfig::default(), &cli).unwrap();
+        let Err(e) = crate::Herald::start(&c).await else { panic!("{url} is not a valid URL") };
+        let raw = format!("{e:#}");
+        let text = c.scrub(&raw);
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("alice:***@"), "still says which URL: {text} (from {raw})");
     }
 
     #[test]

@@ -5,7 +5,9 @@
 //! in-process with [`Herald::trigger`] (see `examples/embedded.rs`).
 
 pub mod config;
+mod listener;
 mod metrics_http;
+mod redact;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,10 +20,12 @@ use herald_core::{App, Disconnect, Engine};
 use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
 use herald_redis::{RedisBroker, RedisBrokerError};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Cli, Config, ConfigError, EngineConfig, EngineKind};
+pub use config::{Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl};
+pub use listener::HttpConfig;
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.
 #[derive(Clone)]
@@ -29,23 +33,33 @@ pub struct Herald {
     pusher: Arc<Pusher>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    http: HttpConfig,
+    /// One permit per open socket accepted by [`Herald::serve`], WebSocket sessions included.
+    sockets: Arc<Semaphore>,
 }
 
 impl Herald {
-    /// A Herald serving `apps` with the in-memory engine.
+    /// A Herald serving `apps` with the in-memory engine and the default [`HttpConfig`].
     pub fn new(apps: Vec<App>, pusher: PusherConfig) -> Herald {
         metrics_http::install();
         let engine = Arc::new(Engine::new(apps));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
+        let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
         let pusher = Pusher::new(engine, pusher, shutdown.clone(), tasks.clone());
-        Herald { pusher, shutdown, tasks }
+        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets }
+    }
+
+    /// Replaces the HTTP server limits [`Herald::serve`] applies.
+    pub fn with_http(mut self, http: HttpConfig) -> Herald {
+        self.http = http;
+        self
     }
 
     /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
     /// URL fails here, at start-up).
     pub async fn start(config: &Config) -> Result<Herald, RedisBrokerError> {
-        let herald = Herald::new(config.apps.clone(), config.pusher.clone());
+        let herald = Herald::new(config.apps.clone(), config.pusher.clone()).with_http(config.http.clone());
         if let EngineConfig::Redis(redis) = &config.engine {
             RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
         }
@@ -53,6 +67,12 @@ impl Herald {
     }
 
     /// Every route: the Pusher protocol and API, plus `/up`, `/health` and `/metrics`.
+    ///
+    /// An application that serves this router with its own `axum::serve` gets the API's own limits
+    /// (body size and body deadline, signatures, the process connection cap on WebSocket sessions)
+    /// but none of the connection-level protections of [`Herald::serve`]: no header or idle timeout
+    /// (silent and slowloris sockets are held forever), no cap on sockets before their upgrade, no
+    /// `TCP_NODELAY`. Serve a combined router with [`Herald::serve_router`] to get them.
     pub fn router(&self) -> Router {
         let ops = Router::new()
             .route("/up", get(health))
@@ -77,11 +97,30 @@ impl Herald {
         self.shutdown.clone()
     }
 
-    /// Serves on `listener` until `signal` completes, then drains: stops accepting, asks every client to
-    /// reconnect elsewhere (4200), and waits up to `grace` for sessions to finish.
+    /// Serves [`Herald::router`] on `listener` until `signal` completes, then drains: stops accepting,
+    /// lets in-flight HTTP requests finish, asks every client to reconnect elsewhere (4200), and waits
+    /// up to `grace` for sessions to finish.
+    ///
+    /// Connections get the limits of [`HttpConfig`] (a deadline for each request head, which also
+    /// closes silent and idle sockets), every accepted socket counts against
+    /// `PusherConfig::max_connections` from accept until it closes (at the cap new sockets are closed
+    /// at once), and every accepted socket has `TCP_NODELAY`.
     pub async fn serve(
         self,
         listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+        grace: Duration,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        self.serve_router(listener, router, signal, grace).await
+    }
+
+    /// Like [`Herald::serve`], with an application's own router (which should include
+    /// [`Herald::router`]): the embedding pattern with Herald's connection-level protections.
+    pub async fn serve_router(
+        self,
+        listener: TcpListener,
+        router: Router,
         signal: impl Future<Output = ()> + Send + 'static,
         grace: Duration,
     ) -> std::io::Result<()> {
@@ -95,8 +134,7 @@ impl Herald {
                 }
             }
         });
-        let app = self.router();
-        axum::serve(listener, app).with_graceful_shutdown(token.cancelled_owned()).await?;
+        listener::run(listener, router, self.http.clone(), self.sockets.clone(), token, self.tasks.clone()).await;
         self.drain(grace).await;
         Ok(())
     }

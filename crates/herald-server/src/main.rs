@@ -15,13 +15,9 @@ async fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let listener =
         listen(SocketAddr::new(config.host, config.port)).with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
-    let apps: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
-    let engine = match &config.engine {
-        herald_server::EngineConfig::Memory => "memory",
-        herald_server::EngineConfig::Redis(_) => "redis",
-    };
-    tracing::info!(addr = %listener.local_addr()?, ?apps, engine, "herald listening");
-    let herald = Herald::start(&config).await?;
+    config.log_started(listener.local_addr()?);
+    // herald-redis's errors quote the URL: mask its password before the error is printed.
+    let herald = Herald::start(&config).await.map_err(|e| anyhow::anyhow!(config.scrub(&format!("{e:#}"))))?;
     herald.serve(listener, shutdown_signal(), config.shutdown_grace).await?;
     tracing::info!("stopped");
     Ok(())

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures_util::{SinkExt, StreamExt};
 use herald_core::App;
 use herald_pusher::PusherConfig;
-use herald_server::Herald;
+use herald_server::{Herald, HttpConfig};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -23,7 +23,16 @@ pub struct Server {
 }
 
 pub async fn start(apps: Vec<App>, config: PusherConfig) -> Server {
-    let herald = Herald::new(apps, config);
+    start_with(apps, config, HttpConfig::default()).await
+}
+
+/// A Herald with these HTTP server limits.
+pub async fn start_with(apps: Vec<App>, config: PusherConfig, http: HttpConfig) -> Server {
+    serve(Herald::new(apps, config).with_http(http)).await
+}
+
+/// Serves `herald` on 127.0.0.1:0 with `Herald::serve` (drain grace 5 s).
+pub async fn serve(herald: Herald) -> Server {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let token = herald.shutdown_token();
@@ -68,8 +77,28 @@ pub async fn api(
     extra_query: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    use md5::Digest;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    http_raw(addr, &signed_request(key, secret, method, path, extra_query, &body)).await
+}
+
+/// A complete signed HTTP/1.1 request (`Connection: close`) with `body` as given (any text).
+pub fn signed_request(key: &str, secret: &str, method: &str, path: &str, extra_query: &str, body: &str) -> String {
+    let (head, body) = signed_head(key, secret, method, path, extra_query, body, body.len());
+    format!("{head}{body}")
+}
+
+/// The head of a signed request whose body is `body` (signed with its `body_md5`), announcing
+/// `content_length` bytes; returns (head, body).
+pub fn signed_head(
+    key: &str,
+    secret: &str,
+    method: &str,
+    path: &str,
+    extra_query: &str,
+    body: &str,
+    content_length: usize,
+) -> (String, String) {
+    use md5::Digest;
     let ts = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let mut params = vec![format!("auth_key={key}"), format!("auth_timestamp={ts}"), "auth_version=1.0".to_string()];
     if !body.is_empty() {
@@ -81,24 +110,98 @@ pub async fn api(
     params.sort();
     let query = params.join("&");
     let signature = sign(secret, &format!("{method}\n{path}\n{query}"));
-    let request = format!(
-        "{method} {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let head = format!(
+        "{method} {path}?{query}&auth_signature={signature} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\nConnection: close\r\n\r\n"
     );
-    http_raw(addr, &request).await
+    (head, body.to_string())
 }
 
 /// Sends a raw HTTP/1.1 request and returns (status, JSON body or Null).
 pub async fn http_raw(addr: std::net::SocketAddr, request: &str) -> (u16, Value) {
+    let r = http_full(addr, request).await;
+    (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null))
+}
+
+/// A response as read off the socket.
+pub struct RawResponse {
+    pub status: u16,
+    /// Header lines, lower-cased.
+    pub headers: String,
+    pub body: String,
+}
+
+/// Sends a raw HTTP/1.1 request (which should say `Connection: close`) and reads the whole response.
+pub async fn http_full(addr: std::net::SocketAddr, request: &str) -> RawResponse {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(addr).await.unwrap();
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response)).await.expect("response within 10 s").unwrap();
+    parse_response(&response)
+}
+
+/// Parses a response read off a socket (status line, headers, body).
+pub fn parse_response(response: &[u8]) -> RawResponse {
+    let text = String::from_utf8_lossy(response);
+    let status: u16 = text.split(' ').nth(1).unwrap_or_else(|| panic!("not an HTTP response: {text:?}")).parse().unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    RawResponse { status, headers: head.to_lowercase(), body: body.to_string() }
+}
+
+/// Reads from `stream` until the peer closes it (EOF or reset), for at most `within`; returns
+/// whatever arrived, or `None` if the socket was still open at the deadline.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The `/metrics` text.
+pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
+    http_full(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.body
+}
+
+/// A `redis-server` of the test's own on a free port, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: tokio::process::Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed");
+        for _ in 0..100 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                return RedisServer { port, child };
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("redis-server did not start on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (SIGKILL) and waits for it to exit.
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+        let _ = self.child.wait().await;
+    }
 }
 
 pub struct Client {
