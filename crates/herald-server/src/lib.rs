@@ -7,7 +7,6 @@
 pub mod config;
 mod listener;
 mod metrics_http;
-mod redact;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -17,7 +17,7 @@ async fn main() -> anyhow::Result<()> {
         listen(SocketAddr::new(config.host, config.port)).with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
     config.log_started(listener.local_addr()?);
     // herald-redis's errors quote the URL: mask its password before the error is printed.
-    let herald = Herald::start(&config).await.map_err(|e| anyhow::anyhow!(config.scrub(&format!("{e:#}"))))?;
+    let herald = Herald::start(&config).await?;
     herald.serve(listener, shutdown_signal(), config.shutdown_grace).await?;
     tracing::info!("stopped");
     Ok(())
