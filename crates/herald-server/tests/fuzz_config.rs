@@ -30,9 +30,8 @@ struct TempFile(PathBuf);
 impl TempFile {
     fn new(contents: &[u8]) -> TempFile {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!("herald-fuzz-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", NEXT.fetch_add(1, Ordering::Relaxed)));
+        let name = format!("herald-fuzz-config-{}-{}.toml", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let path = std::env::temp_dir().join(name);
         std::fs::write(&path, contents).unwrap();
         TempFile(path)
     }
