@@ -135,8 +135,8 @@ fn basic_string(s: &str) -> String {
 
 fn integer() -> impl Strategy<Value = String> {
     prop_oneof![
-        3 => prop::sample::select(vec![0i64, 1, 2, 10, 60, 65535, 65536, -1, i64::MAX, i64::MIN]).prop_map(|n| n.to_string()),
-        2 => (0i64..100_000).prop_map(|n| n.to_string()),
+        6 => prop::sample::select(vec![0i64, 1, 2, 10, 60, 65535, 65536, -1, i64::MAX, i64::MIN]).prop_map(|n| n.to_string()),
+        6 => (0i64..100_000).prop_map(|n| n.to_string()),
         1 => any::<i64>().prop_map(|n| n.to_string()),
         1 => prop::sample::select(vec!["18446744073709551615", "9223372036854775808", "1_000", "0x10", "0o7", "0b1", "+3", "01", "1e3", "-0", "1__0"])
             .prop_map(str::to_string),
@@ -145,11 +145,11 @@ fn integer() -> impl Strategy<Value = String> {
 
 fn string_value() -> impl Strategy<Value = String> {
     prop_oneof![
-        4 => prop::sample::select(vec!["a", "b", "k", "", "app-id", "127.0.0.1", "::1", "memory", "redis", "nats", "info", "herald", "a:b", "{x}", "http://127.0.0.1:9/hook", "https://h/x", "redis://127.0.0.1:1"])
+        8 => prop::sample::select(vec!["a", "b", "k", "", "app-id", "127.0.0.1", "::1", "memory", "redis", "nats", "info", "herald", "a:b", "{x}", "http://127.0.0.1:9/hook", "https://h/x", "redis://127.0.0.1:1"])
             .prop_map(basic_string),
         2 => ".{0,20}".prop_map(|s| basic_string(&s)),
-        1 => "[^'\n\r]{0,20}".prop_map(|s| format!("'{s}'")),
-        1 => ".{0,20}".prop_map(|s| format!("\"\"\"\n{}\"\"\"", s.replace('\\', "\\\\").replace('"', "\\\""))),
+        1 => "[ -&(-~]{0,20}".prop_map(|s| format!("'{s}'")),
+        1 => "[^\u{0}-\u{1f}\u{7f}]{0,20}".prop_map(|s| format!("\"\"\"\n{}\"\"\"", s.replace('\\', "\\\\").replace('"', "\\\""))),
         1 => prop::sample::select(vec!["\"\\x41\"", "\"\\ud800\"", "\"unterminated", "'''", "\"\\U0010FFFF\"", "\"\\U00110000\"", "\"\u{0}\""])
             .prop_map(str::to_string),
     ]
@@ -208,8 +208,59 @@ const APP_KEYS: [&str; 15] = [
     "max_outbox_bytes",
 ];
 
-/// A value of the type `key` wants, usually; any value sometimes.
-fn value_for(key: &str) -> BoxedStrategy<Toml> {
+/// How far generated documents stray from the schema.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Shape {
+    /// Values of any type and form sometimes, unknown keys, junk lines: mostly parse errors.
+    Loose,
+    /// Every value has its key's type and parses; ranges and contents are random, so it comes down to
+    /// `Config::resolve`'s validation (and what loads builds a server).
+    Typed,
+}
+
+/// A well-typed value for `key` (any range; strings from a list of meaningful ones or random).
+fn typed_value(key: &str) -> BoxedStrategy<Toml> {
+    let text = |choices: Vec<&'static str>| {
+        prop_oneof![4 => prop::sample::select(choices).prop_map(basic_string), 1 => ".{0,12}".prop_map(|s| basic_string(&s))]
+            .prop_map(Toml::Raw)
+            .boxed()
+    };
+    match key {
+        "host" => prop::sample::select(vec!["127.0.0.1", "::1", "0.0.0.0", "10.1.2.3", "fe80::1"])
+            .prop_map(|s| Toml::Raw(basic_string(s)))
+            .boxed(),
+        "log" => text(vec!["info", "debug", "herald_pusher=debug", "warn,herald=trace", ""]),
+        "engine" => text(vec!["memory", "redis"]),
+        "redis_url" => text(vec!["redis://127.0.0.1:1", "redis://:pw@h:6379/0"]),
+        "redis_prefix" => text(vec!["herald", "blue", "a:b", "{x}", ""]),
+        "id" | "key" | "secret" => text(vec!["a", "b", "k", "app-id", "app-key", ""]),
+        "url" => text(vec!["http://127.0.0.1:9/hook", "https://h/x", "http://h"]),
+        "event_types" => event_types(),
+        "redis_cluster" | "enabled" | "enable_client_messages" | "enable_user_authentication" | "enable_subscription_count" => {
+            any::<bool>().prop_map(|b| Toml::Raw(b.to_string())).boxed()
+        }
+        "port" => (0u16..=u16::MAX).prop_map(|n| Toml::Raw(n.to_string())).boxed(),
+        "client_events_per_second" => prop_oneof![Just(0u32), Just(u32::MAX), 0u32..100].prop_map(|n| Toml::Raw(n.to_string())).boxed(),
+        _ => prop_oneof![Just(0i64), Just(1), Just(i64::MAX), 0i64..100_000].prop_map(|n| Toml::Raw(n.to_string())).boxed(),
+    }
+}
+
+/// A webhook's `event_types`: known names and some that are not.
+fn event_types() -> BoxedStrategy<Toml> {
+    prop::collection::vec(
+        prop::sample::select(vec!["channel_occupied", "channel_vacated", "member_added", "client_event", "cache_miss", "nope", ""])
+            .prop_map(|s| Toml::Raw(basic_string(s))),
+        0..4,
+    )
+    .prop_map(Toml::Arr)
+    .boxed()
+}
+
+/// A value of the type `key` wants, usually; with [`Shape::Loose`], any value sometimes.
+fn value_for(key: &str, shape: Shape) -> BoxedStrategy<Toml> {
+    if shape == Shape::Typed {
+        return typed_value(key);
+    }
     let typed: BoxedStrategy<Toml> = match key {
         "host" | "log" | "engine" | "redis_url" | "redis_prefix" | "id" | "key" | "secret" | "url" => {
             string_value().prop_map(Toml::Raw).boxed()
@@ -217,45 +268,45 @@ fn value_for(key: &str) -> BoxedStrategy<Toml> {
         "redis_cluster" | "enabled" | "enable_client_messages" | "enable_user_authentication" | "enable_subscription_count" => {
             any::<bool>().prop_map(|b| Toml::Raw(b.to_string())).boxed()
         }
-        "event_types" => prop::collection::vec(
-            prop::sample::select(vec!["channel_occupied", "channel_vacated", "member_added", "client_event", "cache_miss", "nope", ""])
-                .prop_map(|s| Toml::Raw(basic_string(s))),
-            0..4,
-        )
-        .prop_map(Toml::Arr)
-        .boxed(),
+        "event_types" => event_types(),
         _ => integer().prop_map(Toml::Raw).boxed(),
     };
-    prop_oneof![4 => typed, 1 => value()].boxed()
+    prop_oneof![8 => typed, 1 => value()].boxed()
 }
 
-/// `key = value` lines: known keys with fitting values, and sometimes an unknown key.
-fn pairs(keys: &'static [&'static str], max: usize) -> impl Strategy<Value = Pairs> {
-    let known = prop::sample::select(keys).prop_flat_map(|k| value_for(k).prop_map(move |v| (k.to_string(), v)));
-    let pair = prop_oneof![8 => known, 1 => ("[a-z_]{1,10}", value())];
-    prop::collection::vec(pair, 0..max)
+/// `key = value` lines: known keys with fitting values, and sometimes an unknown key. Keys are not
+/// repeated (a repeated key is a parse error; the junk lines cover it).
+fn pairs(keys: &'static [&'static str], max: usize, shape: Shape) -> impl Strategy<Value = Pairs> {
+    let known = prop::sample::select(keys).prop_flat_map(move |k| value_for(k, shape).prop_map(move |v| (k.to_string(), v)));
+    let pair = prop_oneof![16 => known, 1 => ("[a-z_]{1,10}", value())];
+    prop::collection::vec(pair, 0..max).prop_map(move |pairs| {
+        let mut seen = HashSet::new();
+        let wanted = move |k: &str| shape == Shape::Loose || keys.contains(&k);
+        pairs.into_iter().filter(|(k, _)| wanted(k) && seen.insert(k.clone())).collect()
+    })
 }
 
 /// An app with its required fields usually present, plus random settings and webhooks.
-fn app() -> impl Strategy<Value = (Pairs, Vec<Pairs>)> {
+fn app(shape: Shape) -> impl Strategy<Value = (Pairs, Vec<Pairs>)> {
     let present = prop::array::uniform3(prop::bool::weighted(0.9));
-    let required = (value_for("id"), value_for("key"), value_for("secret"), present).prop_map(|(id, key, secret, present)| {
-        [("id", id), ("key", key), ("secret", secret)]
-            .into_iter()
-            .zip(present)
-            .filter(|(_, keep)| *keep)
-            .map(|((k, v), _)| (k.to_string(), v))
-            .collect::<Vec<_>>()
-    });
-    let hook = ("[a-z]{0,1}", value_for("url"), value_for("event_types")).prop_map(|(skip, url, types)| {
+    let required =
+        (value_for("id", shape), value_for("key", shape), value_for("secret", shape), present).prop_map(|(id, key, secret, present)| {
+            [("id", id), ("key", key), ("secret", secret)]
+                .into_iter()
+                .zip(present)
+                .filter(|(_, keep)| *keep)
+                .map(|((k, v), _)| (k.to_string(), v))
+                .collect::<Vec<_>>()
+        });
+    let hook = ("[a-z]{0,1}", value_for("url", shape), value_for("event_types", shape)).prop_map(|(skip, url, types)| {
         let mut fields = vec![("url".to_string(), url)];
         if skip.is_empty() {
             fields.push(("event_types".to_string(), types));
         }
         fields
     });
-    (required, pairs(&APP_KEYS, 5), prop::collection::vec(hook, 0..2)).prop_map(|(mut fields, extra, hooks)| {
-        fields.extend(extra);
+    (required, pairs(&APP_KEYS, 5, shape), prop::collection::vec(hook, 0..2)).prop_map(|(mut fields, extra, hooks)| {
+        fields.extend(extra.into_iter().filter(|(k, _)| !["id", "key", "secret"].contains(&k.as_str())));
         (fields, hooks)
     })
 }
@@ -267,7 +318,7 @@ fn render_pairs(out: &mut String, pairs: &[(String, Toml)]) {
 }
 
 /// A config file: top-level keys, `[[apps]]` with `[[apps.webhooks]]`, and sometimes a junk line.
-fn document() -> impl Strategy<Value = String> {
+fn document(shape: Shape) -> impl Strategy<Value = String> {
     let junk = prop::option::weighted(
         0.2,
         prop_oneof![
@@ -286,23 +337,25 @@ fn document() -> impl Strategy<Value = String> {
             ".{0,30}",
         ],
     );
-    (pairs(&TOP_KEYS, 6), prop::collection::vec(app(), 0..3), junk, any::<prop::sample::Index>()).prop_map(|(top, apps, junk, at)| {
-        let mut out = String::new();
-        render_pairs(&mut out, &top);
-        for (fields, hooks) in &apps {
-            out.push_str("[[apps]]\n");
-            render_pairs(&mut out, fields);
-            for hook in hooks {
-                out.push_str("[[apps.webhooks]]\n");
-                render_pairs(&mut out, hook);
+    (pairs(&TOP_KEYS, 6, shape), prop::collection::vec(app(shape), 0..3), junk, any::<prop::sample::Index>()).prop_map(
+        move |(top, apps, junk, at)| {
+            let mut out = String::new();
+            render_pairs(&mut out, &top);
+            for (fields, hooks) in &apps {
+                out.push_str("[[apps]]\n");
+                render_pairs(&mut out, fields);
+                for hook in hooks {
+                    out.push_str("[[apps.webhooks]]\n");
+                    render_pairs(&mut out, hook);
+                }
             }
-        }
-        if let Some(junk) = junk {
-            let lines: Vec<usize> = std::iter::once(0).chain(out.match_indices('\n').map(|(i, _)| i + 1)).collect();
-            out.insert_str(lines[at.index(lines.len())], &format!("{junk}\n"));
-        }
-        out
-    })
+            if let Some(junk) = junk.filter(|_| shape == Shape::Loose) {
+                let lines: Vec<usize> = std::iter::once(0).chain(out.match_indices('\n').map(|(i, _)| i + 1)).collect();
+                out.insert_str(lines[at.index(lines.len())], &format!("{junk}\n"));
+            }
+            out
+        },
+    )
 }
 
 /// Flags and `HERALD_*` values, which clap has already parsed into their types.
@@ -350,13 +403,29 @@ proptest! {
     }
 
     #[test]
-    fn known_keys_with_random_values_load_or_fail_cleanly(text in document(), cli in cli()) {
+    fn known_keys_with_random_values_load_or_fail_cleanly(text in document(Shape::Loose), cli in cli()) {
         match load(text.as_bytes(), cli) {
             Ok(config) => {
                 check_invariants(&config)?;
                 build_server(&config);
             }
             Err(e) => prop_assert!(!e.to_string().is_empty()),
+        }
+    }
+
+    #[test]
+    fn well_typed_values_load_or_are_refused_by_validation(text in document(Shape::Typed), cli in cli()) {
+        match load(text.as_bytes(), cli) {
+            Ok(config) => {
+                check_invariants(&config)?;
+                build_server(&config);
+            }
+            // Every value parses: only a missing required field, an unknown engine or a range fails.
+            Err(ConfigError::Parse { source, .. }) => {
+                let message = source.to_string();
+                prop_assert!(message.contains("missing field") || message.contains("unknown variant"), "{}", message);
+            }
+            Err(e) => prop_assert!(matches!(e, ConfigError::Invalid(_)), "{}", e),
         }
     }
 }
