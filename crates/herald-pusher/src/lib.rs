@@ -170,10 +170,10 @@ async fn connect(
         Err(response) => return response,
     };
     let hub = front.engine.by_key(&key).cloned();
-    let max_message = hub.as_ref().map_or(16 * 1024, |h| h.app().limits.max_event_size * 2 + 4096);
+    let max_message = hub.as_ref().map_or(16 * 1024, |h| h.app().limits.max_event_size.saturating_mul(2).saturating_add(4096));
     // What may wait in tungstenite's write buffer: one batch plus the connection's outbox bound, so
     // a client that never reads (and floods pings) can't grow it without limit.
-    let max_write = WRITE_BATCH + hub.as_ref().map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024));
+    let max_write = WRITE_BATCH.saturating_add(hub.as_ref().map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024)));
     let refusal: Option<(u16, String)> = if front.shutdown.is_cancelled() {
         Some((codes::RECONNECT_NOW, "Server is shutting down".into()))
     } else if hub.is_none() {

@@ -193,6 +193,8 @@ struct FileWebhook {
 }
 
 /// Default of `redis_timeout`.
+/// Longest keep-alive timeout accepted (a day): beyond it, deadlines would overflow the clock.
+const MAX_TIMEOUT_SECS: u64 = 86_400;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Webhook events Herald sends.
@@ -266,12 +268,14 @@ impl Config {
     pub fn resolve(file: FileConfig, cli: &Cli) -> Result<Config, ConfigError> {
         let defaults = PusherConfig::default();
         let activity = cli.activity_timeout.or(file.activity_timeout).unwrap_or(defaults.activity_timeout.as_secs());
-        if activity == 0 {
-            return Err(ConfigError::Invalid("activity_timeout must be at least 1 second (pusher-js requires it)".into()));
+        if activity == 0 || activity > MAX_TIMEOUT_SECS {
+            return Err(ConfigError::Invalid(format!(
+                "activity_timeout must be 1 to {MAX_TIMEOUT_SECS} seconds (pusher-js requires at least 1)"
+            )));
         }
         let pong = file.pong_timeout.unwrap_or(defaults.pong_timeout.as_secs());
-        if pong == 0 {
-            return Err(ConfigError::Invalid("pong_timeout must be at least 1 second".into()));
+        if pong == 0 || pong > MAX_TIMEOUT_SECS {
+            return Err(ConfigError::Invalid(format!("pong_timeout must be 1 to {MAX_TIMEOUT_SECS} seconds")));
         }
         let header_timeout = match file.header_timeout {
             Some(s) => positive_duration("header_timeout", s.get())?,

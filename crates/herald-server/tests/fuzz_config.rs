@@ -469,7 +469,6 @@ const APP: &str = "[[apps]]\nid = \"a\"\nkey = \"app-key\"\nsecret = \"app-secre
 /// which overflows (a panic in debug builds, a 4 KiB frame limit in release) when
 /// `max_event_size = 9223372036854775807`.
 #[tokio::test]
-#[ignore = "panics in herald-pusher lib.rs `connect` (max_event_size * 2 + 4096 overflows); the fix bounds the value at load or saturates"]
 async fn largest_max_event_size_does_not_break_connections() {
     let Ok(config) = load_text(&format!("{APP}max_event_size = {}\n", i64::MAX)) else { return };
     let (_server, mut client) = connect(&config).await;
@@ -495,7 +494,6 @@ async fn largest_size_limits_do_not_break_connections() {
 /// overflows `Instant` and panics the session when it pings; the connection drops without a close
 /// frame and its cleanup is skipped.
 #[tokio::test]
-#[ignore = "panics in herald-pusher session.rs keepalive (`now + pong_timeout` overflows Instant); the fix bounds the value at load or saturates"]
 async fn largest_pong_timeout_does_not_panic_the_session() {
     let Ok(config) = load_text(&format!("activity_timeout = 1\npong_timeout = {}\n", i64::MAX)) else { return };
     let (_server, mut client) = connect(&config).await;
