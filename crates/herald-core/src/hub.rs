@@ -62,12 +62,13 @@ impl Engine {
     /// Connects every hub to other nodes through `broker`. Only the first call takes effect; returns
     /// whether this one did.
     pub fn attach(&self, broker: Arc<dyn Broker>) -> bool {
-        self.hubs().fold(true, |ok, hub| hub.broker.set(broker.clone()).is_ok() && ok)
+        // Every hub, even after one refuses (no short circuit).
+        self.hubs().map(|hub| hub.broker.set(broker.clone()).is_ok()).fold(true, |all, ok| all & ok)
     }
 
     /// Keeps counts and presence in `state`, shared by every node. Only the first call takes effect.
     pub fn attach_state(&self, state: Arc<dyn ClusterState>) -> bool {
-        self.hubs().fold(true, |ok, hub| hub.state.set(state.clone()).is_ok() && ok)
+        self.hubs().map(|hub| hub.state.set(state.clone()).is_ok()).fold(true, |all, ok| all & ok)
     }
 
     /// The attached broker, if this node is part of a cluster.

@@ -43,12 +43,15 @@ pub(crate) const COUNT_IMMEDIATE_UP_TO: usize = 100;
 /// How often coalesced counts are sent.
 pub(crate) const COUNT_INTERVAL: Duration = Duration::from_secs(1);
 
+/// An app id and one of its channels.
+type AppChannel = (Arc<str>, Arc<str>);
+
 /// Announces channel changes: Pusher events to subscribers (on every node, through the hub) and
 /// webhooks. Shared by every session and by the engine's own announcements (reaped nodes).
 pub(crate) struct Announcer {
     pub(crate) webhooks: Arc<Webhooks>,
     /// Latest count of big channels waiting for the next flush; bounded by the number of channels.
-    deferred: Mutex<HashMap<(Arc<str>, Arc<str>), usize>>,
+    deferred: Mutex<HashMap<AppChannel, usize>>,
 }
 
 impl Announcer {

@@ -49,7 +49,7 @@ pub struct FanoutArgs {
 
 /// How events are published: the Pusher HTTP API, or straight into the in-process ceiling server.
 enum Via {
-    Http(Publisher),
+    Http(Box<Publisher>),
     Ceiling(Arc<Ceiling>),
 }
 
@@ -86,7 +86,7 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
         target.spread.clear();
         Via::Ceiling(Arc::new(c))
     } else {
-        Via::Http(Publisher::new(target.clone()))
+        Via::Http(Box::new(Publisher::new(target.clone())))
     };
     let via = Arc::new(via);
 

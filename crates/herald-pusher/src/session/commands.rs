@@ -158,7 +158,7 @@ impl Ctx {
         match kind.access {
             Access::Public => {}
             Access::Private | Access::Encrypted => {
-                if !signed(&auth::channel_message(&*self.id_text, channel, None)) {
+                if !signed(&auth::channel_message(&self.id_text, channel, None)) {
                     self.subscription_error(channel, "AuthError", 401, "Invalid signature");
                     return None;
                 }
@@ -168,7 +168,7 @@ impl Ctx {
                     self.subscription_error(channel, "AuthError", 401, "Presence channels need channel_data");
                     return None;
                 };
-                if !signed(&auth::channel_message(&*self.id_text, channel, Some(channel_data))) {
+                if !signed(&auth::channel_message(&self.id_text, channel, Some(channel_data))) {
                     self.subscription_error(channel, "AuthError", 401, "Invalid signature");
                     return None;
                 }
@@ -249,7 +249,7 @@ impl Ctx {
             self.error(codes::TERMINATED, "User authentication is disabled for this app", "signin");
             return None;
         }
-        if !auth::verify_token(&app.key, &app.secret, &auth::user_message(&*self.id_text, &data.user_data), &data.auth) {
+        if !auth::verify_token(&app.key, &app.secret, &auth::user_message(&self.id_text, &data.user_data), &data.auth) {
             self.error(codes::TERMINATED, "Invalid signature for pusher:signin", "signin");
             return None;
         }
