@@ -25,6 +25,8 @@ SERVERS=${SERVERS:-"herald sockudo"}
 HERALD_PORT=6101
 SOCKUDO_PORT=6102
 SOCKUDO_BIN=${SOCKUDO_BIN:-$(command -v sockudo || echo "$root/bench/.peers/sockudo/bin/sockudo")}
+HERALD_BASE_BIN=${HERALD_BASE_BIN:-}  # an older herald build, for before/after runs (SERVERS="herald-base herald")
+HERALD_BASE_PORT=6103
 
 if [[ " $SERVERS " == *" sockudo "* ]] && [ ! -x "$SOCKUDO_BIN" ]; then
   echo "== installing sockudo 5.2.0 into bench/.peers (one-off)"
@@ -45,6 +47,9 @@ start() {
     herald)
       "$root/target/release/herald" --port $HERALD_PORT --log warn &
       pid=$!; port=$HERALD_PORT ;;
+    herald-base)
+      "${HERALD_BASE_BIN:?set HERALD_BASE_BIN to the older herald binary}" --port $HERALD_BASE_PORT --log warn &
+      pid=$!; port=$HERALD_BASE_PORT ;;
     sockudo)
       env SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
         SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true \
