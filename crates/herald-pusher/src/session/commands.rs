@@ -53,13 +53,18 @@ pub(crate) struct Ctx {
     pub(crate) front: Arc<Pusher>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) id: SocketId,
-    pub(crate) id_text: Arc<str>,
     pub(crate) outbox: Outbox,
 }
 
 impl Ctx {
     pub(crate) fn new(front: Arc<Pusher>, hub: Arc<Hub>, id: SocketId, outbox: Outbox) -> Ctx {
-        Ctx { id_text: Arc::from(id.to_string()), front, hub, id, outbox }
+        Ctx { front, hub, id, outbox }
+    }
+
+    /// The socket id as clients see it (`"123.456"`). Built when needed (signatures, webhooks) rather
+    /// than kept by every connection.
+    pub(crate) fn id_text(&self) -> String {
+        self.id.to_string()
     }
 
     pub(crate) fn reply(&self, frame: Bytes) {
@@ -158,7 +163,7 @@ impl Ctx {
         match kind.access {
             Access::Public => {}
             Access::Private | Access::Encrypted => {
-                if !signed(&auth::channel_message(&self.id_text, channel, None)) {
+                if !signed(&auth::channel_message(&self.id_text(), channel, None)) {
                     self.subscription_error(channel, "AuthError", 401, "Invalid signature");
                     return None;
                 }
@@ -168,7 +173,7 @@ impl Ctx {
                     self.subscription_error(channel, "AuthError", 401, "Presence channels need channel_data");
                     return None;
                 };
-                if !signed(&auth::channel_message(&self.id_text, channel, Some(channel_data))) {
+                if !signed(&auth::channel_message(&self.id_text(), channel, Some(channel_data))) {
                     self.subscription_error(channel, "AuthError", 401, "Invalid signature");
                     return None;
                 }
@@ -249,7 +254,7 @@ impl Ctx {
             self.error(codes::TERMINATED, "User authentication is disabled for this app", "signin");
             return None;
         }
-        if !auth::verify_token(&app.key, &app.secret, &auth::user_message(&self.id_text, &data.user_data), &data.auth) {
+        if !auth::verify_token(&app.key, &app.secret, &auth::user_message(&self.id_text(), &data.user_data), &data.auth) {
             self.error(codes::TERMINATED, "Invalid signature for pusher:signin", "signin");
             return None;
         }
@@ -316,7 +321,7 @@ impl Ctx {
         self.hub.publish(channel, &frame, Some(self.id));
         if self.front.announcer.webhooks.enabled(&app.id) {
             let mut event = serde_json::json!({
-                "name": "client_event", "channel": channel, "event": &msg.event, "data": data.get(), "socket_id": &*self.id_text,
+                "name": "client_event", "channel": channel, "event": &msg.event, "data": data.get(), "socket_id": self.id_text(),
             });
             if let Some(user) = &user {
                 event["user_id"] = serde_json::Value::from(&**user);

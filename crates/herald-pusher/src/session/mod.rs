@@ -23,8 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use herald_core::{Drained, Hub, Outbox};
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use herald_core::{Drained, Hub};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
@@ -90,6 +90,13 @@ fn established(socket_id: &str, activity: Duration) -> Bytes {
     wire::frame_json("pusher:connection_established", None, &data)
 }
 
+/// A cluster step in progress and the client frames that arrived behind it. Boxed: only a session
+/// waiting on the cluster has one.
+struct Busy {
+    step: Step,
+    waiting: VecDeque<Utf8Bytes>,
+}
+
 /// How a session ends, and what it still owes the client.
 enum Ending {
     /// Send this close code and reason.
@@ -123,13 +130,13 @@ pub(crate) fn open(front: Arc<Pusher>, hub: Arc<Hub>, admission: OwnedSemaphoreP
 impl Session {
     /// The tracing span of this connection.
     pub(crate) fn span(&self) -> tracing::Span {
-        info_span!("conn", app = %self.conn.hub.app().id, socket_id = %self.conn.id_text)
+        info_span!("conn", app = %self.conn.hub.app().id, socket_id = %self.conn.id)
     }
 
     /// Runs the connection to completion, then closes the socket politely (bounded).
     pub(crate) async fn serve(mut self, mut socket: Socket) {
         if let Err((code, message)) = Box::pin(self.conn.count_in_cluster()).await {
-            return refuse(socket, code, message).await;
+            return Box::pin(refuse(socket, code, message)).await;
         }
         let ending = self.run(&mut socket).await;
         // Free the admission slot now: the goodbye below may take a while for a slow client.
@@ -140,8 +147,7 @@ impl Session {
 
     async fn run(&mut self, socket: &mut Socket) -> Ending {
         let activity = self.conn.front.config.activity_timeout;
-        let write_timeout = self.conn.front.config.write_timeout;
-        self.conn.reply(established(&self.conn.id_text, activity));
+        self.conn.reply(established(&self.conn.id_text(), activity));
         debug!("connected");
 
         // The socket is not split: each select! branch future is dropped before its handler runs, so
@@ -150,54 +156,54 @@ impl Session {
         let shutdown = self.conn.front.shutdown.clone();
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
-        let outbox: Outbox = self.conn.outbox.clone();
         let mut batch: Vec<Bytes> = Vec::new();
-        let mut pending: Option<Step> = None;
-        let mut waiting: VecDeque<Utf8Bytes> = VecDeque::new();
+        let mut busy: Option<Box<Busy>> = None;
         let mut last_seen = Instant::now();
         let mut awaiting_pong = false;
-        let mut pings = (Instant::now(), 0u32);
+        let mut pings = (this_second(), 0u32);
         let keepalive = tokio::time::sleep(activity);
         tokio::pin!(keepalive);
 
         loop {
             tokio::select! {
                 _ = &mut cancelled => return ending(codes::disconnect(herald_core::Disconnect::Shutdown)),
-                drained = outbox.drain(&mut batch) => match drained {
+                drained = self.conn.outbox.drain(&mut batch) => match drained {
                     Drained::Frames => {
-                        if !write_batch(socket, &mut batch, write_timeout).await {
+                        if !write_batch(socket, &mut batch, self.conn.front.config.write_timeout).await {
                             return Ending::Drop;
                         }
                     }
                     Drained::Closed(reason) => return ending(codes::disconnect(reason)),
                 },
-                () = async { match pending.as_mut() { Some(step) => step.await, None => std::future::pending().await } } => {
-                    pending = None;
+                () = async { match busy.as_mut() { Some(busy) => busy.step.as_mut().await, None => std::future::pending().await } } => {
                     // Frames that arrived meanwhile, in order, until one needs the cluster again.
-                    while pending.is_none() {
-                        let Some(frame) = waiting.pop_front() else { break };
-                        pending = self.conn.handle(frame.as_str(), &mut self.client_events);
-                    }
-                    if waiting.is_empty() && waiting.capacity() > MAX_WAITING {
-                        waiting = VecDeque::new();
+                    let mut waiting = busy.take().map_or_else(VecDeque::new, |done| done.waiting);
+                    while let Some(frame) = waiting.pop_front() {
+                        if let Some(step) = self.conn.handle(frame.as_str(), &mut self.client_events) {
+                            busy = Some(Box::new(Busy { step, waiting }));
+                            break;
+                        }
                     }
                 },
-                incoming = socket.next(), if waiting.len() < MAX_WAITING => {
+                incoming = socket.next(), if busy.as_ref().is_none_or(|busy| busy.waiting.len() < MAX_WAITING) => {
                     last_seen = Instant::now();
                     awaiting_pong = false;
                     match incoming {
-                        Some(Ok(Message::Text(t))) => {
-                            if pending.is_none() {
-                                pending = self.conn.handle(t.as_str(), &mut self.client_events);
-                            } else if !self.conn.answer_ping(t.as_str()) {
-                                waiting.push_back(t);
+                        Some(Ok(Message::Text(t))) => match busy.as_mut() {
+                            None => {
+                                busy = self.conn.handle(t.as_str(), &mut self.client_events).map(|step| Box::new(Busy { step, waiting: VecDeque::new() }));
                             }
-                        }
+                            Some(busy) => {
+                                if !self.conn.answer_ping(t.as_str()) {
+                                    busy.waiting.push_back(t);
+                                }
+                            }
+                        },
                         Some(Ok(Message::Binary(_))) => self.conn.error(codes::GENERIC_ERROR, "binary frames are not supported", "binary"),
                         Some(Ok(Message::Ping(_))) => {
-                            let now = Instant::now();
-                            if now.duration_since(pings.0) >= Duration::from_secs(1) {
-                                pings = (now, 0);
+                            let second = this_second();
+                            if second != pings.0 {
+                                pings = (second, 0);
                             }
                             pings.1 += 1;
                             if pings.1 > MAX_PINGS_PER_SECOND {
@@ -229,6 +235,13 @@ impl Session {
     }
 }
 
+/// Whole seconds since the process's first call: a 4-byte clock for per-second counters that every
+/// idle session keeps.
+fn this_second() -> u32 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
+}
+
 fn ending((code, reason): (u16, &'static str)) -> Ending {
     debug!(code, reason, "closing");
     Ending::Close(code, reason)
@@ -251,20 +264,27 @@ fn protocol_error(e: WsError) -> Ending {
 /// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
 /// did not take the bytes in time (a stalled reader: counted as a slow consumer).
 async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
-    let write = async {
-        for frame in batch.drain(..) {
-            if let Some(message) = text(frame) {
-                socket.feed(message).await?;
+    let written = {
+        let mut write = std::pin::pin!(async {
+            for frame in batch.drain(..) {
+                if let Some(message) = text(frame) {
+                    socket.feed(message).await?;
+                }
             }
-        }
-        socket.flush().await
-    };
-    let written = match tokio::time::timeout(deadline, write).await {
-        Ok(result) => result.is_ok(),
-        Err(_) => {
-            metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "write_timeout").increment(1);
-            debug!("write timed out; dropping the connection");
-            false
+            socket.flush().await
+        });
+        // Most writes complete at once (the kernel takes the bytes); only one that has to wait gets a
+        // timer, boxed, so that idle sessions don't each carry one.
+        match write.as_mut().now_or_never() {
+            Some(result) => result.is_ok(),
+            None => match Box::pin(tokio::time::timeout(deadline, write)).await {
+                Ok(result) => result.is_ok(),
+                Err(_) => {
+                    metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "write_timeout").increment(1);
+                    debug!("write timed out; dropping the connection");
+                    false
+                }
+            },
         }
     };
     batch.clear();
