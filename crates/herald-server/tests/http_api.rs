@@ -196,7 +196,7 @@ async fn publish_with_info_answers_200_when_redis_is_gone() {
     let (status, r) = server.api("POST", "/apps/app-id/events", "", Some(event.clone())).await;
     assert_eq!((status, r), (200, json!({"channels":{"news":{"subscription_count":1}}})), "cluster-wide counts while Redis is up");
 
-    redis.kill().await;
+    redis.stop().await;
     // The event is published (accepted); the counts are this node's own, not a 503 that makes SDKs retry.
     let started = tokio::time::Instant::now();
     let (status, r) = server.api("POST", "/apps/app-id/events", "", Some(event)).await;

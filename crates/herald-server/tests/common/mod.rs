@@ -169,40 +169,11 @@ pub async fn metrics_text(addr: std::net::SocketAddr) -> String {
     http_full(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.body
 }
 
-/// A `redis-server` of the test's own on a free port, killed on drop.
-pub struct RedisServer {
-    pub port: u16,
-    child: tokio::process::Child,
-}
-
-impl RedisServer {
-    pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server must be installed");
-        for _ in 0..100 {
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return RedisServer { port, child };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("redis-server did not start on {port}");
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Kills the server (SIGKILL) and waits for it to exit.
-    pub async fn kill(mut self) {
-        self.child.kill().await.unwrap();
-        let _ = self.child.wait().await;
-    }
-}
+/// Redis test helpers shared with herald-redis's tests (a `redis-server` of the test's own, SIGSTOP).
+#[path = "../../../herald-redis/tests/common/mod.rs"]
+pub mod redis;
+#[allow(unused_imports)]
+pub use redis::RedisServer;
 
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,

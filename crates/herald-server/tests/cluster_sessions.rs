@@ -1,0 +1,70 @@
+//! Sessions of a Redis-backed node while Redis stalls (SIGSTOP): closing connections free their place
+//! at once, and the per-app connection quota is counted across nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_core::{App, AppLimits};
+use herald_pusher::PusherConfig;
+use herald_redis::RedisConfig;
+use herald_server::{Config, EngineConfig, Herald, HttpConfig};
+
+fn config(redis: &RedisServer, apps: Vec<App>, pusher: PusherConfig, timeout: Duration) -> Config {
+    Config {
+        host: [127, 0, 0, 1].into(),
+        port: 0,
+        log: "info".into(),
+        apps,
+        pusher,
+        http: HttpConfig::default(),
+        shutdown_grace: Duration::from_secs(5),
+        engine: EngineConfig::Redis(RedisConfig { url: redis.url(), timeout, ..Default::default() }),
+    }
+}
+
+#[tokio::test]
+async fn a_closing_connection_frees_its_place_before_its_cluster_leaves_finish() {
+    let redis = RedisServer::start().await;
+    // One connection per process; Redis calls may take 10 s each before they give up.
+    let pusher = PusherConfig { max_connections: 1, ..PusherConfig::default() };
+    let server = serve(Herald::start(&config(&redis, vec![App::dev()], pusher, Duration::from_secs(10))).await.unwrap()).await;
+    let mut first = server.client().await;
+    for i in 0..40 {
+        first.subscribe(&format!("room-{i}")).await;
+    }
+    redis.pause().await;
+    drop(first);
+    // The 40 leaves now wait on the stalled Redis. The next client must not wait for them.
+    let second = tokio::time::timeout(Duration::from_secs(5), server.client()).await;
+    redis.resume().await;
+    assert!(second.is_ok(), "the closed connection's place was free while its leaves waited on Redis");
+}
+
+#[tokio::test]
+async fn an_apps_connection_quota_is_counted_across_nodes() {
+    let redis = RedisServer::start().await;
+    let app = App { limits: AppLimits { max_connections: Some(1), ..AppLimits::default() }, ..App::dev() };
+    let node = |redis: &RedisServer| config(redis, vec![app.clone()], PusherConfig::default(), Duration::from_secs(2));
+    let a = serve(Herald::start(&node(&redis)).await.unwrap()).await;
+    let b = serve(Herald::start(&node(&redis)).await.unwrap()).await;
+    let first = a.client().await;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/app/app-key?protocol=7", b.addr)).await.unwrap();
+    let mut refused = Client { ws, socket_id: String::new() };
+    assert_eq!(refused.expect("pusher:error").await["data"]["code"], 4004, "the app's one connection is on the other node");
+    assert_eq!(refused.closed().await, 4004);
+    drop(first);
+    // Once the first connection is gone (and uncounted), the other node admits one.
+    let mut admitted = false;
+    for _ in 0..100 {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/app/app-key?protocol=7", b.addr)).await.unwrap();
+        let mut c = Client { ws, socket_id: String::new() };
+        if c.event().await["event"] == "pusher:connection_established" {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "the quota was freed when the connection closed");
+}
