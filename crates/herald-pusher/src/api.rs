@@ -33,7 +33,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use crate::auth;
-use crate::channel::{is_valid_name, Access, ChannelKind};
+use crate::channel::{is_valid_name, Access, ChannelKind, MAX_USER_ID};
 use crate::publish::{self, PublishError, Trigger};
 use crate::wire;
 use crate::Pusher;
@@ -466,6 +466,9 @@ async fn terminate(
     let (hub, body) = signed_body(&front, &app_id, &method, &uri, &headers, body).await?;
     if !body.is_empty() {
         parse_object::<Map<String, Value>>(&body)?;
+    }
+    if user_id.is_empty() || user_id.len() > MAX_USER_ID {
+        return Err(bad_request(format!("user id must be 1 to {MAX_USER_ID} bytes")));
     }
     hub.terminate_user(&user_id);
     Ok(Json(json!({})))

@@ -131,6 +131,12 @@ async fn names_channels_and_socket_ids_are_checked_on_every_path() {
     }
     let (status, _) = server.api("GET", &format!("/apps/app-id/channels/presence-{long_channel}/users"), "", None).await;
     assert_eq!(status, 400);
+    let long_user = "u".repeat(165);
+    let (status, _) = server.api("POST", &format!("/apps/app-id/users/{long_user}/terminate_connections"), "", Some(json!({}))).await;
+    assert_eq!(status, 400, "user ids are bounded as on the WebSocket");
+    let ok_user = "u".repeat(164);
+    let (status, _) = server.api("POST", &format!("/apps/app-id/users/{ok_user}/terminate_connections"), "", Some(json!({}))).await;
+    assert_eq!(status, 200);
 }
 
 #[tokio::test]
