@@ -41,16 +41,11 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("embedded herald on http://{addr}");
 
-    // Ctrl-C (or Herald's own shutdown token) stops accepting; then Herald drains its sockets.
-    let token = herald.shutdown_token();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = token.cancelled() => {}
-            }
-        })
-        .await?;
-    herald.drain(Duration::from_secs(10)).await;
+    // Herald's accept loop (header/idle deadlines, socket cap, TCP_NODELAY) serving the whole app.
+    // Ctrl-C stops accepting; then Herald drains its sockets for up to 10 s.
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    herald.clone().serve_router(listener, app, ctrl_c, Duration::from_secs(10)).await?;
     Ok(())
 }
