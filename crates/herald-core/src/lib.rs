@@ -17,19 +17,23 @@
 mod app;
 mod broker;
 mod error;
+mod history;
 mod hub;
 mod ids;
 mod outbox;
 mod presence;
+mod publication;
 mod retained;
 mod state;
 
 pub use app::{App, AppLimits};
 pub use broker::{Broker, PreparedInterest, Remote, Topic};
 pub use error::{ConnectError, SignInError, SubscribeError};
+pub use history::{HistoryError, HistoryOptions, HistoryStore, Recovery};
 pub use hub::{Announcer, ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;
+pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
 pub use retained::RetainedLimits;
 pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};
