@@ -13,16 +13,26 @@ const PREFIX = 'herald';
 const DELIVER = 0;
 const DELIVER_RETAIN = 1;
 
+/** A length-prefixed field of an envelope: `u32 big endian | bytes`. */
+function field(bytes) {
+  const len = Buffer.alloc(4);
+  len.writeUInt32BE(bytes.length);
+  return Buffer.concat([len, Buffer.from(bytes)]);
+}
+
 /**
- * An inter-node envelope as Herald's nodes publish them: `version (1) | kind (1) | node (16, big
- * endian; random, so not the receiving node's) | has_except (1) | except hi (8) | except lo (8) | frame`.
+ * An inter-node envelope (version 2) as Herald's nodes publish them: `version (1) | kind (1) | node (16;
+ * random, so not the receiving node's) | channel | event | data kind (1; 0 = text) | data | no except,
+ * device, publisher or position (4 zero flags) | no tags (u16 0)`.
  */
-function envelope(kind, frame) {
-  const head = Buffer.alloc(1 + 1 + 16 + 1 + 16);
-  head[0] = 1;
+function envelope(kind, channel, event, data) {
+  const head = Buffer.alloc(1 + 1 + 16);
+  head[0] = 2;
   head[1] = kind;
   crypto.randomBytes(16).copy(head, 2);
-  return Buffer.concat([head, Buffer.from(frame)]);
+  const text = Buffer.from([0]);
+  const tail = Buffer.from([0, 0, 0, 0, 0, 0]);
+  return Buffer.concat([head, field(Buffer.from(channel)), field(Buffer.from(event)), text, field(Buffer.from(data)), tail]);
 }
 
 /** `redis-cli -x PUBLISH channel` with `payload` on stdin; resolves with the number of receivers. */
@@ -65,16 +75,15 @@ test('a non-UTF-8 frame from Redis is dropped: subscribers stay connected, cache
   const ids = Object.fromEntries(Object.entries(clients).map(([n, p]) => [n, p.connection.socket_id]));
   const states = Object.fromEntries(Object.entries(clients).map(([n, p]) => [n, collect(p.connection, 'state_change')]));
 
-  // The garbage: a well-formed header around bytes that are not UTF-8; retained on the cache channel.
-  assert.equal(await redisPublish(redis, topic('presence-room'), envelope(DELIVER, NOT_UTF8)), 1, 'herald receives presence-room');
-  assert.equal(await redisPublish(redis, topic('cache-x'), envelope(DELIVER_RETAIN, NOT_UTF8)), 1, 'herald receives cache-x');
+  // The garbage: a well-formed envelope whose text data is not UTF-8; retained on the cache channel.
+  assert.equal(await redisPublish(redis, topic('presence-room'), envelope(DELIVER, 'presence-room', 'garbage', NOT_UTF8)), 1, 'herald receives presence-room');
+  assert.equal(await redisPublish(redis, topic('cache-x'), envelope(DELIVER_RETAIN, 'cache-x', 'garbage', NOT_UTF8)), 1, 'herald receives cache-x');
 
   // A valid frame on the same Redis channels after the garbage: Redis keeps the order of publishes,
   // so once it arrives the garbage has been handled.
-  const frame = (channel, n) => JSON.stringify({ event: 'after-garbage', channel, data: JSON.stringify({ n }) });
   const arrived = [next(aliceRoom, 'after-garbage'), next(bobRoom, 'after-garbage'), next(cache, 'after-garbage')];
-  await redisPublish(redis, topic('presence-room'), envelope(DELIVER, frame('presence-room', 1)));
-  await redisPublish(redis, topic('cache-x'), envelope(DELIVER_RETAIN, frame('cache-x', 2)));
+  await redisPublish(redis, topic('presence-room'), envelope(DELIVER, 'presence-room', 'after-garbage', JSON.stringify({ n: 1 })));
+  await redisPublish(redis, topic('cache-x'), envelope(DELIVER_RETAIN, 'cache-x', 'after-garbage', JSON.stringify({ n: 2 })));
   assert.deepEqual(await Promise.all(arrived), [{ n: 1 }, { n: 1 }, { n: 2 }]);
   // The same connections, never dropped (pusher-js would have reconnected with new socket ids).
   for (const [name, p] of Object.entries(clients)) {

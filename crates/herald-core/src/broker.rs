@@ -12,9 +12,9 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
-
+use crate::change::ChannelEvent;
 use crate::ids::SocketId;
+use crate::publication::Publication;
 
 /// What a cross-node message is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,16 +27,22 @@ pub enum Topic {
 
 /// What a cross-node message asks the receiving nodes to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Remote {
-    /// Queue `frame` to local subscribers of the topic, except `except`; `retain` also remembers it
-    /// as the channel's last event (cache channels).
-    Deliver {
-        /// The encoded frame, opaque to the engine.
-        frame: Bytes,
+    /// Deliver `publication` to local subscribers of the topic (honouring its exclusions); `retain`
+    /// also remembers it as the channel's last one (cache channels).
+    Publish {
+        /// The publication.
+        publication: Publication,
+        /// Remember it as the channel's last publication.
+        retain: bool,
+    },
+    /// Deliver an engine event to local subscribers of the channel, except `except`.
+    Event {
+        /// The event.
+        event: ChannelEvent,
         /// The connection that must not receive it (it may live on any node).
         except: Option<SocketId>,
-        /// Remember the frame as the channel's last event.
-        retain: bool,
     },
     /// Close every local connection of the user (the topic is a [`Topic::User`]).
     Terminate,

@@ -16,6 +16,9 @@
 
 mod app;
 mod broker;
+mod change;
+mod codec;
+mod engine;
 mod error;
 mod history;
 mod hub;
@@ -28,9 +31,12 @@ mod state;
 
 pub use app::{App, AppLimits};
 pub use broker::{Broker, PreparedInterest, Remote, Topic};
+pub use change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
+pub use codec::{Codec, CodecId, RawCodec};
+pub use engine::Engine;
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use history::{HistoryError, HistoryOptions, HistoryStore, Recovery};
-pub use hub::{Announcer, ChannelChange, ChannelInfo, Engine, Hub, MemberJoin, Subscribed, Transition};
+pub use hub::{ChannelInfo, EngineListener, Hub, Subscribed};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;

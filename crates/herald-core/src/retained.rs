@@ -7,8 +7,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
 /// Bounds of one app's cache-channel store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetainedLimits {
@@ -24,19 +22,19 @@ impl Default for RetainedLimits {
     }
 }
 
-pub(crate) struct Retained {
+pub(crate) struct Retained<T> {
     limits: RetainedLimits,
-    entries: HashMap<Arc<str>, (Bytes, Instant)>,
+    entries: HashMap<Arc<str>, (T, Instant)>,
     /// Insertion order for eviction; may hold stale names, skipped when popped.
     order: VecDeque<(Arc<str>, Instant)>,
 }
 
-impl Retained {
+impl<T: Clone> Retained<T> {
     pub(crate) fn new(limits: RetainedLimits) -> Self {
         Retained { limits, entries: HashMap::new(), order: VecDeque::new() }
     }
 
-    pub(crate) fn put(&mut self, channel: &str, frame: Bytes, now: Instant) {
+    pub(crate) fn put(&mut self, channel: &str, frame: T, now: Instant) {
         let name: Arc<str> = Arc::from(channel);
         self.entries.insert(name.clone(), (frame, now));
         self.order.push_back((name, now));
@@ -48,7 +46,7 @@ impl Retained {
         }
     }
 
-    pub(crate) fn get(&mut self, channel: &str, now: Instant) -> Option<Bytes> {
+    pub(crate) fn get(&mut self, channel: &str, now: Instant) -> Option<T> {
         let (frame, at) = self.entries.get(channel)?;
         if now.duration_since(*at) > self.limits.ttl {
             self.entries.remove(channel);
@@ -61,6 +59,7 @@ impl Retained {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[test]
     fn keeps_last_frame_and_expires() {

@@ -10,7 +10,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::hub::{ChannelChange, ChannelInfo, MemberJoin, Transition};
+use crate::change::MemberJoin;
+use crate::hub::ChannelInfo;
 use crate::presence::Member;
 
 /// A boxed future, so the trait can be used as `dyn ClusterState`.
@@ -44,34 +45,6 @@ pub struct Left {
     pub subscribers: usize,
     /// The user stopped being a member (their last connection in the cluster left).
     pub member_removed: bool,
-}
-
-impl ChannelChange {
-    /// What a join the cluster counted means for `channel`: `Occupied` for its first subscriber,
-    /// `MemberAdded` for the user's first connection.
-    pub fn counted_join(channel: Arc<str>, subscribers: usize, member_added: bool, member: Option<&MemberJoin>) -> ChannelChange {
-        let mut transitions = Vec::new();
-        if subscribers == 1 {
-            transitions.push(Transition::Occupied);
-        }
-        if let (true, Some(m)) = (member_added, member) {
-            transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() }));
-        }
-        ChannelChange { channel, subscribers, transitions }
-    }
-
-    /// What a leave the cluster counted means for `channel`: `MemberRemoved` for the user's last
-    /// connection, `Vacated` for the channel's last subscriber.
-    pub fn counted_leave(channel: Arc<str>, left: Left, user: Option<Arc<str>>) -> ChannelChange {
-        let mut transitions = Vec::new();
-        if let (true, Some(user_id)) = (left.member_removed, user) {
-            transitions.push(Transition::MemberRemoved { user_id });
-        }
-        if left.subscribers == 0 {
-            transitions.push(Transition::Vacated);
-        }
-        ChannelChange { channel, subscribers: left.subscribers, transitions }
-    }
 }
 
 /// Cluster-wide counts and presence.

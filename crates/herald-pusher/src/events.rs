@@ -6,12 +6,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::{ChannelChange, Engine, Hub, Member, SocketId, Transition};
+use herald_core::{ChannelChange, ChannelEvent, Engine, EngineListener, Hub, Member, SocketId, Transition};
 use parking_lot::Mutex;
 
 use crate::channel::{Access, ChannelKind};
 use crate::webhooks::Webhooks;
-use crate::wire::{self, Data};
 use serde_json::json;
 
 /// Member info as stored in the engine: the raw JSON of `user_info`, or `null` when there was none.
@@ -59,39 +58,25 @@ impl Announcer {
         Announcer { webhooks, deferred: Mutex::new(HashMap::new()) }
     }
 
-    /// Broadcasts what a subscription change means to the channel's subscribers: member added/removed
-    /// (never to `actor`, the connection that caused it) and the new subscription count if the app wants
-    /// it; and queues the matching webhooks. Called once per change per cluster.
-    pub(crate) fn announce(&self, hub: &Hub, change: &ChannelChange, actor: Option<SocketId>) {
+    /// Queues the webhooks of a change and sends the new subscription count if the app wants it.
+    /// (Member added/removed events reach subscribers from the engine itself, in every front's form.)
+    pub(crate) fn announce(&self, hub: &Hub, change: &ChannelChange) {
         let channel = &*change.channel;
         let app = hub.app().id.as_str();
         let hooks = &self.webhooks;
         let hooked = hooks.enabled(app);
-        for t in &change.transitions {
-            match t {
-                Transition::Occupied if hooked => hooks.emit(app, json!({ "name": "channel_occupied", "channel": channel })),
-                Transition::Vacated if hooked => hooks.emit(app, json!({ "name": "channel_vacated", "channel": channel })),
-                Transition::MemberAdded(m) => {
-                    if hooked {
-                        hooks.emit(app, json!({ "name": "member_added", "channel": channel, "user_id": &*m.user_id }));
+        if hooked {
+            for t in &change.transitions {
+                let event = match t {
+                    Transition::Occupied => json!({ "name": "channel_occupied", "channel": channel }),
+                    Transition::Vacated => json!({ "name": "channel_vacated", "channel": channel }),
+                    Transition::MemberAdded(m) => json!({ "name": "member_added", "channel": channel, "user_id": &*m.user_id }),
+                    Transition::MemberRemoved { user_id } => {
+                        json!({ "name": "member_removed", "channel": channel, "user_id": &**user_id })
                     }
-                    let data = format!(
-                        r#"{{"user_id":{},"user_info":{}}}"#,
-                        serde_json::to_string(&*m.user_id).expect("strings serialise"),
-                        info_json(&m.info)
-                    );
-                    let frame = wire::frame("pusher_internal:member_added", Some(channel), Data::Str(&data), None);
-                    hub.publish(channel, &frame, actor);
-                }
-                Transition::MemberRemoved { user_id } => {
-                    if hooked {
-                        hooks.emit(app, json!({ "name": "member_removed", "channel": channel, "user_id": &**user_id }));
-                    }
-                    let data = format!(r#"{{"user_id":{}}}"#, serde_json::to_string(&**user_id).expect("strings serialise"));
-                    let frame = wire::frame("pusher_internal:member_removed", Some(channel), Data::Str(&data), None);
-                    hub.publish(channel, &frame, actor);
-                }
-                _ => {}
+                    _ => continue,
+                };
+                hooks.emit(app, event);
             }
         }
         if !hooked && !hub.app().enable_subscription_count {
@@ -115,9 +100,7 @@ impl Announcer {
         }
         let counted = subscribers > 0 && ChannelKind::of(channel).access != Access::Presence;
         if hub.app().enable_subscription_count && counted {
-            let data = format!(r#"{{"subscription_count":{subscribers}}}"#);
-            let frame = wire::frame("pusher_internal:subscription_count", Some(channel), Data::Str(&data), None);
-            hub.publish(channel, &frame, None);
+            hub.publish_event(channel, &ChannelEvent::Count { subscribers }, None);
         }
     }
 
@@ -129,6 +112,12 @@ impl Announcer {
                 self.send_count(hub, &channel, subscribers);
             }
         }
+    }
+}
+
+impl EngineListener for Announcer {
+    fn on_change(&self, hub: &Hub, change: &ChannelChange, _actor: Option<SocketId>) {
+        self.announce(hub, change);
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod auth;
 pub mod channel;
+pub mod codec;
 pub mod codes;
 mod events;
 pub mod publish;
@@ -25,13 +26,14 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::future::Either;
-use herald_core::Engine;
+use herald_core::{CodecId, Engine};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use codec::PusherCodec;
 pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};
 
@@ -95,6 +97,8 @@ pub struct Pusher {
     tasks: TaskTracker,
     admission: Arc<Semaphore>,
     announcer: Arc<Announcer>,
+    /// The codec every Pusher connection is registered with.
+    codec: CodecId,
 }
 
 impl Pusher {
@@ -103,15 +107,12 @@ impl Pusher {
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let webhooks = Webhooks::start(&engine, &config.webhooks, shutdown.clone(), &tasks);
         let announcer = Arc::new(Announcer::new(webhooks));
-        for hub in engine.hubs() {
-            // Changes the engine finds on its own (a dead node reaped) reach clients as Pusher events.
-            let announcer = announcer.clone();
-            hub.set_announcer(Arc::new(move |hub: &herald_core::Hub, change: &herald_core::ChannelChange| {
-                announcer.announce(hub, change, None)
-            }));
-        }
+        // Every change the engine announces (decided by a session here, or found by the engine itself:
+        // a dead node reaped) reaches webhooks and subscription counts.
+        engine.listen(announcer.clone());
+        let codec = engine.register_codec(Arc::new(PusherCodec)).expect("the engine has room for the Pusher codec");
         tasks.spawn(flush_counts(announcer.clone(), Arc::downgrade(&engine), shutdown.clone()));
-        Arc::new(Pusher { engine, config, shutdown, tasks, admission, announcer })
+        Arc::new(Pusher { engine, config, shutdown, tasks, admission, announcer, codec })
     }
 
     /// The engine this front serves.

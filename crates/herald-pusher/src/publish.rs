@@ -3,10 +3,10 @@
 //! Validation happens here once (names, sizes, encrypted-channel rules); each channel's frame is encoded
 //! once and the same bytes go to every subscriber.
 
-use herald_core::{Hub, SocketId};
+use bytes::Bytes;
+use herald_core::{DataKind, Hub, Publication, SocketId};
 
 use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
-use crate::wire::{self, Data};
 
 /// Channels one publish may name.
 pub const MAX_CHANNELS_PER_EVENT: usize = 100;
@@ -103,17 +103,15 @@ pub fn validate(hub: &Hub, t: &Trigger<'_>) -> Result<(), PublishError> {
 pub fn trigger(hub: &Hub, t: &Trigger<'_>) -> Result<usize, PublishError> {
     validate(hub, t)?;
     let mut delivered = 0;
+    let data = Bytes::copy_from_slice(t.data.as_bytes());
     for channel in t.channels {
-        let frame = wire::frame(t.name, Some(channel), Data::Str(t.data), None);
+        let mut publication = Publication::new(channel.as_str(), t.name, data.clone(), DataKind::Text);
+        publication.except = t.socket_id;
         if let Some(user) = channel.strip_prefix(USER_CHANNEL_PREFIX) {
-            delivered += hub.publish_to_user(user, &frame, t.socket_id);
+            delivered += hub.publish_to_user(user, &publication);
             continue;
         }
-        delivered += if ChannelKind::of(channel).cache {
-            hub.publish_retained(channel, &frame, t.socket_id)
-        } else {
-            hub.publish(channel, &frame, t.socket_id)
-        };
+        delivered += if ChannelKind::of(channel).cache { hub.publish_retained(&publication) } else { hub.publish(&publication) };
     }
     metrics::counter!("herald_publishes_total").increment(1);
     Ok(delivered)
@@ -155,6 +153,6 @@ mod tests {
         let ch = vec!["cache-score".to_string()];
         assert_eq!(trigger(&hub, &t(&ch, "1")), Ok(0));
         let cached = hub.retained("cache-score").unwrap();
-        assert_eq!(&cached[..], br#"{"event":"e","channel":"cache-score","data":"1"}"#);
+        assert_eq!((&*cached.channel, &*cached.event, &cached.data[..]), ("cache-score", "e", &b"1"[..]));
     }
 }

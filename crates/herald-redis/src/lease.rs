@@ -287,7 +287,7 @@ async fn reap_app<C: Conn>(
         let changes = settler.settle(conn, health, app, node, chunk, usize::MAX).await?;
         channels += changes.len();
         for change in &changes {
-            hub.announce(change);
+            hub.announce(change, None);
         }
     }
     drop_fields(conn, health, prefix, app, node, &bad).await?;

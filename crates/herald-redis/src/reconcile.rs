@@ -289,7 +289,7 @@ pub(crate) async fn reconcile<C: Conn>(
             if mode == Mode::Announce {
                 for change in &changes {
                     announced += 1;
-                    hub.announce(change);
+                    hub.announce(change, None);
                 }
             }
         }

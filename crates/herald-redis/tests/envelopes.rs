@@ -8,39 +8,52 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use common::{eventually, frames, Node, RedisServer};
+use common::{eventually, frames, raw, Node, RedisServer};
 use herald_core::{App, MemberJoin};
 
-/// A header as a foreign node would write it: version 1, `kind`, node 0x42, exclusion flag `flag`.
-fn header(kind: u8, flag: u8) -> BytesMut {
+/// A header as a foreign node would write it: version 2, `kind`, node 0x42.
+fn header(kind: u8) -> BytesMut {
     let mut b = BytesMut::new();
-    b.put_u8(1);
+    b.put_u8(2);
     b.put_u8(kind);
     b.put_u128(0x42);
-    b.put_u8(flag);
-    b.put_u64(0);
-    b.put_u64(0);
+    b
+}
+
+fn field(b: &mut BytesMut, bytes: &[u8]) {
+    b.put_u32(bytes.len() as u32);
+    b.put_slice(bytes);
+}
+
+/// A publish envelope (`kind` 0, or 1 to retain) whose text `data` is `data`, otherwise well formed.
+fn publish(kind: u8, data: &[u8]) -> BytesMut {
+    let mut b = header(kind);
+    field(&mut b, b"ch");
+    field(&mut b, b"e");
+    b.put_u8(0); // text
+    field(&mut b, data);
+    b.put_slice(&[0, 0, 0, 0]); // no except, device, publisher, position
+    b.put_u16(0); // no tags
     b
 }
 
 fn garbage() -> Vec<Bytes> {
-    let mut not_utf8 = header(0, 0);
-    not_utf8.put_slice(&[0xff, 0xfe, 0xfd]);
-    let mut retained_not_utf8 = header(1, 0);
-    retained_not_utf8.put_slice(&[0xff, 0xfe, 0xfd]);
-    let mut version = header(0, 0);
-    version[0] = 9;
-    let mut terminate_with_tail = header(2, 0);
+    let mut version = publish(0, b"ok");
+    version[0] = 1;
+    let mut terminate_with_tail = header(2);
     terminate_with_tail.put_slice(b"{}");
+    let mut bad_flag = publish(0, b"ok");
+    let flag_at = bad_flag.len() - 6;
+    bad_flag[flag_at] = 2;
     vec![
-        not_utf8.freeze(),
-        retained_not_utf8.freeze(),
-        header(0, 0).freeze().slice(..10),
+        publish(0, &[0xff, 0xfe, 0xfd]).freeze(),
+        publish(1, &[0xff, 0xfe, 0xfd]).freeze(),
+        publish(0, b"ok").freeze().slice(..25),
         Bytes::from_static(b"hello"),
         Bytes::new(),
         version.freeze(),
-        header(7, 0).freeze(),
-        header(0, 2).freeze(),
+        header(7).freeze(),
+        bad_flag.freeze(),
         terminate_with_tail.freeze(),
     ]
 }
@@ -69,12 +82,12 @@ async fn bad_envelopes_from_redis_are_dropped_and_counted_and_valid_ones_still_f
 
     // A valid publish from another node, after the garbage (Redis keeps the order).
     let frame = Bytes::from_static(b"{\"event\":\"ok\"}");
-    b.hub().publish("presence-room", &frame, None);
-    b.hub().publish_retained("cache-room", &frame, None);
+    b.hub().publish_raw("presence-room", &frame, None);
+    b.hub().publish_retained(&raw("cache-room", &frame));
     assert!(eventually(Duration::from_secs(5), || async { a.hub().retained("cache-room").is_some() }).await);
     assert_eq!(frames(&outbox, 300).await, [frame.clone(), frame.clone()], "the valid frames and nothing from the garbage");
     assert_eq!(a.broker.stats().bad_envelopes.load(Ordering::Relaxed), 2 * garbage.len() as u64);
-    assert_eq!(a.hub().retained("cache-room").as_ref(), Some(&frame), "only the valid frame is retained");
+    assert_eq!(a.hub().retained("cache-room").map(|p| p.data), Some(frame.clone()), "only the valid frame is retained");
     assert!(a.hub().is_subscribed(id, "presence-room"));
     redis.stop().await;
 }

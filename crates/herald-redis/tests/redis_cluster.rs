@@ -128,7 +128,7 @@ async fn sharded_routing_and_cluster_state_on_redis_cluster() {
     assert_eq!(b_broker.subscriptions(), 12);
     for (channel, outbox) in &boxes {
         let frame = Bytes::from(format!("{{\"on\":\"{channel}\"}}"));
-        hub(&a).publish(channel, &frame, None);
+        hub(&a).publish_raw(channel, &frame, None);
         assert_eq!(next(outbox, 2000).await.as_ref(), Some(&frame), "{channel}");
     }
 
@@ -170,7 +170,7 @@ async fn a_full_push_queue_drops_counts_and_recovers_routing() {
     let frame = Bytes::from_static(b"{\"event\":\"burst\"}");
     let overflowed = eventually(Duration::from_secs(20), || async {
         for _ in 0..500 {
-            hub(&a).publish(channel, &frame, None);
+            hub(&a).publish_raw(channel, &frame, None);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         b_broker.push_dropped() > 0
@@ -183,7 +183,7 @@ async fn a_full_push_queue_drops_counts_and_recovers_routing() {
     hub(&b).subscribe(late, channel, None).unwrap();
     let after = Bytes::from_static(b"{\"event\":\"after\"}");
     let recovered = eventually(Duration::from_secs(20), || async {
-        hub(&a).publish(channel, &after, None);
+        hub(&a).publish_raw(channel, &after, None);
         frames(&late_box, 200).await.contains(&after)
     })
     .await;

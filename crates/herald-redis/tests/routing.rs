@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{next, RedisServer};
+use common::{next, raw, RedisServer};
 use herald_core::{App, Disconnect, Drained, Engine, Hub, MemberJoin, Outbox, SocketId};
 use herald_redis::{RedisBroker, RedisConfig};
 use tokio_util::sync::CancellationToken;
@@ -81,7 +81,7 @@ async fn publish_reaches_other_nodes_once_with_exclusion_and_only_where_interest
 
     let frame = Bytes::from_static(b"{\"event\":\"headline\"}");
     // Published on A: A's own subscriber directly, B's through Redis, the sender (on B) excluded.
-    assert_eq!(a.hub().publish("news", &frame, Some(sender)), 1);
+    assert_eq!(a.hub().publish_raw("news", &frame, Some(sender)), 1);
     assert_eq!(next(&local, 1000).await.as_ref(), Some(&frame));
     assert_eq!(next(&remote, 1000).await.as_ref(), Some(&frame));
     assert_eq!(next(&excluded, 200).await, None);
@@ -110,7 +110,7 @@ async fn leaving_drops_interest_and_traffic() {
     b.hub().unsubscribe(id, "room");
     b.subscriptions(0).await;
     let before = b.broker.stats().received.load(Ordering::Relaxed);
-    a.hub().publish("room", &Bytes::from_static(b"x"), None);
+    a.hub().publish_raw("room", &Bytes::from_static(b"x"), None);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.broker.stats().received.load(Ordering::Relaxed), before);
     assert_eq!(a.broker.stats().published.load(Ordering::Relaxed), 1);
@@ -124,14 +124,16 @@ async fn users_and_termination_cross_nodes() {
     let b = Node::start(&redis, "t3").await;
     let (phone, phone_box) = a.hub().connect().unwrap();
     let (tv, tv_box) = b.hub().connect().unwrap();
-    a.hub().sign_in(phone, "u1").unwrap();
-    b.hub().sign_in(tv, "u1").unwrap();
+    a.hub().sign_in(phone, "u1", None).unwrap();
+    b.hub().sign_in(tv, "u1", None).unwrap();
     a.subscriptions(1).await;
     b.subscriptions(1).await;
 
     // From the phone's node, excluding the phone: only the TV (on B) gets it.
     let frame = Bytes::from_static(b"{\"event\":\"progress\"}");
-    assert_eq!(a.hub().publish_to_user("u1", &frame, Some(phone)), 0);
+    let mut progress = raw("#server-to-user-u1", &frame);
+    progress.except = Some(phone);
+    assert_eq!(a.hub().publish_to_user("u1", &progress), 0);
     assert_eq!(next(&tv_box, 1000).await.as_ref(), Some(&frame));
     assert_eq!(next(&phone_box, 200).await, None);
 
@@ -154,9 +156,9 @@ async fn cache_channels_remember_remote_publishes_and_prefixes_isolate() {
     b.subscriptions(1).await;
     other.subscriptions(1).await;
     let frame = Bytes::from_static(b"{\"event\":\"goal\"}");
-    a.hub().publish_retained("cache-score", &frame, None);
+    a.hub().publish_retained(&raw("cache-score", &frame));
     assert_eq!(next(&b_box, 1000).await.as_ref(), Some(&frame));
-    assert_eq!(b.hub().retained("cache-score").as_ref(), Some(&frame));
+    assert_eq!(b.hub().retained("cache-score").map(|p| p.data), Some(frame.clone()));
     // Another deployment on the same Redis sees nothing.
     assert_eq!(next(&other_box, 200).await, None);
     assert_eq!(other.broker.stats().received.load(Ordering::Relaxed), 0);
@@ -183,7 +185,7 @@ async fn redis_restart_is_survived_without_restarting_nodes() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(!b.broker_healthy());
-    assert_eq!(a.hub().publish("live", &frame, None), 1);
+    assert_eq!(a.hub().publish_raw("live", &frame, None), 1);
     assert_eq!(next(&a_box, 500).await.as_ref(), Some(&frame));
 
     // Redis comes back on the same port: B reconnects, re-subscribes, and traffic flows again.
@@ -192,7 +194,7 @@ async fn redis_restart_is_survived_without_restarting_nodes() {
     let after = Bytes::from_static(b"{\"event\":\"after\"}");
     let mut got = None;
     for _ in 0..50 {
-        a.hub().publish("live", &after, None);
+        a.hub().publish_raw("live", &after, None);
         if let Some(f) = next(&b_box, 200).await {
             if f == after {
                 got = Some(f);
@@ -219,7 +221,7 @@ async fn a_confirmed_first_subscriber_misses_nothing_published_elsewhere() {
         drop(interest);
         // Published on A right after the subscriber was confirmed on B: it must arrive.
         let frame = Bytes::from(format!("{{\"round\":{round}}}"));
-        a.hub().publish(&channel, &frame, None);
+        a.hub().publish_raw(&channel, &frame, None);
         assert_eq!(next(&outbox, 1000).await.as_ref(), Some(&frame), "round {round}");
         // A second subscriber on the same node does not wait.
         assert!(b.hub().prepare_channel(&channel).is_none());

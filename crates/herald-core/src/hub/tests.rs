@@ -1,6 +1,15 @@
 use super::*;
+use crate::broker::{Remote, Topic};
+use crate::change::Transition;
+use crate::codec::{Codec, CodecId};
+use crate::engine::Engine;
+use crate::error::{ConnectError, SignInError, SubscribeError};
+use crate::outbox::Disconnect;
 use crate::outbox::{Drained, OutboxLimits};
+use crate::publication::{DataKind, Publication};
 use crate::AppLimits;
+use crate::Broker;
+use std::sync::atomic::AtomicUsize;
 
 fn hub_with(limits: AppLimits) -> Hub {
     Hub::new(App { limits, ..App::dev() })
@@ -35,11 +44,11 @@ async fn publish_reaches_subscribers_except_the_excluded_one() {
     hub.subscribe(a, "news", None).unwrap();
     hub.subscribe(b, "news", None).unwrap();
     let frame = Bytes::from("hello");
-    assert_eq!(hub.publish("news", &frame, Some(a)), 1);
+    assert_eq!(hub.publish_raw("news", &frame, Some(a)), 1);
     assert!(frames(&oa).await.is_empty());
     assert_eq!(frames(&ob).await, vec![frame.clone()]);
     assert!(frames(&oc).await.is_empty(), "not subscribed");
-    assert_eq!(hub.publish("nobody-here", &frame, None), 0);
+    assert_eq!(hub.publish_raw("nobody-here", &frame, None), 0);
 }
 
 #[tokio::test]
@@ -126,11 +135,12 @@ async fn user_routing_reaches_every_device_but_the_sender() {
     let (tv, o_tv) = connect(&hub);
     let (web, o_web) = connect(&hub);
     for s in [phone, tv, web] {
-        hub.sign_in(s, "u1").unwrap();
+        hub.sign_in(s, "u1", None).unwrap();
     }
-    assert_eq!(hub.sign_in(phone, "u2"), Err(SignInError::AlreadySignedIn));
-    let frame = Bytes::from("progress");
-    assert_eq!(hub.publish_to_user("u1", &frame, Some(phone)), 2);
+    assert_eq!(hub.sign_in(phone, "u2", None), Err(SignInError::AlreadySignedIn));
+    let mut progress = Publication::new("#user-u1", "progress", Bytes::from("progress"), DataKind::Text);
+    progress.except = Some(phone);
+    assert_eq!(hub.publish_to_user("u1", &progress), 2);
     assert!(frames(&o_phone).await.is_empty());
     assert_eq!(frames(&o_tv).await.len(), 1);
     assert_eq!(frames(&o_web).await.len(), 1);
@@ -154,7 +164,7 @@ async fn slow_consumer_is_closed_and_others_still_receive() {
     hub.subscribe(fast, "c", None).unwrap();
     let mut received = 0;
     for i in 0..10 {
-        hub.publish("c", &Bytes::from(format!("m{i}")), None);
+        hub.publish_raw("c", &Bytes::from(format!("m{i}")), None);
         received += frames(&o_fast).await.len();
     }
     assert_eq!(received, 10, "the fast subscriber got everything");
@@ -166,9 +176,10 @@ async fn slow_consumer_is_closed_and_others_still_receive() {
 async fn cache_channel_remembers_last_frame() {
     let hub = hub();
     assert_eq!(hub.retained("cache-x"), None);
-    hub.retain("cache-x", Bytes::from("1"));
-    hub.retain("cache-x", Bytes::from("2"));
-    assert_eq!(hub.retained("cache-x"), Some(Bytes::from("2")));
+    let cached = |data: &'static str| Publication::new("cache-x", "e", Bytes::from(data), DataKind::Text);
+    hub.retain(cached("1"));
+    hub.retain(cached("2"));
+    assert_eq!(hub.retained("cache-x"), Some(cached("2")));
 }
 
 #[test]
@@ -277,4 +288,74 @@ async fn prepared_interest_is_released_on_every_exit() {
     task.abort();
     let _ = task.await;
     assert_eq!(released(), 3, "released when the waiting task is cancelled");
+}
+
+#[tokio::test]
+async fn a_users_other_devices_get_it_but_not_the_origin_device() {
+    let hub = hub();
+    // Two tabs on the laptop, one phone.
+    let (tab1, o_tab1) = connect(&hub);
+    let (tab2, o_tab2) = connect(&hub);
+    let (phone, o_phone) = connect(&hub);
+    hub.sign_in(tab1, "u1", Some("laptop")).unwrap();
+    hub.sign_in(tab2, "u1", Some("laptop")).unwrap();
+    hub.subscribe(phone, "stream-1", None).unwrap();
+    hub.sign_in(phone, "u1", Some("phone")).unwrap();
+    let mut change = Publication::new("#user-u1", "sync", Bytes::from("{}"), DataKind::Json);
+    change.except_device = Some(Arc::from("laptop"));
+    assert_eq!(hub.publish_to_user("u1", &change), 1, "only the phone");
+    assert!(frames(&o_tab1).await.is_empty() && frames(&o_tab2).await.is_empty());
+    assert_eq!(frames(&o_phone).await.len(), 1);
+    // Channel publications honour the device too (set at sign-in, after the phone subscribed).
+    let mut on_channel = Publication::new("stream-1", "pos", Bytes::from("1"), DataKind::Json);
+    on_channel.except_device = Some(Arc::from("phone"));
+    assert_eq!(hub.publish(&on_channel), 0);
+}
+
+/// Counts its encodings.
+struct Counting(AtomicUsize, &'static str);
+
+impl Codec for Counting {
+    fn publication(&self, p: &Publication) -> Option<Bytes> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Some(Bytes::from(format!("{}:{}", self.1, String::from_utf8_lossy(&p.data))))
+    }
+    fn event(&self, channel: &str, _: &crate::change::ChannelEvent) -> Option<Bytes> {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Some(Bytes::from(format!("{}:event:{channel}", self.1)))
+    }
+}
+
+#[tokio::test]
+async fn delivery_encodes_once_per_codec_per_publish() {
+    let engine = Engine::new(vec![App::dev()]);
+    let (a, b) = (Arc::new(Counting(AtomicUsize::new(0), "a")), Arc::new(Counting(AtomicUsize::new(0), "b")));
+    let id_a: CodecId = engine.register_codec(a.clone()).unwrap();
+    let id_b = engine.register_codec(b.clone()).unwrap();
+    let hub = engine.by_id("app-id").unwrap().clone();
+    let mut boxes = Vec::new();
+    for codec in [id_a, id_a, id_a, id_b, id_b, CodecId::RAW] {
+        let (id, outbox) = hub.connect_with(codec).unwrap();
+        hub.subscribe(id, "room", None).unwrap();
+        boxes.push(outbox);
+    }
+    let p = Publication::new("room", "e", Bytes::from("x"), DataKind::Json);
+    assert_eq!(hub.publish(&p), 6);
+    assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (1, 1), "one encoding per codec");
+    let got: Vec<Vec<Bytes>> = futures_frames(&boxes).await;
+    assert_eq!(got[0], vec![Bytes::from("a:x")]);
+    assert_eq!(got[3], vec![Bytes::from("b:x")]);
+    assert_eq!(got[5], vec![Bytes::from("x")], "raw subscribers get the data as it is");
+    // The same frame, shared (one allocation): refcounted clones point at the same bytes.
+    assert_eq!(got[0][0].as_ptr(), got[1][0].as_ptr());
+    hub.publish_event("room", &crate::change::ChannelEvent::Count { subscribers: 6 }, None);
+    assert_eq!((a.0.load(Ordering::SeqCst), b.0.load(Ordering::SeqCst)), (2, 2));
+}
+
+async fn futures_frames(boxes: &[Outbox]) -> Vec<Vec<Bytes>> {
+    let mut out = Vec::new();
+    for b in boxes {
+        out.push(frames(b).await);
+    }
+    out
 }

@@ -89,7 +89,7 @@ impl Ctx {
     pub(crate) async fn leave_clustered(&self, channel: Arc<str>, user: Option<Arc<str>>, actor: Option<SocketId>) {
         let Some(state) = self.hub.state() else { return };
         match tokio::time::timeout(CLUSTER_WAIT, state.leave(&self.hub.app().id, &channel, user.as_deref())).await {
-            Ok(Ok(left)) => self.front.announcer.announce(&self.hub, &ChannelChange::counted_leave(channel, left, user), actor),
+            Ok(Ok(left)) => self.hub.announce(&ChannelChange::counted_leave(channel, left, user), actor),
             Ok(Err(_)) | Err(_) => {
                 metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
             }

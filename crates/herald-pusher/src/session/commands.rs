@@ -6,12 +6,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{ChannelChange, Hub, Member, MemberJoin, Outbox, SocketId, Subscribed};
+use herald_core::{ChannelChange, Codec, DataKind, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, SocketId, Subscribed};
 use tokio::time::Instant;
 
 use super::cluster::{self, Step};
 use crate::auth;
 use crate::channel::{is_valid_name, Access, ChannelKind, MAX_USER_ID, USER_CHANNEL_PREFIX};
+use crate::codec::PusherCodec;
 use crate::codes;
 use crate::events::presence_data;
 use crate::publish::MAX_EVENT_NAME;
@@ -133,7 +134,7 @@ impl Ctx {
                         if self.hub.state().is_some() {
                             return Some(cluster::leave(self, change.channel, user));
                         }
-                        self.front.announcer.announce(&self.hub, &change, Some(self.id));
+                        self.hub.announce(&change, Some(self.id));
                     }
                 }
                 None => self.error(codes::GENERIC_ERROR, "pusher:unsubscribe needs data.channel", "invalid_data"),
@@ -233,7 +234,7 @@ impl Ctx {
         };
         self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str(&data), None));
         if cache {
-            match self.hub.retained(channel) {
+            match self.hub.retained(channel).and_then(|p| PusherCodec.publication(&p)) {
                 Some(frame) => self.reply(frame),
                 None => {
                     self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None));
@@ -242,7 +243,7 @@ impl Ctx {
             }
         }
         if !already {
-            self.front.announcer.announce(&self.hub, change, Some(self.id));
+            self.hub.announce(change, Some(self.id));
         }
     }
 
@@ -270,7 +271,7 @@ impl Ctx {
                 return None;
             }
         };
-        if let Err(e) = self.hub.sign_in(self.id, &id) {
+        if let Err(e) = self.hub.sign_in(self.id, &id, None) {
             self.error(codes::TERMINATED, &e.to_string(), "signin");
             return None;
         }
@@ -317,8 +318,10 @@ impl Ctx {
         let null = serde_json::value::RawValue::NULL;
         let data = msg.data.as_deref().unwrap_or(null);
         let user = if ChannelKind::of(channel).access == Access::Presence { self.hub.member_of(self.id, channel) } else { None };
-        let frame = wire::frame(&msg.event, Some(channel), Data::Raw(data), user.as_deref());
-        self.hub.publish(channel, &frame, Some(self.id));
+        let mut publication = Publication::new(channel, msg.event.as_str(), Bytes::copy_from_slice(data.get().as_bytes()), DataKind::Json);
+        publication.except = Some(self.id);
+        publication.publisher = user.clone().map(|user_id| PublisherInfo { user_id, info: Bytes::new() });
+        self.hub.publish(&publication);
         if self.front.announcer.webhooks.enabled(&app.id) {
             let mut event = serde_json::json!({
                 "name": "client_event", "channel": channel, "event": &msg.event, "data": data.get(), "socket_id": self.id_text(),

@@ -63,7 +63,7 @@ impl Drop for Registered {
         let ctx = &self.ctx;
         let Some(state) = ctx.hub.state().cloned() else {
             for change in ctx.hub.disconnect(ctx.id) {
-                ctx.front.announcer.announce(&ctx.hub, &change, None);
+                ctx.hub.announce(&change, None);
             }
             return;
         };
@@ -123,7 +123,7 @@ mod tests {
         let engine = Arc::new(Engine::new(vec![App::dev()]));
         let front = Pusher::new(engine.clone(), PusherConfig::default(), CancellationToken::new(), TaskTracker::new());
         let hub = engine.by_id("app-id").unwrap().clone();
-        let (watcher, watcher_box) = hub.connect().unwrap();
+        let (watcher, watcher_box) = hub.connect_with(front.codec).unwrap();
         hub.subscribe(watcher, "presence-room", member("watcher")).unwrap();
 
         // A session that panics while registered and present.

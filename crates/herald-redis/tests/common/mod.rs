@@ -58,6 +58,11 @@ impl RedisServer {
     }
 }
 
+/// A publication whose data is the finished `frame` (delivered as-is to raw-codec subscribers).
+pub fn raw(channel: &str, frame: &Bytes) -> herald_core::Publication {
+    herald_core::Publication::new(channel, "", frame.clone(), herald_core::DataKind::Binary)
+}
+
 /// The next frame in `outbox`, or `None` after `ms`.
 pub async fn next(outbox: &Outbox, ms: u64) -> Option<Bytes> {
     let mut batch = Vec::new();
@@ -153,10 +158,11 @@ impl Node {
     pub fn record(&self) -> Recorder {
         let recorder = Recorder::default();
         let changes = recorder.0.clone();
-        let set = self.hub().set_announcer(std::sync::Arc::new(move |_hub: &herald_core::Hub, change: &herald_core::ChannelChange| {
-            changes.lock().unwrap().push(change.clone());
-        }));
-        assert!(set, "announcer set once");
+        self.hub().listen(std::sync::Arc::new(
+            move |_hub: &herald_core::Hub, change: &herald_core::ChannelChange, _actor: Option<herald_core::SocketId>| {
+                changes.lock().unwrap().push(change.clone());
+            },
+        ));
         recorder
     }
 }

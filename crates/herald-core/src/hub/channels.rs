@@ -1,0 +1,196 @@
+//! Channels: subscribing, leaving, and delivering publications and engine events to subscribers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use dashmap::mapref::entry::Entry;
+
+use crate::broker::{Remote, Topic};
+use crate::change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
+use crate::codec::Encoded;
+use crate::error::SubscribeError;
+use crate::ids::SocketId;
+use crate::presence::{Member, Presence};
+use crate::publication::{DataKind, Publication};
+
+use super::{Channel, Hub, Subscribed, Subscriber};
+
+impl Hub {
+    /// Subscribes `socket` to `channel` on this node; `member` makes it a presence subscription.
+    pub fn subscribe(&self, socket: SocketId, channel: &str, member: Option<MemberJoin>) -> Result<Subscribed, SubscribeError> {
+        let limits = &self.app.limits;
+        let (target, count) = {
+            let conn = self.connections.get(&socket).ok_or(SubscribeError::UnknownConnection)?;
+            (conn.target.clone(), conn.channels.len())
+        };
+        if let Some(m) = &member {
+            if m.info.len() > limits.max_presence_member_size {
+                return Err(SubscribeError::MemberInfoTooLarge { size: m.info.len(), limit: limits.max_presence_member_size });
+            }
+        }
+        let name: Arc<str> = Arc::from(channel);
+        // Everything below runs under the channel's shard lock. A channel entry exists only while it has
+        // subscribers (the last leave removes it under the same lock), so `Occupied` is decided by
+        // creating the entry and `Vacated` by removing it: racing connections can't both decide either.
+        let (mut entry, created) = match self.channels.entry(name.clone()) {
+            Entry::Occupied(entry) => {
+                let ch = entry.get();
+                if ch.subscribers.contains_key(&socket) {
+                    let info = ch.info();
+                    let members = ch.presence.as_ref().map(Presence::snapshot);
+                    return Ok(Subscribed {
+                        already: true,
+                        change: ChannelChange { channel: name, subscribers: info.subscribers, transitions: Vec::new() },
+                        members,
+                    });
+                }
+                if count >= limits.max_channels_per_connection {
+                    return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
+                }
+                (entry.into_ref(), false)
+            }
+            Entry::Vacant(entry) => {
+                if count >= limits.max_channels_per_connection {
+                    return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
+                }
+                let presence = member.as_ref().map(|_| Presence::default());
+                (entry.insert(Channel { subscribers: HashMap::new(), presence }), true)
+            }
+        };
+        let ch = entry.value_mut();
+        let mut transitions = Vec::new();
+        if created {
+            transitions.push(Transition::Occupied);
+        }
+        let mut user = None;
+        if let (Some(presence), Some(m)) = (ch.presence.as_mut(), &member) {
+            match presence.join(&m.user_id, &m.info, limits.max_presence_members) {
+                Ok(true) => transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() })),
+                Ok(false) => {}
+                Err(e) => {
+                    drop(entry);
+                    if created {
+                        // Only reachable with a member limit of 0: take back the entry this call made.
+                        self.channels.remove_if(&name, |_, ch| ch.subscribers.is_empty());
+                    }
+                    return Err(e);
+                }
+            }
+            user = Some(m.user_id.clone());
+        }
+        ch.subscribers.insert(socket, Subscriber { target, user });
+        let subscribers = ch.subscribers.len();
+        let members = ch.presence.as_ref().map(Presence::snapshot);
+        drop(entry);
+        self.metrics.subscriptions.increment(1.0);
+        if let Some(mut conn) = self.connections.get_mut(&socket) {
+            conn.channels.push(name.clone());
+        }
+        if created {
+            self.metrics.channels.increment(1.0);
+            self.interest_changed(Topic::Channel(name.clone()));
+        }
+        Ok(Subscribed { already: false, change: ChannelChange { channel: name, subscribers, transitions }, members })
+    }
+
+    /// Unsubscribes `socket` from `channel` on this node. `None` if it was not subscribed.
+    pub fn unsubscribe(&self, socket: SocketId, channel: &str) -> Option<ChannelChange> {
+        {
+            let mut conn = self.connections.get_mut(&socket)?;
+            let before = conn.channels.len();
+            conn.channels.retain(|c| &**c != channel);
+            if conn.channels.len() == before {
+                return None;
+            }
+        }
+        self.leave_channel(socket, channel)
+    }
+
+    pub(super) fn leave_channel(&self, socket: SocketId, channel: &str) -> Option<ChannelChange> {
+        // One shard lock for the whole leave: the subscriber that empties the channel removes it, so
+        // `Vacated` is decided once, by the call that removed the entry.
+        let mut left = None;
+        let removed = self.channels.remove_if_mut(channel, |name, ch| {
+            let Some(sub) = ch.subscribers.remove(&socket) else { return false };
+            let mut transitions = Vec::new();
+            if let (Some(presence), Some(user)) = (ch.presence.as_mut(), &sub.user) {
+                if presence.leave(user) {
+                    transitions.push(Transition::MemberRemoved { user_id: user.clone() });
+                }
+            }
+            left = Some(ChannelChange { channel: name.clone(), subscribers: ch.subscribers.len(), transitions });
+            ch.subscribers.is_empty()
+        });
+        let mut change = left?;
+        self.metrics.subscriptions.decrement(1.0);
+        if removed.is_some() {
+            self.metrics.channels.decrement(1.0);
+            change.transitions.push(Transition::Vacated);
+            self.interest_changed(Topic::Channel(change.channel.clone()));
+        }
+        Some(change)
+    }
+
+    /// Delivers `publication` to its channel's subscribers on this node and (through the broker) on
+    /// every other, except its excluded connection and device. Returns how many local subscribers got it.
+    pub fn publish(&self, publication: &Publication) -> usize {
+        self.broadcast(
+            || Topic::Channel(publication.channel.clone()),
+            || Remote::Publish { publication: publication.clone(), retain: false },
+        );
+        self.deliver(publication)
+    }
+
+    /// Like [`Hub::publish`], and remembers `publication` as the channel's last one on every node
+    /// (replayed to new subscribers: Pusher's cache channels).
+    pub fn publish_retained(&self, publication: &Publication) -> usize {
+        self.broadcast(
+            || Topic::Channel(publication.channel.clone()),
+            || Remote::Publish { publication: publication.clone(), retain: true },
+        );
+        self.retain(publication.clone());
+        self.deliver(publication)
+    }
+
+    /// Publishes a finished frame as-is to `channel` (delivered to raw-codec subscribers only; fronts
+    /// publish [`Publication`]s). For tests and in-process embedders.
+    pub fn publish_raw(&self, channel: &str, frame: &Bytes, except: Option<SocketId>) -> usize {
+        let mut publication = Publication::new(channel, "", frame.clone(), DataKind::Binary);
+        publication.except = except;
+        self.publish(&publication)
+    }
+
+    pub(super) fn deliver(&self, publication: &Publication) -> usize {
+        let Some(ch) = self.channels.get(&*publication.channel) else { return 0 };
+        let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
+        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.target));
+        self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded)
+    }
+
+    /// Sends an engine event to `channel`'s subscribers on every node (each front encodes its own wire
+    /// form), except `except`. Returns how many local subscribers got it.
+    pub fn publish_event(&self, channel: &str, event: &ChannelEvent, except: Option<SocketId>) -> usize {
+        self.broadcast(|| Topic::Channel(Arc::from(channel)), || Remote::Event { event: event.clone(), except });
+        self.deliver_event(channel, event, except)
+    }
+
+    pub(super) fn deliver_event(&self, channel: &str, event: &ChannelEvent, except: Option<SocketId>) -> usize {
+        let Some(ch) = self.channels.get(channel) else { return 0 };
+        let mut encoded = Encoded::new(&self.codecs, |codec| codec.event(channel, event));
+        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.target));
+        self.push_all(targets, except, None, &mut encoded)
+    }
+
+    /// Remembers `publication` as the last one of its channel (on this node).
+    pub fn retain(&self, publication: Publication) {
+        let channel = publication.channel.clone();
+        self.retained.lock().put(&channel, publication, Instant::now());
+    }
+
+    /// The last publication remembered for `channel`, if it is fresh.
+    pub fn retained(&self, channel: &str) -> Option<Publication> {
+        self.retained.lock().get(channel, Instant::now())
+    }
+}

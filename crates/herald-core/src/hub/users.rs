@@ -1,0 +1,81 @@
+//! Signed-in users: every connection (device) of one user, and delivery to them.
+
+use std::sync::Arc;
+
+use crate::broker::{Remote, Topic};
+use crate::codec::Encoded;
+use crate::error::SignInError;
+use crate::ids::SocketId;
+use crate::outbox::Disconnect;
+use crate::publication::Publication;
+
+use super::Hub;
+
+impl Hub {
+    /// Signs `socket` in as `user_id`, from `device` if the front knows it, so it receives that user's
+    /// messages (except those that exclude its device). The device also applies to the connection's
+    /// channel subscriptions.
+    pub fn sign_in(&self, socket: SocketId, user_id: &str, device: Option<&str>) -> Result<(), SignInError> {
+        let user: Arc<str> = Arc::from(user_id);
+        let device: Option<Arc<str>> = device.map(Arc::from);
+        let (target, channels) = {
+            let mut conn = self.connections.get_mut(&socket).ok_or(SignInError::UnknownConnection)?;
+            match &conn.user {
+                Some(existing) if **existing == *user_id => return Ok(()),
+                Some(_) => return Err(SignInError::AlreadySignedIn),
+                None => conn.user = Some(user.clone()),
+            }
+            conn.target.device = device.clone();
+            (conn.target.clone(), conn.channels.clone())
+        };
+        if device.is_some() {
+            for channel in &channels {
+                if let Some(mut ch) = self.channels.get_mut(&**channel) {
+                    if let Some(sub) = ch.subscribers.get_mut(&socket) {
+                        sub.target.device = device.clone();
+                    }
+                }
+            }
+        }
+        let first = {
+            let mut sockets = self.users.entry(user.clone()).or_default();
+            sockets.push((socket, target));
+            sockets.len() == 1
+        };
+        if first {
+            self.interest_changed(Topic::User(user));
+        }
+        Ok(())
+    }
+
+    /// The user `socket` is signed in as.
+    pub fn user_of(&self, socket: SocketId) -> Option<Arc<str>> {
+        self.connections.get(&socket).and_then(|c| c.user.clone())
+    }
+
+    /// Queues `publication` to every connection signed in as `user_id`, on every node, except its
+    /// excluded connection and device. Returns how many local connections got it.
+    pub fn publish_to_user(&self, user_id: &str, publication: &Publication) -> usize {
+        self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Publish { publication: publication.clone(), retain: false });
+        self.deliver_to_user(user_id, publication)
+    }
+
+    pub(super) fn deliver_to_user(&self, user_id: &str, publication: &Publication) -> usize {
+        let Some(sockets) = self.users.get(user_id) else { return 0 };
+        let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
+        self.push_all(sockets.iter().map(|(id, t)| (id, t)), publication.except, publication.except_device.as_deref(), &mut encoded)
+    }
+
+    /// Asks every connection signed in as `user_id`, on every node, to close. Returns how many local
+    /// ones were asked.
+    pub fn terminate_user(&self, user_id: &str) -> usize {
+        self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Terminate);
+        self.terminate_local(user_id)
+    }
+
+    pub(super) fn terminate_local(&self, user_id: &str) -> usize {
+        let Some(sockets) = self.users.get(user_id) else { return 0 };
+        sockets.iter().for_each(|(_, t)| t.outbox.close(Disconnect::Terminated));
+        sockets.len()
+    }
+}
