@@ -36,7 +36,7 @@ pub use codec::{Codec, CodecId, RawCodec};
 pub use engine::Engine;
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use history::{HistoryError, HistoryOptions, HistoryStore, Recovery};
-pub use hub::{ChannelInfo, EngineListener, Hub, Subscribed};
+pub use hub::{ChannelInfo, Departure, EngineListener, Hub, Subscribed, CLUSTER_WAIT};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;

@@ -1,12 +1,19 @@
 //! The hub's side of the cluster: handing publications to the broker, local interest, prepared routing
-//! for first subscribers, and applying what other nodes sent.
+//! for first subscribers, applying what other nodes sent, and the distributed part of joining, leaving
+//! and disconnecting (fronts only encode what the cluster decided).
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
 
 use crate::broker::{Broker, PreparedInterest, Remote, Topic};
-use crate::state::ClusterState;
+use crate::change::{ChannelChange, MemberJoin};
+use crate::error::SubscribeError;
+use crate::ids::SocketId;
+use crate::state::{ClusterState, Joined};
 
-use super::Hub;
+use super::{Hub, Subscribed};
 
 impl Hub {
     pub(crate) fn attach(&self, broker: Arc<dyn Broker>) -> bool {
@@ -90,5 +97,110 @@ impl Hub {
         let channels = self.channels.iter().map(|e| Topic::Channel(e.key().clone()));
         let users = self.users.iter().map(|e| Topic::User(e.key().clone()));
         channels.chain(users).collect()
+    }
+}
+
+/// How long one cluster round (routing ready, or a count) may take before the hub goes ahead with this
+/// node's own view.
+pub const CLUSTER_WAIT: Duration = Duration::from_secs(2);
+
+/// Cluster leaves of one departing connection that run at once.
+const LEAVE_CONCURRENCY: usize = 16;
+
+/// A connection that left this node but whose subscriptions the cluster still counts: settle it with
+/// [`Hub::settle`] (a front runs that on a tracked task, so nothing waits for Redis).
+#[must_use = "the cluster still counts these subscriptions until the departure is settled"]
+#[derive(Debug)]
+pub struct Departure {
+    subscriptions: Vec<(Arc<str>, Option<Arc<str>>)>,
+}
+
+impl Hub {
+    /// Subscribes `socket` to `channel` (`member` makes it a presence subscription) and, in a cluster,
+    /// does the whole distributed part: makes this node receive the channel from the others before
+    /// subscribing (bounded wait), counts the subscription cluster-wide, and returns the cluster's
+    /// decision (its subscriber count, whether the member is new, every member). The caller confirms to
+    /// its client, then announces the returned change ([`Hub::announce`]). If the cluster can't be
+    /// asked in time, this node's own view is returned (counted; reconciled later).
+    pub async fn join(&self, socket: SocketId, channel: &str, member: Option<MemberJoin>) -> Result<Subscribed, SubscribeError> {
+        let mut interest = self.prepare_channel(channel);
+        if let Some(interest) = interest.as_mut() {
+            if !matches!(tokio::time::timeout(CLUSTER_WAIT, interest.ready()).await, Ok(true)) {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
+            }
+        }
+        let subscribed = self.subscribe(socket, channel, member.clone())?;
+        // From here the local subscription holds the interest.
+        drop(interest);
+        let state = match self.state() {
+            Some(state) if !subscribed.already => state.clone(),
+            _ => return Ok(subscribed),
+        };
+        let max = self.app.limits.max_presence_members;
+        match tokio::time::timeout(CLUSTER_WAIT, state.join(&self.app.id, channel, member.as_ref(), max)).await {
+            Ok(Ok(Joined::Full)) => {
+                self.unsubscribe(socket, channel);
+                Err(SubscribeError::TooManyMembers { limit: max })
+            }
+            Ok(Ok(Joined::Counted { subscribers, member_added, members })) => Ok(Subscribed {
+                already: false,
+                change: ChannelChange::counted_join(subscribed.change.channel, subscribers, member_added, member.as_ref()),
+                members: members.or(subscribed.members),
+            }),
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                Ok(subscribed)
+            }
+        }
+    }
+
+    /// Unsubscribes `socket` from `channel` and, in a cluster, uncounts it cluster-wide. Returns the
+    /// decided change for the caller to announce; `None` if it was not subscribed (or the cluster could
+    /// not be asked in time: counted, reconciled later).
+    pub async fn leave(&self, socket: SocketId, channel: &str) -> Option<ChannelChange> {
+        let user = self.member_of(socket, channel);
+        let change = self.unsubscribe(socket, channel)?;
+        match self.state() {
+            Some(_) => self.uncount(change.channel, user).await,
+            None => Some(change),
+        }
+    }
+
+    /// Unregisters `socket` from this node. Without a cluster, announces what that changed and returns
+    /// `None`; in a cluster returns the [`Departure`] to [`Hub::settle`].
+    pub fn depart(&self, socket: SocketId) -> Option<Departure> {
+        if self.state().is_none() {
+            for change in self.disconnect(socket) {
+                self.announce(&change, None);
+            }
+            return None;
+        }
+        let subscriptions = self.subscriptions_of(socket);
+        self.disconnect(socket);
+        (!subscriptions.is_empty()).then_some(Departure { subscriptions })
+    }
+
+    /// Takes a departed connection's subscriptions out of the cluster counts, concurrently (bounded),
+    /// each under a deadline, and announces what the cluster decided.
+    pub async fn settle(&self, departure: Departure) {
+        futures_util::stream::iter(departure.subscriptions)
+            .for_each_concurrent(LEAVE_CONCURRENCY, |(channel, user)| async move {
+                if let Some(change) = self.uncount(channel, user).await {
+                    self.announce(&change, None);
+                }
+            })
+            .await;
+    }
+
+    /// One cluster leave: the cluster's decision, or `None` (counted) if it could not be asked in time.
+    async fn uncount(&self, channel: Arc<str>, user: Option<Arc<str>>) -> Option<ChannelChange> {
+        let state = self.state()?;
+        match tokio::time::timeout(CLUSTER_WAIT, state.leave(&self.app.id, &channel, user.as_deref())).await {
+            Ok(Ok(left)) => Some(ChannelChange::counted_leave(channel, left, user)),
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                None
+            }
+        }
     }
 }

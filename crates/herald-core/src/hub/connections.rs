@@ -41,7 +41,7 @@ impl Hub {
     }
 
     /// Removes a connection and all its subscriptions and sign-in, on this node. Returns the channel
-    /// changes (this node's view; in a cluster, [`Hub::disconnect_clustered`] decides cluster-wide).
+    /// changes (this node's view; in a cluster, [`Hub::depart`] and [`Hub::settle`] let the cluster decide).
     pub fn disconnect(&self, socket: SocketId) -> Vec<ChannelChange> {
         let Some((_, conn)) = self.connections.remove(&socket) else { return Vec::new() };
         self.connection_count.fetch_sub(1, Ordering::AcqRel);

@@ -16,6 +16,8 @@ mod cluster;
 mod connections;
 mod users;
 
+pub use cluster::{Departure, CLUSTER_WAIT};
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{ChannelChange, Codec, DataKind, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, SocketId, Subscribed};
+use herald_core::{
+    ChannelChange, Codec, DataKind, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, SocketId, SubscribeError, Subscribed,
+};
 use tokio::time::Instant;
 
 use super::cluster::{self, Step};
@@ -41,10 +43,9 @@ impl RateLimit {
     }
 }
 
-/// A subscription accepted on this node.
+/// A subscribe request that passed the front's checks, ready for the engine.
 pub(crate) struct Admitted {
     pub(crate) cache: bool,
-    pub(crate) subscribed: Subscribed,
     pub(crate) member: Option<MemberJoin>,
 }
 
@@ -116,24 +117,21 @@ impl Ctx {
             "pusher:pong" => {}
             "pusher:subscribe" => match msg.data_as::<SubscribeData>() {
                 Some(data) => {
-                    let clustered =
-                        self.hub.state().is_some() && is_valid_name(&data.channel) && ChannelKind::of(&data.channel).access != Access::User;
-                    if !clustered {
-                        self.subscribe(data);
-                        return None;
+                    let admitted = self.admit(&data)?;
+                    if self.hub.state().is_some() {
+                        return Some(cluster::subscribe(self, data.channel, admitted));
                     }
-                    let interest = self.hub.prepare_channel(&data.channel);
-                    return Some(cluster::subscribe(self, data, interest));
+                    let result = self.hub.subscribe(self.id, &data.channel, admitted.member);
+                    self.subscribed(&data.channel, admitted.cache, result);
                 }
                 None => self.error(codes::GENERIC_ERROR, "pusher:subscribe needs data.channel", "invalid_data"),
             },
             "pusher:unsubscribe" => match msg.data_as::<UnsubscribeData>() {
                 Some(data) => {
-                    let user = self.hub.member_of(self.id, &data.channel);
+                    if self.hub.state().is_some() {
+                        return Some(cluster::leave(self, data.channel));
+                    }
                     if let Some(change) = self.hub.unsubscribe(self.id, &data.channel) {
-                        if self.hub.state().is_some() {
-                            return Some(cluster::leave(self, change.channel, user));
-                        }
                         self.hub.announce(&change, Some(self.id));
                     }
                 }
@@ -149,8 +147,8 @@ impl Ctx {
         None
     }
 
-    /// Checks a subscribe (name, signature, limits) and subscribes on this node. Replies with the
-    /// error and returns `None` when refused, or when it was a user channel (answered already).
+    /// Checks a subscribe (name, signature, presence data). Replies with the error and returns `None`
+    /// when refused, or when it was a user channel (answered already).
     pub(crate) fn admit(&self, data: &SubscribeData) -> Option<Admitted> {
         let channel = data.channel.as_str();
         if !is_valid_name(channel) {
@@ -206,22 +204,17 @@ impl Ctx {
                 return None;
             }
         }
-        let subscribed = match self.hub.subscribe(self.id, channel, member.clone()) {
-            Ok(s) => s,
+        Some(Admitted { cache: kind.cache, member })
+    }
+
+    /// Confirms a subscription the engine accepted (or explains a refusal).
+    pub(crate) fn subscribed(&self, channel: &str, cache: bool, result: Result<Subscribed, SubscribeError>) {
+        match result {
+            Ok(Subscribed { already, change, members }) => self.confirm(channel, cache, members.as_deref(), &change, already),
             Err(e) => {
                 let (kind, status, message) = codes::subscribe_error(&e);
                 self.subscription_error(channel, kind, status, &message);
-                return None;
             }
-        };
-        Some(Admitted { cache: kind.cache, subscribed, member })
-    }
-
-    /// Subscribes on this node only (no cluster): admit, confirm, announce.
-    fn subscribe(&self, data: SubscribeData) {
-        if let Some(a) = self.admit(&data) {
-            let Subscribed { already, change, members } = a.subscribed;
-            self.confirm(&data.channel, a.cache, members.as_deref(), &change, already);
         }
     }
 

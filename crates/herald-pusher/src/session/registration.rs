@@ -5,16 +5,11 @@
 //! Redis delays nobody and shutdown waits for them within its grace.
 
 use std::ops::Deref;
-use std::sync::Arc;
 
-use futures_util::StreamExt;
+use herald_core::CLUSTER_WAIT;
 
-use super::cluster::CLUSTER_WAIT;
 use super::commands::Ctx;
 use crate::codes;
-
-/// Cluster leaves of one closing connection that run at once.
-const LEAVE_CONCURRENCY: usize = 16;
 
 /// A registered connection; unregistered on drop.
 pub(crate) struct Registered {
@@ -61,29 +56,20 @@ impl Deref for Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         let ctx = &self.ctx;
-        let Some(state) = ctx.hub.state().cloned() else {
-            for change in ctx.hub.disconnect(ctx.id) {
-                ctx.hub.announce(&change, None);
-            }
-            return;
-        };
-        // In a cluster the local view only decides routing; the cluster decides what to announce.
-        let subscriptions = ctx.hub.subscriptions_of(ctx.id);
-        ctx.hub.disconnect(ctx.id);
-        if subscriptions.is_empty() && !self.counted {
+        let departure = ctx.hub.depart(ctx.id);
+        if departure.is_none() && !self.counted {
             return;
         }
+        // In a cluster, what the connection held is taken back from Redis on a tracked task.
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (ctx, counted) = (ctx.clone(), self.counted);
-        let tasks = ctx.front.tasks.clone();
-        tasks.spawn_on(
+        let (hub, counted) = (ctx.hub.clone(), self.counted);
+        ctx.front.tasks.spawn_on(
             async move {
-                futures_util::stream::iter(subscriptions)
-                    .for_each_concurrent(LEAVE_CONCURRENCY, |(channel, user)| ctx.leave_clustered(channel, user, None))
-                    .await;
-                if counted {
-                    let app: Arc<str> = Arc::from(ctx.hub.app().id.as_str());
-                    if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&app)).await, Ok(Ok(()))) {
+                if let Some(departure) = departure {
+                    hub.settle(departure).await;
+                }
+                if let (true, Some(state)) = (counted, hub.state()) {
+                    if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&hub.app().id)).await, Ok(Ok(()))) {
                         metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
                     }
                 }
@@ -96,6 +82,7 @@ impl Drop for Registered {
 #[cfg(test)]
 mod tests {
     use std::panic::AssertUnwindSafe;
+    use std::sync::Arc;
 
     use bytes::Bytes;
     use herald_core::{App, Drained, Engine, MemberJoin};
