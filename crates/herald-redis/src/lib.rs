@@ -39,6 +39,8 @@
 mod config;
 mod envelope;
 mod health;
+mod history;
+mod idempotency;
 mod lease;
 mod publisher;
 mod reconcile;
@@ -46,6 +48,8 @@ mod state;
 mod subscriber;
 
 pub use config::{redact, RedisBrokerError, RedisConfig};
+pub use history::{HistoryPublish, RedisHistory};
+pub use idempotency::{IdempotencyError, RedisIdempotency, MAX_IDEMPOTENCY_KEY};
 pub use state::{Conn, RedisState};
 
 use std::collections::{HashMap, HashSet};

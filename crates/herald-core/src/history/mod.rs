@@ -1,10 +1,34 @@
 //! The boundary to a channel's history: a bounded, expiring stream of publications with offsets and an
 //! epoch, from which a reconnecting client recovers what it missed.
 //!
-//! Implementations: in memory (one node) and in Redis (every node; there, appending is done by the
-//! broker's confirmable publish in one script with the broadcast, and this trait reads).
+//! Implementations: in memory ([`MemoryHistory`], one node) and in Redis (`herald_redis::RedisHistory`,
+//! every node; there, appending can be done in one script with the broadcast, and this trait reads).
+//!
+//! Semantics every implementation follows (the conformance suite checks them on both):
+//! - a stream is created by its first append, or by [`HistoryStore::position`] / [`HistoryStore::since`]
+//!   on a channel without one: then it is empty (offset 0) but its epoch is already the one its first
+//!   publication will carry, so a client that subscribed before anything was published recovers it;
+//! - every append adds 1 to the offset (the first publication has offset 1); the stream keeps the last
+//!   `size` publications and is gone `ttl` after its last append (a stream created empty lives for the
+//!   store's own "pending" TTL); a stream that was removed or expired comes back with a new epoch;
+//! - an app keeps at most a fixed number of streams (expired ones do not count); creating one more, by
+//!   an append or by a read, is refused with [`HistoryError::TooManyChannels`];
+//! - [`HistoryStore::since`] with `None` returns the kept publications, oldest first, at most `limit`;
+//!   `recovered` is true only if that is the channel's whole history (nothing trimmed: the oldest kept
+//!   has offset 1, or nothing was ever published) and the limit cut nothing;
+//! - with `Some(position)`: an epoch other than the stream's, or an offset beyond the stream's (a client
+//!   "from the future", e.g. after a Redis flush), gives `recovered: false` and no publications; an
+//!   offset equal to the stream's gives `recovered: true` and none; otherwise the kept publications
+//!   after that offset, oldest first (the first `limit` of them, so a client can page on), with
+//!   `recovered: true` only if the stream still held the next offset and the limit cut nothing;
+//! - publications come back with their `position` set and without `except` (a connection id means
+//!   nothing once the client reconnected); `except_device` is kept.
+
+mod memory;
 
 use std::time::Duration;
+
+pub use memory::{HistoryClock, MemoryHistory};
 
 use crate::publication::{Publication, StreamPosition};
 use crate::state::BoxFuture;

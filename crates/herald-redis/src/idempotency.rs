@@ -1,0 +1,99 @@
+//! Idempotency keys across nodes: the Redis counterpart of [`herald_core::Idempotency`], so that a
+//! retry reaching another node is still recognised.
+//!
+//! Key `{P:A}:idem` (one sorted set per app, in the app's slot): idempotency key -> when it was first
+//! seen (ms, Redis clock). One script per check drops the keys older than the window, answers whether
+//! the key is there, adds it, and keeps at most `max_keys_per_app` (policy at the limit: **evict the
+//! oldest**, as in memory, counted in `herald_idempotency_evicted_total{app}`). The set expires a window
+//! after its last write. Keys are stored as given, so their length is bounded
+//! ([`MAX_IDEMPOTENCY_KEY`] bytes); a longer key is refused.
+
+use std::time::Duration;
+
+use herald_core::IdempotencyLimits;
+use redis::aio::ConnectionManager;
+use redis::Script;
+
+use crate::health::is_link_failure;
+use crate::history::Deadline;
+use crate::state::{app_tag, Conn};
+
+/// The longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+const SEEN: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1) end
+redis.call('PEXPIRE', KEYS[1], window)
+if over > 0 then return 2 end
+return 1
+"#;
+
+/// An idempotency check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// Redis could not be reached or answered in time (or answered nonsense).
+    #[error("idempotency check unavailable: {0}")]
+    Unavailable(String),
+    /// The key is longer than [`MAX_IDEMPOTENCY_KEY`].
+    #[error("idempotency key of {len} bytes (limit {max})")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Recently seen idempotency keys of every app, in Redis.
+pub struct RedisIdempotency<C = ConnectionManager> {
+    conn: C,
+    prefix: String,
+    limits: IdempotencyLimits,
+    deadline: Deadline,
+    seen: Script,
+}
+
+impl<C: Conn> RedisIdempotency<C> {
+    /// Keys under `prefix` on `conn`, remembered within `limits`, every call bounded by `timeout`.
+    pub fn new(conn: C, prefix: impl Into<String>, limits: IdempotencyLimits, timeout: Duration) -> RedisIdempotency<C> {
+        RedisIdempotency {
+            conn,
+            prefix: prefix.into(),
+            limits,
+            deadline: Deadline::Own(timeout.max(Duration::from_millis(10))),
+            seen: Script::new(SEEN),
+        }
+    }
+
+    /// True if `key` was not seen for `app_id` within the window (the publish goes on), remembering it;
+    /// false for a repeat. With `max_keys_per_app` 0 nothing is remembered and every key is new.
+    pub async fn first_seen(&self, app_id: &str, key: &str) -> Result<bool, IdempotencyError> {
+        if key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(IdempotencyError::KeyTooLong { len: key.len(), max: MAX_IDEMPOTENCY_KEY });
+        }
+        if self.limits.max_keys_per_app == 0 {
+            return Ok(true);
+        }
+        let mut invocation = self.seen.prepare_invoke();
+        let window = u64::try_from(self.limits.window.as_millis()).unwrap_or(u64::MAX).clamp(1, i64::MAX as u64 / 2);
+        invocation.key(format!("{}:idem", app_tag(&self.prefix, app_id))).arg(key).arg(window).arg(self.limits.max_keys_per_app);
+        let mut conn = self.conn.clone();
+        // Not retried: after a lost answer the key is recorded, and a retry would call it a repeat.
+        let answer: i64 = self.deadline.run(invocation.invoke_async(&mut conn)).await.map_err(|e| {
+            let why = if is_link_failure(&e) { e.to_string() } else { format!("unexpected answer: {e}") };
+            IdempotencyError::Unavailable(why)
+        })?;
+        if answer == 2 {
+            metrics::counter!("herald_idempotency_evicted_total", "app" => app_id.to_owned()).increment(1);
+        }
+        Ok(answer != 0)
+    }
+}
