@@ -1,5 +1,6 @@
 //! An application: the tenant every connection, channel and publish belongs to.
 
+use crate::history::HistoryOptions;
 use crate::outbox::OutboxLimits;
 use crate::retained::RetainedLimits;
 
@@ -22,6 +23,17 @@ pub struct App {
     pub enable_subscription_count: bool,
     /// Limits applied to this app.
     pub limits: AppLimits,
+    /// Which channels keep history (the first rule whose prefix matches wins).
+    pub history: Vec<HistoryRule>,
+}
+
+/// Channels whose name starts with `prefix` keep a history of `options`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRule {
+    /// Channel name prefix (empty: every channel).
+    pub prefix: String,
+    /// How much history.
+    pub options: HistoryOptions,
 }
 
 /// Per-app limits. Every one is enforced with a clear error to the offending client only.
@@ -43,6 +55,8 @@ pub struct AppLimits {
     pub outbox: OutboxLimits,
     /// Bounds of the cache-channel store.
     pub retained: RetainedLimits,
+    /// Channels that keep history at once; a new one beyond it is published without history (counted).
+    pub max_history_channels: usize,
 }
 
 impl Default for AppLimits {
@@ -56,6 +70,7 @@ impl Default for AppLimits {
             client_events_per_second: 10,
             outbox: OutboxLimits::default(),
             retained: RetainedLimits::default(),
+            max_history_channels: 10_000,
         }
     }
 }
@@ -72,6 +87,12 @@ impl App {
             enable_user_authentication: true,
             enable_subscription_count: false,
             limits: AppLimits::default(),
+            history: Vec::new(),
         }
+    }
+
+    /// The history `channel` keeps under this app's rules, if any.
+    pub fn history_for(&self, channel: &str) -> Option<HistoryOptions> {
+        self.history.iter().find(|rule| channel.starts_with(&rule.prefix)).map(|rule| rule.options)
     }
 }

@@ -30,7 +30,7 @@ mod publication;
 mod retained;
 mod state;
 
-pub use app::{App, AppLimits};
+pub use app::{App, AppLimits, HistoryRule};
 pub use broker::{Broker, PreparedInterest, Remote, Topic};
 pub use change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 pub use codec::{Codec, CodecId, RawCodec};

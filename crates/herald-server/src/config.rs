@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
+use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
 use herald_pusher::{PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
 use serde::Deserialize;
@@ -179,8 +179,21 @@ struct FileApp {
     client_events_per_second: Option<u32>,
     max_outbox_messages: Option<usize>,
     max_outbox_bytes: Option<usize>,
+    max_history_channels: Option<usize>,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
+    #[serde(default)]
+    history: Vec<FileHistory>,
+}
+
+/// One `[[apps.history]]` table: channels starting with `prefix` keep `size` publications for `ttl`
+/// seconds after the last one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHistory {
+    prefix: String,
+    size: usize,
+    ttl: u64,
 }
 
 /// One `[[apps.webhooks]]` table.
@@ -193,6 +206,8 @@ struct FileWebhook {
 }
 
 /// Default of `redis_timeout`.
+/// Most publications one channel's history may keep.
+const MAX_HISTORY_SIZE: usize = 10_000;
 /// Longest keep-alive timeout accepted (a day): beyond it, deadlines would overflow the clock.
 const MAX_TIMEOUT_SECS: u64 = 86_400;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -409,7 +424,19 @@ impl FileApp {
                 overflow: OverflowPolicy::DisconnectSlowConsumer,
             },
             retained: d.retained,
+            max_history_channels: positive("max_history_channels", self.max_history_channels, d.max_history_channels)?,
         };
+        let mut history = Vec::with_capacity(self.history.len());
+        for rule in &self.history {
+            if rule.size == 0 || rule.size > MAX_HISTORY_SIZE || rule.ttl == 0 || rule.ttl > MAX_TIMEOUT_SECS {
+                return Err(ConfigError::Invalid(format!(
+                    "app {:?}: history for {:?} needs size 1 to {MAX_HISTORY_SIZE} and ttl 1 to {MAX_TIMEOUT_SECS} seconds",
+                    self.id, rule.prefix
+                )));
+            }
+            let options = HistoryOptions { size: rule.size, ttl: Duration::from_secs(rule.ttl) };
+            history.push(HistoryRule { prefix: rule.prefix.clone(), options });
+        }
         Ok(App {
             id: self.id,
             key: self.key,
@@ -419,6 +446,7 @@ impl FileApp {
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
             limits,
+            history,
         })
     }
 }
