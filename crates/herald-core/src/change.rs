@@ -6,6 +6,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::presence::Member;
+use crate::publication::StreamPosition;
 use crate::state::Left;
 
 /// A presence member joining with a subscription.
@@ -89,5 +90,11 @@ pub enum ChannelEvent {
     Count {
         /// Subscribers across the cluster.
         subscribers: usize,
+    },
+    /// Publications of a channel with history were missed on this node (an offset skipped): clients
+    /// that can recover should, from their last position. Local to the node that saw the gap.
+    Gap {
+        /// The position of the publication that arrived after the gap.
+        position: StreamPosition,
     },
 }

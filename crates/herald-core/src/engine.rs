@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::app::App;
 use crate::broker::Broker;
 use crate::codec::{Codec, CodecId, Codecs};
+use crate::history::{HistoryBroadcast, HistoryStore, MemoryHistory};
 use crate::hub::{EngineListener, Hub};
 use crate::outbox::Disconnect;
 use crate::state::ClusterState;
@@ -22,10 +23,14 @@ impl Engine {
     /// An engine serving these apps.
     pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
         let codecs = Codecs::new();
+        let apps: Vec<App> = apps.into_iter().collect();
+        // One store for every app; its channel cap is the largest any app allows.
+        let max_channels = apps.iter().map(|a| a.limits.max_history_channels).max().unwrap_or(0);
+        let history = Arc::new(MemoryHistory::new(max_channels));
         let mut by_id = HashMap::new();
         let mut by_key = HashMap::new();
         for app in apps {
-            let hub = Arc::new(Hub::with_codecs(app, codecs.clone()));
+            let hub = Arc::new(Hub::with_shared(app, codecs.clone(), history.clone()));
             by_key.insert(hub.app().key.clone(), hub.clone());
             by_id.insert(hub.app().id.clone(), hub);
         }
@@ -71,6 +76,12 @@ impl Engine {
     /// Keeps counts and presence in `state`, shared by every node. Only the first call takes effect.
     pub fn attach_state(&self, state: Arc<dyn ClusterState>) -> bool {
         self.hubs().map(|hub| hub.attach_state(state.clone())).fold(true, |all, ok| all & ok)
+    }
+
+    /// Keeps channel history in `store`, appended and broadcast by `broadcast` (every node's), instead of
+    /// this node's memory. Only the first call takes effect.
+    pub fn attach_history(&self, store: Arc<dyn HistoryStore>, broadcast: Arc<dyn HistoryBroadcast>) -> bool {
+        self.hubs().map(|hub| hub.attach_history(store.clone(), broadcast.clone())).fold(true, |all, ok| all & ok)
     }
 
     /// The attached broker, if this node is part of a cluster.

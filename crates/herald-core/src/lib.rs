@@ -36,7 +36,7 @@ pub use change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 pub use codec::{Codec, CodecId, RawCodec};
 pub use engine::Engine;
 pub use error::{ConnectError, SignInError, SubscribeError};
-pub use history::{HistoryClock, HistoryError, HistoryOptions, HistoryStore, MemoryHistory, Recovery};
+pub use history::{HistoryBroadcast, HistoryClock, HistoryError, HistoryOptions, HistoryStore, MemoryHistory, Recovery};
 pub use hub::{ChannelInfo, Departure, EngineListener, Hub, Subscribed, CLUSTER_WAIT};
 pub use idempotency::{Idempotency, IdempotencyLimits};
 pub use ids::{ParseSocketIdError, SocketId};

@@ -186,7 +186,6 @@ impl<C: Conn> RedisHistory<C> {
 
     /// A store sharing the broker's deadline and circuit (fails at once while Redis is known
     /// unreachable).
-    #[allow(dead_code)] // the broker builds one once history is wired (issue 8)
     pub(crate) fn with_health(conn: C, prefix: String, max_channels_per_app: usize, health: Arc<Health>) -> RedisHistory<C> {
         RedisHistory::with_deadline(conn, prefix, max_channels_per_app, Deadline::Shared(health))
     }
@@ -449,4 +448,38 @@ impl<C: Conn> HistoryStore for RedisHistory<C> {
             Ok(())
         })
     }
+}
+
+/// Appends to history and broadcasts in one script, for the engine ([`HistoryBroadcast`]): the
+/// message is the node's envelope on the channel's pub/sub key, which Redis prefixes with the position.
+pub(crate) struct Broadcast<C> {
+    pub(crate) history: Arc<RedisHistory<C>>,
+    pub(crate) broker: Arc<crate::RedisBroker>,
+    pub(crate) sharded: bool,
+}
+
+impl<C: Conn> herald_core::HistoryBroadcast for Broadcast<C> {
+    fn append_and_broadcast<'a>(
+        &'a self,
+        app_id: &'a str,
+        publication: &'a Publication,
+        options: HistoryOptions,
+    ) -> herald_core::BoxFuture<'a, Result<StreamPosition, HistoryError>> {
+        Box::pin(async move {
+            let (channel, payload) = self.broker.history_message(app_id, publication);
+            let publish = HistoryPublish { channel: &channel, payload: &payload, sharded: self.sharded };
+            self.history.append_and_publish(app_id, publication, options, Some(publish)).await
+        })
+    }
+}
+
+/// Splits a history message from Redis into its position (`<offset>:<epoch>:`, written by the append
+/// script) and the envelope after it. `None` if it has no valid position prefix.
+pub(crate) fn split_position(payload: &[u8]) -> Option<(StreamPosition, &[u8])> {
+    let colon = payload.iter().position(|b| *b == b':')?;
+    let offset: u64 = std::str::from_utf8(&payload[..colon]).ok()?.parse().ok()?;
+    let rest = &payload[colon + 1..];
+    let colon = rest.iter().position(|b| *b == b':')?;
+    let epoch = std::str::from_utf8(&rest[..colon]).ok().filter(|e| !e.is_empty() && e.len() <= MAX_EPOCH)?;
+    Some((StreamPosition { offset, epoch: Arc::from(epoch) }, &rest[colon + 1..]))
 }

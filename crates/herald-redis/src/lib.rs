@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Broker, Engine, Remote, Topic};
+use herald_core::{Broker, Engine, Publication, Remote, Topic};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -191,6 +191,10 @@ impl RedisBroker {
         engine.attach(self.clone());
         let state = Arc::new(RedisState::new(conn.clone(), self.prefix.clone(), self.node, self.health.clone()));
         engine.attach_state(state);
+        let max_history = engine.hubs().map(|hub| hub.app().limits.max_history_channels).max().unwrap_or(0);
+        let history = Arc::new(RedisHistory::with_health(conn.clone(), self.prefix.clone(), max_history, self.health.clone()));
+        let broadcast = history::Broadcast { history: history.clone(), broker: self.clone(), sharded: config.cluster };
+        engine.attach_history(history, Arc::new(broadcast));
         tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, self.health.clone(), shutdown.clone()));
         tasks.spawn(reconcile::reconcile_loop(
             conn.clone(),
@@ -203,6 +207,13 @@ impl RedisBroker {
         let reap_every = (lease / 2).min(Duration::from_secs(2));
         tasks.spawn(lease::reaper_loop(conn, registry, Arc::downgrade(engine), self.health.clone(), reap_every, shutdown.clone()));
         Ok(())
+    }
+
+    /// The Redis channel and the envelope of a history publication (sent by the append script).
+    pub(crate) fn history_message(&self, app_id: &str, publication: &Publication) -> (String, Bytes) {
+        let topic = Topic::Channel(publication.channel.clone());
+        let payload = envelope::encode(self.node, &Remote::Publish { publication: publication.clone(), retain: false });
+        (self.key(app_id, &topic), payload)
     }
 
     /// What crossed Redis so far.

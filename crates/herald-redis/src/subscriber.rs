@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use herald_core::{Engine, Topic};
+use herald_core::{Engine, Remote, Topic};
 use redis::aio::PubSubSink;
 use redis::cluster_async::ClusterConnection;
 use tokio::sync::{mpsc, Notify};
@@ -139,6 +139,18 @@ impl RedisBroker {
             metrics::counter!("herald_redis_received_unwanted_total").increment(1);
             return;
         };
+        // History publications come from the append script with their position in front; the node
+        // that published one delivers it only now (in offset order), so its own echo counts too.
+        let (position, payload) = match payload.first() {
+            Some(b'0'..=b'9') => match crate::history::split_position(&payload) {
+                Some((position, rest)) => {
+                    let rest = payload.slice_ref(rest);
+                    (Some(position), rest)
+                }
+                None => (None, Bytes::new()),
+            },
+            _ => (None, payload),
+        };
         let envelope = match envelope::decode(payload) {
             Ok(envelope) => envelope,
             Err(e) => {
@@ -148,16 +160,20 @@ impl RedisBroker {
                 return;
             }
         };
-        if envelope.node() == self.node {
+        if envelope.node() == self.node && position.is_none() {
             self.stats.echoes.fetch_add(1, Ordering::Relaxed);
             return;
+        }
+        let mut message = envelope.into_message();
+        if let (Some(position), Remote::Publish { publication, .. }) = (position, &mut message) {
+            publication.position = Some(position);
         }
         if let Some(hub) = engine.by_id(app) {
             if !hub.has_local(topic) {
                 self.stats.unwanted.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("herald_redis_received_unwanted_total").increment(1);
             }
-            hub.receive(topic, envelope.into_message());
+            hub.receive(topic, message);
         }
     }
 }

@@ -156,7 +156,12 @@ impl MemoryHistory {
         Ok(streams.get_mut(channel).expect("present"))
     }
 
-    fn append_now(&self, app_id: &str, publication: &Publication, options: HistoryOptions) -> Result<StreamPosition, HistoryError> {
+    pub(crate) fn append_now(
+        &self,
+        app_id: &str,
+        publication: &Publication,
+        options: HistoryOptions,
+    ) -> Result<StreamPosition, HistoryError> {
         let now = (self.clock)();
         let expires = now + options.ttl;
         self.with_app(app_id, |streams| {
@@ -175,13 +180,24 @@ impl MemoryHistory {
         })
     }
 
-    fn remove_now(&self, app_id: &str, channel: &str) {
+    pub(crate) fn remove_now(&self, app_id: &str, channel: &str) {
         if let Some(streams) = self.apps.get(app_id) {
             streams.lock().remove(channel);
         }
     }
 
-    fn since_now(&self, app_id: &str, channel: &str, since: Option<&StreamPosition>, limit: usize) -> Result<Recovery, HistoryError> {
+    /// The channel's position, creating its (empty) stream if it has none.
+    pub(crate) fn position_now(&self, app_id: &str, channel: &str) -> Result<StreamPosition, HistoryError> {
+        self.since_now(app_id, channel, None, 0).map(|r| r.position)
+    }
+
+    pub(crate) fn since_now(
+        &self,
+        app_id: &str,
+        channel: &str,
+        since: Option<&StreamPosition>,
+        limit: usize,
+    ) -> Result<Recovery, HistoryError> {
         let now = (self.clock)();
         self.with_app(app_id, |streams| Ok(self.stream(app_id, streams, channel, now, now + self.pending_ttl)?.since(since, limit)))
     }
@@ -212,8 +228,7 @@ impl HistoryStore for MemoryHistory {
     /// Creates the (empty) stream if the channel has none, so that the epoch returned is the one its
     /// first publication will carry; refused at the app's channel limit like an append.
     fn position<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<StreamPosition, HistoryError>> {
-        let result = self.since_now(app_id, channel, None, 0).map(|r| r.position);
-        Box::pin(std::future::ready(result))
+        Box::pin(std::future::ready(self.position_now(app_id, channel)))
     }
 
     fn remove<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<(), HistoryError>> {

@@ -96,3 +96,17 @@ pub trait HistoryStore: Send + Sync + 'static {
     /// Drops the channel's stream; its next publication starts a new epoch.
     fn remove<'a>(&'a self, app_id: &'a str, channel: &'a str) -> BoxFuture<'a, Result<(), HistoryError>>;
 }
+
+/// A backend that appends to a channel's history and broadcasts the publication to every node in one
+/// step (Redis: one script does the offset, the append and the PUBLISH), so every node, the publishing
+/// one included, receives history publications in offset order.
+pub trait HistoryBroadcast: Send + Sync + 'static {
+    /// Appends `publication` to its channel's stream of app `app_id` and sends it, with its position,
+    /// to every node interested in the channel. Returns the position once the backend accepted it.
+    fn append_and_broadcast<'a>(
+        &'a self,
+        app_id: &'a str,
+        publication: &'a Publication,
+        options: HistoryOptions,
+    ) -> BoxFuture<'a, Result<StreamPosition, HistoryError>>;
+}

@@ -56,7 +56,7 @@ impl Hub {
                     return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
                 }
                 let presence = member.as_ref().map(|_| Presence::default());
-                (entry.insert(Channel { subscribers: HashMap::new(), presence }), true)
+                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None }), true)
             }
         };
         let ch = entry.value_mut();

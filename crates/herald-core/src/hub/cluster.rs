@@ -75,7 +75,7 @@ impl Hub {
                 if retain {
                     self.retain(publication.clone());
                 }
-                self.deliver(&publication)
+                self.deliver_in_order(&publication)
             }
             (Topic::Channel(channel), Remote::Event { event, except }) => self.deliver_event(channel, &event, except),
             (Topic::User(user), Remote::Publish { publication, .. }) => self.deliver_to_user(user, &publication),

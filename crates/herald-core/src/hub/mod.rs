@@ -14,6 +14,7 @@
 mod channels;
 mod cluster;
 mod connections;
+mod history;
 mod users;
 
 pub use cluster::{Departure, CLUSTER_WAIT};
@@ -31,10 +32,11 @@ use crate::app::App;
 use crate::broker::Broker;
 use crate::change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 use crate::codec::{CodecId, Codecs, Encoded};
+use crate::history::MemoryHistory;
 use crate::ids::SocketId;
 use crate::outbox::Outbox;
 use crate::presence::{Member, Presence};
-use crate::publication::Publication;
+use crate::publication::{Publication, StreamPosition};
 use crate::retained::Retained;
 use crate::state::ClusterState;
 
@@ -95,6 +97,8 @@ struct Subscriber {
 struct Channel {
     subscribers: HashMap<SocketId, Subscriber>,
     presence: Option<Presence>,
+    /// The position of the last publication delivered here (channels with history).
+    last: Option<StreamPosition>,
 }
 
 impl Channel {
@@ -124,16 +128,21 @@ pub struct Hub {
     broker: OnceLock<Arc<dyn Broker>>,
     state: OnceLock<Arc<dyn ClusterState>>,
     listeners: RwLock<Vec<Arc<dyn EngineListener>>>,
+    memory_history: Arc<MemoryHistory>,
+    shared_history: OnceLock<history::SharedHistory>,
+    /// Appending to the memory history and delivering happen under this lock, in offset order.
+    history_order: Mutex<()>,
 }
 
 impl Hub {
     /// An empty hub for `app`, with only the built-in raw codec (an [`crate::Engine`] shares its codecs
     /// between its hubs).
     pub fn new(app: App) -> Self {
-        Hub::with_codecs(app, Codecs::new())
+        let history = Arc::new(MemoryHistory::new(app.limits.max_history_channels));
+        Hub::with_shared(app, Codecs::new(), history)
     }
 
-    pub(crate) fn with_codecs(app: App, codecs: Arc<Codecs>) -> Self {
+    pub(crate) fn with_shared(app: App, codecs: Arc<Codecs>, memory_history: Arc<MemoryHistory>) -> Self {
         let label = [("app", app.id.clone())];
         let metrics = HubMetrics {
             connections: metrics::gauge!("herald_connections", &label),
@@ -154,6 +163,9 @@ impl Hub {
             broker: OnceLock::new(),
             state: OnceLock::new(),
             listeners: RwLock::new(Vec::new()),
+            memory_history,
+            shared_history: OnceLock::new(),
+            history_order: Mutex::new(()),
         }
     }
 

@@ -6,7 +6,7 @@ use crate::engine::Engine;
 use crate::error::{ConnectError, SignInError, SubscribeError};
 use crate::outbox::Disconnect;
 use crate::outbox::{Drained, OutboxLimits};
-use crate::publication::{DataKind, Publication};
+use crate::publication::{DataKind, Publication, StreamPosition};
 use crate::AppLimits;
 use crate::Broker;
 use std::sync::atomic::AtomicUsize;
@@ -358,4 +358,46 @@ async fn futures_frames(boxes: &[Outbox]) -> Vec<Vec<Bytes>> {
         out.push(frames(b).await);
     }
     out
+}
+
+#[tokio::test]
+async fn publications_with_history_get_consecutive_positions_and_can_be_recovered() {
+    let hub = hub();
+    let (id, outbox) = connect(&hub);
+    hub.subscribe(id, "stream-1", None).unwrap();
+    let options = crate::history::HistoryOptions { size: 2, ttl: std::time::Duration::from_secs(60) };
+    let p = |n: u8| Publication::new("stream-1", "e", Bytes::from(vec![b'0' + n]), DataKind::Text);
+    let first = hub.publish_with_history(&p(1), options).await.unwrap();
+    let second = hub.publish_with_history(&p(2), options).await.unwrap();
+    let third = hub.publish_with_history(&p(3), options).await.unwrap();
+    assert_eq!((first.offset, second.offset, third.offset), (1, 2, 3));
+    assert!(first.epoch == third.epoch);
+    assert_eq!(frames(&outbox).await, vec![Bytes::from("1"), Bytes::from("2"), Bytes::from("3")], "delivered in order");
+    let missed = hub.history("stream-1", Some(&second), 10).await.unwrap();
+    assert!(missed.recovered);
+    assert_eq!(missed.publications.iter().map(|p| p.data.clone()).collect::<Vec<_>>(), vec![Bytes::from("3")]);
+    let trimmed = hub.history("stream-1", Some(&StreamPosition { offset: 0, epoch: first.epoch.clone() }), 10).await.unwrap();
+    assert!(!trimmed.recovered, "the first publication was trimmed (size 2)");
+    assert_eq!(hub.stream_position("stream-1").await.unwrap(), third);
+}
+
+#[tokio::test]
+async fn a_gap_in_offsets_from_other_nodes_is_told_to_subscribers() {
+    let engine = Engine::new(vec![App::dev()]);
+    let counting = Arc::new(Counting(AtomicUsize::new(0), "c"));
+    let codec = engine.register_codec(counting.clone()).unwrap();
+    let hub = engine.by_id("app-id").unwrap().clone();
+    let (id, outbox) = hub.connect_with(codec).unwrap();
+    hub.subscribe(id, "stream-1", None).unwrap();
+    let at = |offset: u64| {
+        let mut p = Publication::new("stream-1", "e", Bytes::from(offset.to_string()), DataKind::Text);
+        p.position = Some(StreamPosition { offset, epoch: Arc::from("ep") });
+        Remote::Publish { publication: p, retain: false }
+    };
+    let topic = Topic::Channel(Arc::from("stream-1"));
+    hub.receive(&topic, at(1));
+    hub.receive(&topic, at(2));
+    hub.receive(&topic, at(4));
+    let got = frames(&outbox).await;
+    assert_eq!(got, vec![Bytes::from("c:1"), Bytes::from("c:2"), Bytes::from("c:event:stream-1"), Bytes::from("c:4")]);
 }

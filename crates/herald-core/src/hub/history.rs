@@ -1,0 +1,97 @@
+//! Channels with history: publishing with a position in the channel's stream, in offset order on every
+//! node, and reading what a client missed.
+//!
+//! On one node the stream is in memory and a publication is appended and delivered under one lock, so
+//! subscribers see offsets in order. With a shared backend (Redis) the publication is appended and
+//! broadcast in one step and every node (the publishing one too) delivers it when it comes back, so
+//! there is no local shortcut that could deliver two publications made through different nodes in
+//! different orders. Each node remembers the last offset it delivered per channel; a gap is counted
+//! and told to the channel's subscribers ([`ChannelEvent::Gap`]) so fronts that can recover do.
+
+use std::sync::Arc;
+
+use crate::change::ChannelEvent;
+use crate::history::{HistoryBroadcast, HistoryError, HistoryOptions, HistoryStore, Recovery};
+use crate::publication::{Publication, StreamPosition};
+
+use super::Hub;
+
+/// The shared history backend of a cluster: reads, and appends that broadcast.
+pub(crate) struct SharedHistory {
+    pub(crate) store: Arc<dyn HistoryStore>,
+    pub(crate) broadcast: Arc<dyn HistoryBroadcast>,
+}
+
+impl Hub {
+    pub(crate) fn attach_history(&self, store: Arc<dyn HistoryStore>, broadcast: Arc<dyn HistoryBroadcast>) -> bool {
+        self.shared_history.set(SharedHistory { store, broadcast }).is_ok()
+    }
+
+    /// The history `channel` keeps under the app's rules, if any.
+    pub fn history_options(&self, channel: &str) -> Option<HistoryOptions> {
+        self.app.history_for(channel)
+    }
+
+    /// Publishes to a channel with history: the publication gets the next offset of the channel's
+    /// stream (and its epoch) and every node delivers it in offset order. Returns its position once the
+    /// history accepted it (a confirmable publish: an HTTP API can answer with it, a bus consumer can
+    /// ack).
+    pub async fn publish_with_history(&self, publication: &Publication, options: HistoryOptions) -> Result<StreamPosition, HistoryError> {
+        if let Some(shared) = self.shared_history.get() {
+            return shared.broadcast.append_and_broadcast(&self.app.id, publication, options).await;
+        }
+        let _in_order = self.history_order.lock();
+        let position = self.memory_history.append_now(&self.app.id, publication, options)?;
+        let mut positioned = publication.clone();
+        positioned.position = Some(position.clone());
+        self.deliver(&positioned);
+        Ok(position)
+    }
+
+    /// What `channel` published after `since` (everything kept when `None`), at most `limit`, and
+    /// whether that is all a client missed.
+    pub async fn history(&self, channel: &str, since: Option<&StreamPosition>, limit: usize) -> Result<Recovery, HistoryError> {
+        match self.shared_history.get() {
+            Some(shared) => shared.store.since(&self.app.id, channel, since, limit).await,
+            None => self.memory_history.since_now(&self.app.id, channel, since, limit),
+        }
+    }
+
+    /// The channel stream's current position.
+    pub async fn stream_position(&self, channel: &str) -> Result<StreamPosition, HistoryError> {
+        match self.shared_history.get() {
+            Some(shared) => shared.store.position(&self.app.id, channel).await,
+            None => self.memory_history.position_now(&self.app.id, channel),
+        }
+    }
+
+    /// Drops the channel's history; its next publication starts a new epoch.
+    pub async fn remove_history(&self, channel: &str) -> Result<(), HistoryError> {
+        match self.shared_history.get() {
+            Some(shared) => shared.store.remove(&self.app.id, channel).await,
+            None => {
+                self.memory_history.remove_now(&self.app.id, channel);
+                Ok(())
+            }
+        }
+    }
+
+    /// Delivers a publication that carries its stream position, noting the channel's last offset; a
+    /// gap (an offset skipped in the same epoch) is counted and told to the subscribers first.
+    pub(super) fn deliver_in_order(&self, publication: &Publication) -> usize {
+        let Some(position) = &publication.position else { return self.deliver(publication) };
+        let gap = match self.channels.get_mut(&*publication.channel) {
+            Some(mut ch) => {
+                let gap = ch.last.as_ref().is_some_and(|last| last.epoch == position.epoch && last.offset + 1 < position.offset);
+                ch.last = Some(position.clone());
+                gap
+            }
+            None => return 0,
+        };
+        if gap {
+            metrics::counter!("herald_history_gaps_total", "app" => self.app.id.clone()).increment(1);
+            self.deliver_event(&publication.channel, &ChannelEvent::Gap { position: position.clone() }, None);
+        }
+        self.deliver(publication)
+    }
+}
