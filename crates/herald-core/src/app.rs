@@ -2,7 +2,6 @@
 
 use crate::history::HistoryOptions;
 use crate::outbox::OutboxLimits;
-use crate::retained::RetainedLimits;
 
 /// One tenant's identity and switches. Credentials are opaque to the engine; fronts use them.
 #[derive(Debug, Clone)]
@@ -53,8 +52,6 @@ pub struct AppLimits {
     pub client_events_per_second: u32,
     /// Outbound queue bounds for every connection of this app.
     pub outbox: OutboxLimits,
-    /// Bounds of the cache-channel store.
-    pub retained: RetainedLimits,
     /// Channels that keep history at once; a new one beyond it is published without history (counted).
     pub max_history_channels: usize,
 }
@@ -69,7 +66,6 @@ impl Default for AppLimits {
             max_event_size: 10 * 1024,
             client_events_per_second: 10,
             outbox: OutboxLimits::default(),
-            retained: RetainedLimits::default(),
             max_history_channels: 10_000,
         }
     }

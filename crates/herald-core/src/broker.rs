@@ -29,13 +29,10 @@ pub enum Topic {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Remote {
-    /// Deliver `publication` to local subscribers of the topic (honouring its exclusions); `retain`
-    /// also remembers it as the channel's last one (cache channels).
+    /// Deliver `publication` to local subscribers of the topic (honouring its exclusions).
     Publish {
         /// The publication.
         publication: Publication,
-        /// Remember it as the channel's last publication.
-        retain: bool,
     },
     /// Deliver an engine event to local subscribers of the channel, except `except`.
     Event {

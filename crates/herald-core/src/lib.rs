@@ -1,11 +1,13 @@
 //! Herald's engine: apps, connections, channels, subscriptions, presence, per-user routing, fan-out.
 //!
-//! The engine knows nothing about JSON, WebSockets or HTTP. Protocol fronts (such as `herald-pusher`)
-//! encode a publication to its wire frame once and hand the engine ready-to-write [`bytes::Bytes`]; the
-//! engine queues the same bytes (a refcount, no copy) to every subscriber's bounded [`Outbox`].
+//! The engine knows nothing about JSON, WebSockets or HTTP. Fronts (such as `herald-pusher`) publish
+//! protocol-neutral [`Publication`]s and register a [`Codec`]; delivery encodes a publication once per
+//! codec and queues the same bytes (a refcount, no copy) to every subscriber's bounded [`Outbox`].
+//! The engine also owns the cluster protocol ([`Hub::join`], [`Hub::leave`], [`Hub::settle`]) and
+//! channel history with offsets and epochs ([`Hub::publish_with_history`], [`Hub::history`]).
 //!
 //! Invariants:
-//! - every queue a client can grow is bounded ([`OutboxLimits`], [`RetainedLimits`]) and has a named
+//! - every queue a client can grow is bounded ([`OutboxLimits`], [`HistoryOptions`]) and has a named
 //!   overflow policy;
 //! - subscriber and member counts are maintained, never computed by scanning;
 //! - presence is keyed by user id with a per-user connection count, so a user with several tabs is one
@@ -27,7 +29,6 @@ mod ids;
 mod outbox;
 mod presence;
 mod publication;
-mod retained;
 mod state;
 
 pub use app::{App, AppLimits, HistoryRule};
@@ -43,5 +44,4 @@ pub use ids::{ParseSocketIdError, SocketId};
 pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;
 pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
-pub use retained::RetainedLimits;
 pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};

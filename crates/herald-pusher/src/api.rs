@@ -115,6 +115,7 @@ impl From<PublishError> for ApiError {
     fn from(e: PublishError) -> Self {
         let status = match e {
             PublishError::DataTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            PublishError::History(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_REQUEST,
         };
         ApiError(status, e.to_string())
@@ -343,7 +344,7 @@ async fn events(
 ) -> Result<Json<Value>, ApiError> {
     let (hub, body) = signed_body(&front, &app_id, &method, &uri, &headers, body).await?;
     let event = Prepared::new(&hub, parse_object(&body)?)?;
-    publish::trigger(&hub, &event.trigger())?;
+    publish::trigger(&hub, &event.trigger()).await?;
     if !event.info.any() {
         return Ok(Json(json!({})));
     }
@@ -379,7 +380,7 @@ async fn batch_events(
         events.push(Prepared::new(&hub, event)?);
     }
     for event in &events {
-        publish::trigger(&hub, &event.trigger())?;
+        publish::trigger(&hub, &event.trigger()).await?;
     }
     if !events.iter().any(|e| e.info.any()) {
         return Ok(Json(json!({})));

@@ -131,9 +131,9 @@ impl Pusher {
 
     /// Publishes an event in-process, exactly as `POST /apps/{id}/events` would. Returns how many
     /// connections it was queued to.
-    pub fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
+    pub async fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
         let hub = self.engine.by_id(app_id).ok_or_else(|| TriggerError::UnknownApp(app_id.to_string()))?;
-        Ok(publish::trigger(hub, trigger)?)
+        Ok(publish::trigger(hub, trigger).await?)
     }
 }
 

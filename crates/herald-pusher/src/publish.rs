@@ -4,7 +4,9 @@
 //! once and the same bytes go to every subscriber.
 
 use bytes::Bytes;
-use herald_core::{DataKind, Hub, Publication, SocketId};
+use std::time::Duration;
+
+use herald_core::{DataKind, HistoryError, HistoryOptions, Hub, Publication, SocketId};
 
 use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
 
@@ -53,6 +55,9 @@ pub enum PublishError {
     /// An encrypted channel was sent something that is not a `{nonce, ciphertext}` envelope.
     #[error("data for encrypted channel {0:?} must be an encrypted envelope with nonce and ciphertext")]
     Plaintext(String),
+    /// The channel keeps history and its store could not take the event (nothing was delivered).
+    #[error(transparent)]
+    History(#[from] HistoryError),
     /// Encrypted channels must be triggered one at a time (each has its own key).
     #[error("encrypted channels cannot be triggered together with other channels")]
     EncryptedMulti,
@@ -99,8 +104,19 @@ pub fn validate(hub: &Hub, t: &Trigger<'_>) -> Result<(), PublishError> {
     Ok(())
 }
 
-/// Validates and delivers a trigger. Returns how many connections it was queued to.
-pub fn trigger(hub: &Hub, t: &Trigger<'_>) -> Result<usize, PublishError> {
+/// What a Pusher `cache-` channel keeps: its last event, replayed to new subscribers for 30 minutes
+/// (Pusher's cache channels), as a channel history of size 1.
+pub const CACHE_HISTORY: HistoryOptions = HistoryOptions { size: 1, ttl: Duration::from_secs(30 * 60) };
+
+/// The history `channel` keeps: the app's rules first, then Pusher's cache channels.
+pub fn history_options(hub: &Hub, channel: &str) -> Option<HistoryOptions> {
+    hub.history_options(channel).or_else(|| ChannelKind::of(channel).cache.then_some(CACHE_HISTORY))
+}
+
+/// Validates and delivers a trigger. Returns how many connections on this node it was queued to
+/// (publications on channels with history are delivered as they come back from the history, in offset
+/// order, and not counted here).
+pub async fn trigger(hub: &Hub, t: &Trigger<'_>) -> Result<usize, PublishError> {
     validate(hub, t)?;
     let mut delivered = 0;
     let data = Bytes::copy_from_slice(t.data.as_bytes());
@@ -111,7 +127,18 @@ pub fn trigger(hub: &Hub, t: &Trigger<'_>) -> Result<usize, PublishError> {
             delivered += hub.publish_to_user(user, &publication);
             continue;
         }
-        delivered += if ChannelKind::of(channel).cache { hub.publish_retained(&publication) } else { hub.publish(&publication) };
+        match history_options(hub, channel) {
+            Some(options) => match hub.publish_with_history(&publication, options).await {
+                Ok(_) => {}
+                Err(HistoryError::TooManyChannels { .. }) => {
+                    // At the app's cap of channels with history: published, just not kept.
+                    metrics::counter!("herald_history_skipped_total", "app" => hub.app().id.clone()).increment(1);
+                    delivered += hub.publish(&publication);
+                }
+                Err(e) => return Err(PublishError::History(e)),
+            },
+            None => delivered += hub.publish(&publication),
+        }
     }
     metrics::counter!("herald_publishes_total").increment(1);
     Ok(delivered)
@@ -151,8 +178,10 @@ mod tests {
     async fn caches_last_event_of_cache_channels() {
         let hub = Hub::new(App::dev());
         let ch = vec!["cache-score".to_string()];
-        assert_eq!(trigger(&hub, &t(&ch, "1")), Ok(0));
-        let cached = hub.retained("cache-score").unwrap();
-        assert_eq!((&*cached.channel, &*cached.event, &cached.data[..]), ("cache-score", "e", &b"1"[..]));
+        assert_eq!(trigger(&hub, &t(&ch, "1")).await, Ok(0));
+        assert_eq!(trigger(&hub, &t(&ch, "2")).await, Ok(0));
+        let kept = hub.history("cache-score", None, 10).await.unwrap().publications;
+        assert_eq!(kept.len(), 1, "a cache channel keeps its last event");
+        assert_eq!((&*kept[0].channel, &*kept[0].event, &kept[0].data[..]), ("cache-score", "e", &b"2"[..]));
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Layout (version 2): `version (1) | kind (1) | node (16) | body`, all integers big-endian, strings
 //! and byte strings as `u32 length | bytes`, optional fields behind a `0`/`1` flag byte:
-//! - publish (kind 0, or 1 to also retain it): `channel | event | data kind (1) | data | except socket? |
+//! - publish (kind 0): `channel | event | data kind (1) | data | except socket? |
 //!   except device? | publisher? (user | info) | position? (offset u64 | epoch) | tags (u16 count | key |
 //!   value ...)`;
 //! - event (kind 3): `except socket? | event kind (1) | member added: user | info; member removed: user;
@@ -26,7 +26,6 @@ use herald_core::{ChannelEvent, DataKind, Member, Publication, PublisherInfo, Re
 
 const VERSION: u8 = 2;
 const PUBLISH: u8 = 0;
-const PUBLISH_RETAIN: u8 = 1;
 const TERMINATE: u8 = 2;
 const EVENT: u8 = 3;
 const HEADER: usize = 1 + 1 + 16;
@@ -131,8 +130,8 @@ pub(crate) fn encode(node: u128, message: &Remote) -> Bytes {
     let mut b = BytesMut::with_capacity(HEADER + 64);
     b.put_u8(VERSION);
     match message {
-        Remote::Publish { publication: p, retain } => {
-            b.put_u8(if *retain { PUBLISH_RETAIN } else { PUBLISH });
+        Remote::Publish { publication: p } => {
+            b.put_u8(PUBLISH);
             b.put_u128(node);
             put_bytes(&mut b, p.channel.as_bytes());
             put_bytes(&mut b, p.event.as_bytes());
@@ -290,7 +289,7 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Envelope, EnvelopeError> {
     let node = b.get_u128();
     let mut r = Reader(b);
     let message = match kind {
-        PUBLISH | PUBLISH_RETAIN => Remote::Publish { publication: r.publication()?, retain: kind == PUBLISH_RETAIN },
+        PUBLISH => Remote::Publish { publication: r.publication()? },
         EVENT => {
             let except = r.socket()?;
             Remote::Event { event: r.event()?, except }
@@ -326,9 +325,9 @@ mod tests {
     #[test]
     fn round_trip() {
         for message in [
-            Remote::Publish { publication: full(), retain: true },
-            Remote::Publish { publication: Publication::new("c", "e", Bytes::new(), DataKind::Text), retain: false },
-            Remote::Publish { publication: Publication::new("c", "", Bytes::from_static(&[0xff, 0]), DataKind::Binary), retain: false },
+            Remote::Publish { publication: full() },
+            Remote::Publish { publication: Publication::new("c", "e", Bytes::new(), DataKind::Text) },
+            Remote::Publish { publication: Publication::new("c", "", Bytes::from_static(&[0xff, 0]), DataKind::Binary) },
             Remote::Event { event: ChannelEvent::MemberAdded(Member { user_id: Arc::from("u"), info: Bytes::new() }), except: None },
             Remote::Event { event: ChannelEvent::MemberRemoved { user_id: Arc::from("u") }, except: Some(SocketId::random()) },
             Remote::Event { event: ChannelEvent::Count { subscribers: 7 }, except: None },
@@ -339,9 +338,7 @@ mod tests {
     }
 
     fn deliver(data: &'static [u8], kind: DataKind) -> BytesMut {
-        BytesMut::from(
-            &encode(1, &Remote::Publish { publication: Publication::new("c", "e", Bytes::from_static(data), kind), retain: false })[..],
-        )
+        BytesMut::from(&encode(1, &Remote::Publish { publication: Publication::new("c", "e", Bytes::from_static(data), kind) })[..])
     }
 
     #[test]
@@ -383,7 +380,7 @@ mod tests {
         /// canonical.
         #[test]
         fn decode_of_mutated_envelopes_never_panics(at in 0usize..200, value in any::<u8>(), cut in 0usize..200) {
-            let mut bytes = BytesMut::from(&encode(9, &Remote::Publish { publication: full(), retain: false })[..]);
+            let mut bytes = BytesMut::from(&encode(9, &Remote::Publish { publication: full() })[..]);
             let at = at % bytes.len();
             bytes[at] = value;
             bytes.truncate(bytes.len() - cut.min(bytes.len()));
@@ -402,7 +399,7 @@ mod tests {
             let mut p = Publication::new(channel, event, Bytes::from(text), DataKind::Text);
             p.except_device = device.map(Arc::from);
             p.position = Some(StreamPosition { offset, epoch: Arc::from("e") });
-            let message = Remote::Publish { publication: p, retain: false };
+            let message = Remote::Publish { publication: p };
             prop_assert_eq!(decoded(encode(3, &message)), Some((3, message)));
         }
     }

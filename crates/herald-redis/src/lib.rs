@@ -212,7 +212,7 @@ impl RedisBroker {
     /// The Redis channel and the envelope of a history publication (sent by the append script).
     pub(crate) fn history_message(&self, app_id: &str, publication: &Publication) -> (String, Bytes) {
         let topic = Topic::Channel(publication.channel.clone());
-        let payload = envelope::encode(self.node, &Remote::Publish { publication: publication.clone(), retain: false });
+        let payload = envelope::encode(self.node, &Remote::Publish { publication: publication.clone() });
         (self.key(app_id, &topic), payload)
     }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use common::{eventually, frames, raw, Node, RedisServer};
-use herald_core::{App, MemberJoin};
+use herald_core::{App, HistoryOptions, MemberJoin};
 
 /// A header as a foreign node would write it: version 2, `kind`, node 0x42.
 fn header(kind: u8) -> BytesMut {
@@ -47,7 +47,11 @@ fn garbage() -> Vec<Bytes> {
     bad_flag[flag_at] = 2;
     vec![
         publish(0, &[0xff, 0xfe, 0xfd]).freeze(),
-        publish(1, &[0xff, 0xfe, 0xfd]).freeze(),
+        // As the history script would send it: a position, then an envelope whose text is not UTF-8.
+        [&b"7:ep:"[..], &publish(0, &[0xff, 0xfe, 0xfd])[..]].concat().into(),
+        // A position prefix that is not one.
+        Bytes::from_static(b"7:"),
+        publish(1, b"ok").freeze(),
         publish(0, b"ok").freeze().slice(..25),
         Bytes::from_static(b"hello"),
         Bytes::new(),
@@ -83,11 +87,12 @@ async fn bad_envelopes_from_redis_are_dropped_and_counted_and_valid_ones_still_f
     // A valid publish from another node, after the garbage (Redis keeps the order).
     let frame = Bytes::from_static(b"{\"event\":\"ok\"}");
     b.hub().publish_raw("presence-room", &frame, None);
-    b.hub().publish_retained(&raw("cache-room", &frame));
-    assert!(eventually(Duration::from_secs(5), || async { a.hub().retained("cache-room").is_some() }).await);
+    let cached = HistoryOptions { size: 1, ttl: Duration::from_secs(60) };
+    b.hub().publish_with_history(&raw("cache-room", &frame), cached).await.unwrap();
     assert_eq!(frames(&outbox, 300).await, [frame.clone(), frame.clone()], "the valid frames and nothing from the garbage");
     assert_eq!(a.broker.stats().bad_envelopes.load(Ordering::Relaxed), 2 * garbage.len() as u64);
-    assert_eq!(a.hub().retained("cache-room").map(|p| p.data), Some(frame.clone()), "only the valid frame is retained");
+    let kept = a.hub().history("cache-room", None, 10).await.unwrap().publications;
+    assert_eq!(kept.iter().map(|p| p.data.clone()).collect::<Vec<_>>(), vec![frame], "only the valid one is kept");
     assert!(a.hub().is_subscribed(id, "presence-room"));
     redis.stop().await;
 }

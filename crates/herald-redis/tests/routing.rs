@@ -146,7 +146,7 @@ async fn users_and_termination_cross_nodes() {
 }
 
 #[tokio::test]
-async fn cache_channels_remember_remote_publishes_and_prefixes_isolate() {
+async fn channels_with_history_keep_remote_publishes_and_prefixes_isolate() {
     let redis = RedisServer::start().await;
     let a = Node::start(&redis, "blue").await;
     let b = Node::start(&redis, "blue").await;
@@ -156,9 +156,11 @@ async fn cache_channels_remember_remote_publishes_and_prefixes_isolate() {
     b.subscriptions(1).await;
     other.subscriptions(1).await;
     let frame = Bytes::from_static(b"{\"event\":\"goal\"}");
-    a.hub().publish_retained(&raw("cache-score", &frame));
+    let cached = herald_core::HistoryOptions { size: 1, ttl: Duration::from_secs(60) };
+    a.hub().publish_with_history(&raw("cache-score", &frame), cached).await.unwrap();
     assert_eq!(next(&b_box, 1000).await.as_ref(), Some(&frame));
-    assert_eq!(b.hub().retained("cache-score").map(|p| p.data), Some(frame.clone()));
+    let kept = b.hub().history("cache-score", None, 10).await.unwrap().publications;
+    assert_eq!(kept.iter().map(|p| p.data.clone()).collect::<Vec<_>>(), vec![frame]);
     // Another deployment on the same Redis sees nothing.
     assert_eq!(next(&other_box, 200).await, None);
     assert_eq!(other.broker.stats().received.load(Ordering::Relaxed), 0);

@@ -24,7 +24,7 @@ async fn ship(State(herald): State<Herald>, Path(id): Path<u64>) -> (StatusCode,
     let data = serde_json::json!({ "id": id, "status": "shipped" }).to_string();
     let channels = ["orders".to_string()];
     let event = Trigger { name: "order-shipped", data: &data, channels: &channels, socket_id: None };
-    match herald.trigger("app-id", &event) {
+    match herald.trigger("app-id", &event).await {
         Ok(delivered) => (StatusCode::OK, Json(serde_json::json!({ "delivered": delivered }))),
         Err(e) => (StatusCode::BAD_REQUEST, Json(serde_json::json!({ "error": e.to_string() }))),
     }

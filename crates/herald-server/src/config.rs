@@ -423,7 +423,6 @@ impl FileApp {
                 max_bytes: positive("max_outbox_bytes", self.max_outbox_bytes, d.outbox.max_bytes)?,
                 overflow: OverflowPolicy::DisconnectSlowConsumer,
             },
-            retained: d.retained,
             max_history_channels: positive("max_history_channels", self.max_history_channels, d.max_history_channels)?,
         };
         let mut history = Vec::with_capacity(self.history.len());

@@ -82,8 +82,8 @@ impl Herald {
     }
 
     /// Publishes in-process, as `POST /apps/{id}/events` does.
-    pub fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
-        self.pusher.trigger(app_id, trigger)
+    pub async fn trigger(&self, app_id: &str, trigger: &Trigger<'_>) -> Result<usize, TriggerError> {
+        self.pusher.trigger(app_id, trigger).await
     }
 
     /// The Pusher front (for its engine and API).

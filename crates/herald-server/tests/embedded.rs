@@ -17,7 +17,7 @@ use serde_json::Value;
 async fn announce(State(herald): State<Herald>) -> String {
     let channels = ["news".to_string()];
     let t = Trigger { name: "headline", data: r#"{"title":"hi"}"#, channels: &channels, socket_id: None };
-    herald.trigger("app-id", &t).unwrap().to_string()
+    herald.trigger("app-id", &t).await.unwrap().to_string()
 }
 
 #[tokio::test]
@@ -48,8 +48,8 @@ async fn application_router_publishes_in_process_and_drains() {
     // In-process errors are typed.
     let none: [String; 0] = [];
     let bad = Trigger { name: "x", data: "{}", channels: &none, socket_id: None };
-    assert!(matches!(herald.trigger("no-such-app", &bad), Err(TriggerError::UnknownApp(_))));
-    assert!(matches!(herald.trigger("app-id", &bad), Err(TriggerError::Publish(_))));
+    assert!(matches!(herald.trigger("no-such-app", &bad).await, Err(TriggerError::UnknownApp(_))));
+    assert!(matches!(herald.trigger("app-id", &bad).await, Err(TriggerError::Publish(_))));
 
     // Drain: the client is asked to reconnect elsewhere.
     herald.drain(Duration::from_secs(5)).await;

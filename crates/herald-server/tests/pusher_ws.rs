@@ -190,7 +190,7 @@ async fn slow_consumer_is_closed_with_4100_and_others_unaffected() {
     let total = 3000;
     for i in 0..total {
         let t = herald_pusher::Trigger { name: "tick", data: &payload, channels: &channels, socket_id: None };
-        server.herald.trigger("app-id", &t).unwrap();
+        server.herald.trigger("app-id", &t).await.unwrap();
         // The fast client keeps up: it reads after every few publishes.
         if i % 5 == 4 {
             while received <= i - 5 {

@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use dashmap::mapref::entry::Entry;
@@ -136,21 +135,7 @@ impl Hub {
     /// Delivers `publication` to its channel's subscribers on this node and (through the broker) on
     /// every other, except its excluded connection and device. Returns how many local subscribers got it.
     pub fn publish(&self, publication: &Publication) -> usize {
-        self.broadcast(
-            || Topic::Channel(publication.channel.clone()),
-            || Remote::Publish { publication: publication.clone(), retain: false },
-        );
-        self.deliver(publication)
-    }
-
-    /// Like [`Hub::publish`], and remembers `publication` as the channel's last one on every node
-    /// (replayed to new subscribers: Pusher's cache channels).
-    pub fn publish_retained(&self, publication: &Publication) -> usize {
-        self.broadcast(
-            || Topic::Channel(publication.channel.clone()),
-            || Remote::Publish { publication: publication.clone(), retain: true },
-        );
-        self.retain(publication.clone());
+        self.broadcast(|| Topic::Channel(publication.channel.clone()), || Remote::Publish { publication: publication.clone() });
         self.deliver(publication)
     }
 
@@ -181,16 +166,5 @@ impl Hub {
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.event(channel, event));
         let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.target));
         self.push_all(targets, except, None, &mut encoded)
-    }
-
-    /// Remembers `publication` as the last one of its channel (on this node).
-    pub fn retain(&self, publication: Publication) {
-        let channel = publication.channel.clone();
-        self.retained.lock().put(&channel, publication, Instant::now());
-    }
-
-    /// The last publication remembered for `channel`, if it is fresh.
-    pub fn retained(&self, channel: &str) -> Option<Publication> {
-        self.retained.lock().get(channel, Instant::now())
     }
 }

@@ -69,16 +69,13 @@ impl Hub {
     /// Applies a message another node published (called by the broker). Returns local deliveries.
     pub fn receive(&self, topic: &Topic, message: Remote) -> usize {
         match (topic, message) {
-            (Topic::Channel(channel), Remote::Publish { mut publication, retain }) => {
+            (Topic::Channel(channel), Remote::Publish { mut publication }) => {
                 // The topic routes: a publication names the channel it was received for.
                 publication.channel = channel.clone();
-                if retain {
-                    self.retain(publication.clone());
-                }
                 self.deliver_in_order(&publication)
             }
             (Topic::Channel(channel), Remote::Event { event, except }) => self.deliver_event(channel, &event, except),
-            (Topic::User(user), Remote::Publish { publication, .. }) => self.deliver_to_user(user, &publication),
+            (Topic::User(user), Remote::Publish { publication }) => self.deliver_to_user(user, &publication),
             (Topic::User(user), Remote::Terminate) => self.terminate_local(user),
             (Topic::Channel(_), Remote::Terminate) | (Topic::User(_), Remote::Event { .. }) => 0,
         }

@@ -36,8 +36,7 @@ use crate::history::MemoryHistory;
 use crate::ids::SocketId;
 use crate::outbox::Outbox;
 use crate::presence::{Member, Presence};
-use crate::publication::{Publication, StreamPosition};
-use crate::retained::Retained;
+use crate::publication::StreamPosition;
 use crate::state::ClusterState;
 
 /// Hears every channel change of a hub: a front turns them into its protocol's events and webhooks.
@@ -122,7 +121,6 @@ pub struct Hub {
     connection_count: AtomicUsize,
     channels: DashMap<Arc<str>, Channel>,
     users: DashMap<Arc<str>, Vec<(SocketId, Target)>>,
-    retained: Mutex<Retained<Publication>>,
     metrics: HubMetrics,
     codecs: Arc<Codecs>,
     broker: OnceLock<Arc<dyn Broker>>,
@@ -152,7 +150,6 @@ impl Hub {
             bytes_out: metrics::counter!("herald_bytes_out_total", &label),
         };
         Hub {
-            retained: Mutex::new(Retained::new(app.limits.retained)),
             app,
             connections: DashMap::new(),
             connection_count: AtomicUsize::new(0),

@@ -11,7 +11,7 @@ use std::pin::Pin;
 
 use herald_core::{PreparedInterest, CLUSTER_WAIT};
 
-use super::commands::{Admitted, Ctx};
+use super::commands::{last, Admitted, Cached, Ctx};
 
 /// A pending cluster step of one session. Boxed: idle connections keep only an empty `Option`.
 pub(crate) type Step = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -21,7 +21,11 @@ pub(crate) fn subscribe(ctx: &Ctx, channel: String, admitted: Admitted) -> Step 
     let ctx = ctx.clone();
     Box::pin(async move {
         let result = ctx.hub.join(ctx.id, &channel, admitted.member).await;
-        ctx.subscribed(&channel, admitted.cache, result);
+        let cached = match admitted.cache && result.is_ok() {
+            true => Cached::Channel(last(ctx.hub.history(&channel, None, usize::MAX).await)),
+            false => Cached::No,
+        };
+        ctx.subscribed(&channel, cached, result);
     })
 }
 

@@ -6,8 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use herald_core::{
-    ChannelChange, Codec, DataKind, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, SocketId, SubscribeError, Subscribed,
+    ChannelChange, Codec, DataKind, HistoryError, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, Recovery, SocketId,
+    SubscribeError, Subscribed,
 };
 use tokio::time::Instant;
 
@@ -41,6 +43,19 @@ impl RateLimit {
         self.used += 1;
         self.used <= self.per_second
     }
+}
+
+/// Whether a subscription replays a cache channel's last event.
+pub(crate) enum Cached {
+    /// Not a cache channel.
+    No,
+    /// A cache channel, with its last event if it has one (else `pusher:cache_miss`).
+    Channel(Option<Box<Publication>>),
+}
+
+/// The newest publication a history read returned.
+pub(crate) fn last(read: Result<Recovery, HistoryError>) -> Option<Box<Publication>> {
+    read.ok().and_then(|mut r| r.publications.pop()).map(Box::new)
 }
 
 /// A subscribe request that passed the front's checks, ready for the engine.
@@ -122,7 +137,12 @@ impl Ctx {
                         return Some(cluster::subscribe(self, data.channel, admitted));
                     }
                     let result = self.hub.subscribe(self.id, &data.channel, admitted.member);
-                    self.subscribed(&data.channel, admitted.cache, result);
+                    // Without a cluster the history is in memory: reading it does not wait.
+                    let cached = match admitted.cache {
+                        true => Cached::Channel(self.hub.history(&data.channel, None, usize::MAX).now_or_never().and_then(last)),
+                        false => Cached::No,
+                    };
+                    self.subscribed(&data.channel, cached, result);
                 }
                 None => self.error(codes::GENERIC_ERROR, "pusher:subscribe needs data.channel", "invalid_data"),
             },
@@ -208,9 +228,9 @@ impl Ctx {
     }
 
     /// Confirms a subscription the engine accepted (or explains a refusal).
-    pub(crate) fn subscribed(&self, channel: &str, cache: bool, result: Result<Subscribed, SubscribeError>) {
+    pub(crate) fn subscribed(&self, channel: &str, cached: Cached, result: Result<Subscribed, SubscribeError>) {
         match result {
-            Ok(Subscribed { already, change, members }) => self.confirm(channel, cache, members.as_deref(), &change, already),
+            Ok(Subscribed { already, change, members }) => self.confirm(channel, cached, members.as_deref(), &change, already),
             Err(e) => {
                 let (kind, status, message) = codes::subscribe_error(&e);
                 self.subscription_error(channel, kind, status, &message);
@@ -220,14 +240,14 @@ impl Ctx {
 
     /// Tells the subscriber it is in (with the member list on presence channels), replays a cache
     /// channel's last event, and announces the change to the channel.
-    pub(crate) fn confirm(&self, channel: &str, cache: bool, members: Option<&[Member]>, change: &ChannelChange, already: bool) {
+    pub(crate) fn confirm(&self, channel: &str, cached: Cached, members: Option<&[Member]>, change: &ChannelChange, already: bool) {
         let data = match members {
             Some(members) => presence_data(members),
             None => "{}".to_string(),
         };
         self.reply(wire::frame("pusher_internal:subscription_succeeded", Some(channel), Data::Str(&data), None));
-        if cache {
-            match self.hub.retained(channel).and_then(|p| PusherCodec.publication(&p)) {
+        if let Cached::Channel(last) = cached {
+            match last.and_then(|p| PusherCodec.publication(&p)) {
                 Some(frame) => self.reply(frame),
                 None => {
                     self.reply(wire::frame("pusher:cache_miss", Some(channel), Data::None, None));
