@@ -16,9 +16,16 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// A server on a free port. A port picked free can be taken by another test's server before ours
+    /// binds it: then ours exits and another port is tried.
     pub async fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        RedisServer::on(port).await
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            if let Some(server) = RedisServer::try_on(port, &[]).await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     pub async fn on(port: u16) -> RedisServer {
@@ -27,20 +34,28 @@ impl RedisServer {
 
     /// A server on `port` with extra command-line options (e.g. `--requirepass`).
     pub async fn with_args(port: u16, extra: &[&str]) -> RedisServer {
-        let child = Command::new("redis-server")
+        RedisServer::try_on(port, extra).await.unwrap_or_else(|| panic!("redis-server did not start on {port}"))
+    }
+
+    async fn try_on(port: u16, extra: &[&str]) -> Option<RedisServer> {
+        let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .args(extra)
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server must be installed");
-        for _ in 0..100 {
+        // Up to 15 s: a busy machine (a whole test suite starting servers) can be slow.
+        for _ in 0..300 {
             if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return RedisServer { port, child };
+                return Some(RedisServer { port, child });
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("redis-server did not start on {port}");
+        None
     }
 
     pub fn url(&self) -> String {
