@@ -1,4 +1,4 @@
-//! Every app's hub, looked up by id or key, and what they share: the codecs fronts registered, the
+//! Every app's hub, looked up by id, and what they share: the codecs fronts registered, the
 //! broker and the cluster state.
 
 use std::collections::HashMap;
@@ -11,10 +11,9 @@ use crate::hub::{EngineListener, Hub};
 use crate::outbox::Disconnect;
 use crate::state::ClusterState;
 
-/// Every app's hub, looked up by id (HTTP API) or key (WebSocket path).
+/// Every app's hub, looked up by id (fronts map their own credentials to it).
 pub struct Engine {
     by_id: HashMap<String, Arc<Hub>>,
-    by_key: HashMap<String, Arc<Hub>>,
     codecs: Arc<Codecs>,
 }
 
@@ -23,23 +22,16 @@ impl Engine {
     pub fn new(apps: impl IntoIterator<Item = App>) -> Self {
         let codecs = Codecs::new();
         let mut by_id = HashMap::new();
-        let mut by_key = HashMap::new();
         for app in apps {
             let hub = Arc::new(Hub::with_codecs(app, codecs.clone()));
-            by_key.insert(hub.app().key.clone(), hub.clone());
             by_id.insert(hub.app().id.clone(), hub);
         }
-        Engine { by_id, by_key, codecs }
+        Engine { by_id, codecs }
     }
 
     /// The hub of the app with this id.
     pub fn by_id(&self, id: &str) -> Option<&Arc<Hub>> {
         self.by_id.get(id)
-    }
-
-    /// The hub of the app with this key.
-    pub fn by_key(&self, key: &str) -> Option<&Arc<Hub>> {
-        self.by_key.get(key)
     }
 
     /// Every hub.

@@ -183,11 +183,11 @@ async fn cache_channel_remembers_last_frame() {
 }
 
 #[test]
-fn engine_finds_apps_by_id_and_key() {
-    let engine = Engine::new([App::dev(), App { id: "2".into(), key: "k2".into(), ..App::dev() }]);
-    assert_eq!(engine.by_key("app-key").unwrap().app().id, "app-id");
-    assert_eq!(engine.by_id("2").unwrap().app().key, "k2");
-    assert!(engine.by_key("nope").is_none());
+fn engine_finds_apps_by_id() {
+    let engine = Engine::new([App::dev(), App { id: "2".into(), enabled: false, ..App::dev() }]);
+    assert!(engine.by_id("app-id").unwrap().app().enabled);
+    assert!(!engine.by_id("2").unwrap().app().enabled);
+    assert!(engine.by_id("nope").is_none());
 }
 
 /// Occupied/Vacated (and MemberAdded/MemberRemoved) are decided once per real transition even when
