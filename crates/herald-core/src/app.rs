@@ -3,23 +3,15 @@
 use crate::history::HistoryOptions;
 use crate::outbox::OutboxLimits;
 
-/// One tenant's identity and switches. Credentials are opaque to the engine; fronts use them.
+/// One tenant as the engine sees it: its id, whether it is enabled, its limits and history rules.
+/// Credentials and protocol switches belong to each front's own per-app settings, which name the app
+/// by this id.
 #[derive(Debug, Clone)]
 pub struct App {
-    /// Public id used by the HTTP API (`/apps/{id}/...`).
+    /// The app's id: fronts find its hub by it, and cluster state and metrics are keyed by it.
     pub id: String,
-    /// Public key clients connect with.
-    pub key: String,
-    /// Shared secret for signatures.
-    pub secret: String,
     /// A disabled app refuses new connections.
     pub enabled: bool,
-    /// Whether clients may send `client-*` events.
-    pub enable_client_messages: bool,
-    /// Whether clients may sign in as a user.
-    pub enable_user_authentication: bool,
-    /// Whether subscribers receive subscription-count updates.
-    pub enable_subscription_count: bool,
     /// Limits applied to this app.
     pub limits: AppLimits,
     /// Which channels keep history (the first rule whose prefix matches wins).
@@ -72,19 +64,9 @@ impl Default for AppLimits {
 }
 
 impl App {
-    /// The development app: `app-id` / `app-key` / `app-secret`, client events and user sign-in on.
+    /// The development app: id `app-id`, enabled, default limits, no history.
     pub fn dev() -> Self {
-        App {
-            id: "app-id".into(),
-            key: "app-key".into(),
-            secret: "app-secret".into(),
-            enabled: true,
-            enable_client_messages: true,
-            enable_user_authentication: true,
-            enable_subscription_count: false,
-            limits: AppLimits::default(),
-            history: Vec::new(),
-        }
+        App { id: "app-id".into(), enabled: true, limits: AppLimits::default(), history: Vec::new() }
     }
 
     /// The history `channel` keeps under this app's rules, if any.

@@ -1,4 +1,4 @@
-//! Every app's hub, looked up by id or key, and what they share: the codecs fronts registered, the
+//! Every app's hub, looked up by id, and what they share: the codecs fronts registered, the
 //! broker and the cluster state.
 
 use std::collections::HashMap;
@@ -12,10 +12,9 @@ use crate::hub::{EngineListener, Hub};
 use crate::outbox::Disconnect;
 use crate::state::ClusterState;
 
-/// Every app's hub, looked up by id (HTTP API) or key (WebSocket path).
+/// Every app's hub, looked up by id (fronts map their own credentials to it).
 pub struct Engine {
     by_id: HashMap<String, Arc<Hub>>,
-    by_key: HashMap<String, Arc<Hub>>,
     codecs: Arc<Codecs>,
 }
 
@@ -28,23 +27,16 @@ impl Engine {
         let max_channels = apps.iter().map(|a| a.limits.max_history_channels).max().unwrap_or(0);
         let history = Arc::new(MemoryHistory::new(max_channels));
         let mut by_id = HashMap::new();
-        let mut by_key = HashMap::new();
         for app in apps {
             let hub = Arc::new(Hub::with_shared(app, codecs.clone(), history.clone()));
-            by_key.insert(hub.app().key.clone(), hub.clone());
             by_id.insert(hub.app().id.clone(), hub);
         }
-        Engine { by_id, by_key, codecs }
+        Engine { by_id, codecs }
     }
 
     /// The hub of the app with this id.
     pub fn by_id(&self, id: &str) -> Option<&Arc<Hub>> {
         self.by_id.get(id)
-    }
-
-    /// The hub of the app with this key.
-    pub fn by_key(&self, key: &str) -> Option<&Arc<Hub>> {
-        self.by_key.get(key)
     }
 
     /// Every hub.

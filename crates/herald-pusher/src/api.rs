@@ -125,8 +125,9 @@ impl From<PublishError> for ApiError {
 /// Finds the app and checks the request's signature (and `body_md5` against `body` when it is not
 /// empty).
 fn authorize(front: &Pusher, app_id: &str, method: &Method, uri: &Uri, body: &[u8]) -> Result<Arc<Hub>, ApiError> {
-    let hub = front.engine.by_id(app_id).ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown app {app_id:?}")))?;
-    let app = hub.app();
+    let unknown = || ApiError(StatusCode::NOT_FOUND, format!("unknown app {app_id:?}"));
+    let app = front.apps.by_id(app_id).ok_or_else(unknown)?;
+    let hub = front.engine.by_id(app_id).ok_or_else(unknown)?;
     auth::verify_request(&app.key, &app.secret, method.as_str(), uri.path(), uri.query().unwrap_or(""), body)
         .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.to_string()))?;
     Ok(hub.clone())
@@ -490,6 +491,7 @@ mod tests {
         let engine = Arc::new(herald_core::Engine::new(vec![herald_core::App::dev()]));
         Pusher::new(
             engine,
+            vec![crate::PusherApp::dev()],
             crate::PusherConfig::default(),
             tokio_util::sync::CancellationToken::new(),
             tokio_util::task::TaskTracker::new(),

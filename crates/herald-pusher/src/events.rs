@@ -9,6 +9,7 @@ use std::time::Duration;
 use herald_core::{ChannelChange, ChannelEvent, Engine, EngineListener, Hub, Member, SocketId, Transition};
 use parking_lot::Mutex;
 
+use crate::app::Apps;
 use crate::channel::{Access, ChannelKind};
 use crate::webhooks::Webhooks;
 use serde_json::json;
@@ -49,13 +50,15 @@ type AppChannel = (Arc<str>, Arc<str>);
 /// webhooks. Shared by every session and by the engine's own announcements (reaped nodes).
 pub(crate) struct Announcer {
     pub(crate) webhooks: Arc<Webhooks>,
+    /// Which apps want subscription counts.
+    apps: Arc<Apps>,
     /// Latest count of big channels waiting for the next flush; bounded by the number of channels.
     deferred: Mutex<HashMap<AppChannel, usize>>,
 }
 
 impl Announcer {
-    pub(crate) fn new(webhooks: Arc<Webhooks>) -> Announcer {
-        Announcer { webhooks, deferred: Mutex::new(HashMap::new()) }
+    pub(crate) fn new(webhooks: Arc<Webhooks>, apps: Arc<Apps>) -> Announcer {
+        Announcer { webhooks, apps, deferred: Mutex::new(HashMap::new()) }
     }
 
     /// Queues the webhooks of a change and sends the new subscription count if the app wants it.
@@ -79,7 +82,7 @@ impl Announcer {
                 hooks.emit(app, event);
             }
         }
-        if !hooked && !hub.app().enable_subscription_count {
+        if !hooked && !self.counts(app) {
             return;
         }
         let key = (Arc::from(app), change.channel.clone());
@@ -99,9 +102,14 @@ impl Announcer {
             self.webhooks.emit(app, json!({ "name": "subscription_count", "channel": channel, "subscription_count": subscribers }));
         }
         let counted = subscribers > 0 && ChannelKind::of(channel).access != Access::Presence;
-        if hub.app().enable_subscription_count && counted {
+        if counted && self.counts(app) {
             hub.publish_event(channel, &ChannelEvent::Count { subscribers }, None);
         }
+    }
+
+    /// Whether app `app_id` sends subscription counts to subscribers.
+    fn counts(&self, app_id: &str) -> bool {
+        self.apps.by_id(app_id).is_some_and(|app| app.enable_subscription_count)
     }
 
     /// Sends the coalesced counts.

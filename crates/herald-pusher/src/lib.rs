@@ -3,9 +3,13 @@
 //! This crate translates between the Pusher wire format and the engine (`herald-core`). It owns the
 //! Pusher close and error codes and maps engine errors to them; the engine never sees JSON.
 //!
+//! Each app's key, secret and protocol switches are this crate's [`PusherApp`]; the engine knows apps
+//! only by id.
+//!
 //! Mount [`Pusher::router`] in an axum application, or publish in-process with [`Pusher::trigger`].
 
 pub mod api;
+mod app;
 pub mod auth;
 pub mod channel;
 pub mod codec;
@@ -33,10 +37,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+pub use app::PusherApp;
 pub use codec::PusherCodec;
 pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};
 
+use app::Apps;
 use events::Announcer;
 use upgrade::WsUpgrade;
 
@@ -92,6 +98,8 @@ pub enum TriggerError {
 /// The Pusher front: shared by every connection and API request.
 pub struct Pusher {
     engine: Arc<Engine>,
+    /// Each app's key, secret and switches.
+    apps: Arc<Apps>,
     config: PusherConfig,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -102,17 +110,29 @@ pub struct Pusher {
 }
 
 impl Pusher {
-    /// A front over `engine`. Sessions are spawned on `tasks` and close with 4200 when `shutdown` fires.
-    pub fn new(engine: Arc<Engine>, config: PusherConfig, shutdown: CancellationToken, tasks: TaskTracker) -> Arc<Self> {
+    /// A front over `engine` serving `apps` (each names an engine app by id; one the engine does not
+    /// have is logged and never found). Sessions are spawned on `tasks` and close with 4200 when
+    /// `shutdown` fires.
+    pub fn new(
+        engine: Arc<Engine>,
+        apps: Vec<PusherApp>,
+        config: PusherConfig,
+        shutdown: CancellationToken,
+        tasks: TaskTracker,
+    ) -> Arc<Self> {
+        for app in apps.iter().filter(|app| engine.by_id(&app.id).is_none()) {
+            tracing::warn!(app = %app.id, "Pusher settings for an app the engine does not serve; ignored");
+        }
+        let apps = Arc::new(Apps::new(apps.into_iter().filter(|app| engine.by_id(&app.id).is_some())));
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
-        let webhooks = Webhooks::start(&engine, &config.webhooks, shutdown.clone(), &tasks);
-        let announcer = Arc::new(Announcer::new(webhooks));
+        let webhooks = Webhooks::start(apps.iter().map(|app| &**app), &config.webhooks, shutdown.clone(), &tasks);
+        let announcer = Arc::new(Announcer::new(webhooks, apps.clone()));
         // Every change the engine announces (decided by a session here, or found by the engine itself:
         // a dead node reaped) reaches webhooks and subscription counts.
         engine.listen(announcer.clone());
         let codec = engine.register_codec(Arc::new(PusherCodec)).expect("the engine has room for the Pusher codec");
         tasks.spawn(flush_counts(announcer.clone(), Arc::downgrade(&engine), shutdown.clone()));
-        Arc::new(Pusher { engine, config, shutdown, tasks, admission, announcer, codec })
+        Arc::new(Pusher { engine, apps, config, shutdown, tasks, admission, announcer, codec })
     }
 
     /// The engine this front serves.
@@ -170,14 +190,16 @@ async fn connect(
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
-    let hub = front.engine.by_key(&key).cloned();
-    let max_message = hub.as_ref().map_or(16 * 1024, |h| h.app().limits.max_event_size.saturating_mul(2).saturating_add(4096));
+    // The app's hub and Pusher settings (settings without a hub were dropped in `Pusher::new`).
+    let app = front.apps.by_key(&key).and_then(|app| Some((front.engine.by_id(&app.id)?.clone(), app.clone())));
+    let hub = app.as_ref().map(|(hub, _)| hub);
+    let max_message = hub.map_or(16 * 1024, |h| h.app().limits.max_event_size.saturating_mul(2).saturating_add(4096));
     // What may wait in tungstenite's write buffer: one batch plus the connection's outbox bound, so
     // a client that never reads (and floods pings) can't grow it without limit.
-    let max_write = WRITE_BATCH.saturating_add(hub.as_ref().map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024)));
+    let max_write = WRITE_BATCH.saturating_add(hub.map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024)));
     let refusal: Option<(u16, String)> = if front.shutdown.is_cancelled() {
         Some((codes::RECONNECT_NOW, "Server is shutting down".into()))
-    } else if hub.is_none() {
+    } else if app.is_none() {
         Some((codes::APP_NOT_FOUND, format!("App key {key} does not exist")))
     } else {
         check_protocol(query.get("protocol")).err().map(|(c, m)| (c, m.to_string()))
@@ -195,9 +217,9 @@ async fn connect(
     upgrade.accept(config, &tasks, move |socket| {
         // Registration is synchronous and the session future is not wrapped in further async blocks:
         // the task holds this future for the connection's whole life.
-        let opened = match (refusal, hub, permit) {
+        let opened = match (refusal, app, permit) {
             (Some(refusal), _, _) => Err(refusal),
-            (None, Some(hub), Some(permit)) => session::open(front, hub, permit),
+            (None, Some((hub, app)), Some(permit)) => session::open(front, hub, app, permit),
             (None, _, _) => Err((codes::OVER_QUOTA, "Server is at its connection limit".to_string())),
         };
         match opened {

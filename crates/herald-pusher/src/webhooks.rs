@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use herald_core::{App, Engine};
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -33,6 +32,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::warn;
+
+use crate::PusherApp;
 
 /// Events queued per target before new ones are dropped.
 const QUEUE: usize = 10_000;
@@ -85,25 +86,26 @@ fn http_client() -> HttpClient {
 }
 
 impl Webhooks {
-    /// Starts one sender task per target of every app (tracked by `tasks`, flushing and stopping on
-    /// `shutdown`).
-    pub fn start(
-        engine: &Engine,
+    /// Starts one sender task per target of every app in `apps` (tracked by `tasks`, flushing and
+    /// stopping on `shutdown`). Each app's secret signs its requests.
+    pub fn start<'a>(
+        apps: impl IntoIterator<Item = &'a PusherApp>,
         targets: &HashMap<String, Vec<WebhookTarget>>,
         shutdown: CancellationToken,
         tasks: &TaskTracker,
     ) -> Arc<Webhooks> {
         let http = http_client();
         let mut queues = HashMap::new();
-        for hub in engine.hubs() {
-            let Some(app_targets) = targets.get(&hub.app().id).filter(|t| !t.is_empty()) else { continue };
+        for app in apps {
+            let Some(app_targets) = targets.get(&app.id).filter(|t| !t.is_empty()) else { continue };
+            let app = Arc::new(app.clone());
             let mut app_queues = Vec::with_capacity(app_targets.len());
             for target in app_targets {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tasks.spawn(send_loop(hub.app().clone(), target.clone(), rx, http.clone(), shutdown.clone()));
+                tasks.spawn(send_loop(app.clone(), target.clone(), rx, http.clone(), shutdown.clone()));
                 app_queues.push(Queue { target: target.clone(), tx });
             }
-            queues.insert(hub.app().id.clone(), app_queues);
+            queues.insert(app.id.clone(), app_queues);
         }
         Arc::new(Webhooks { queues })
     }
@@ -134,7 +136,13 @@ fn enqueue(app_id: &str, queue: &Queue, event: Value) {
 }
 
 /// Serves one target: batches its queue and delivers each batch.
-async fn send_loop(app: App, target: WebhookTarget, mut rx: mpsc::Receiver<Value>, http: HttpClient, shutdown: CancellationToken) {
+async fn send_loop(
+    app: Arc<PusherApp>,
+    target: WebhookTarget,
+    mut rx: mpsc::Receiver<Value>,
+    http: HttpClient,
+    shutdown: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let n = tokio::select! {
@@ -179,7 +187,7 @@ async fn send_loop(app: App, target: WebhookTarget, mut rx: mpsc::Receiver<Value
 /// the outcome; the response body is read (so the connection can be
 /// reused) within what is left of [`EXCHANGE_TIMEOUT`] and up to [`MAX_RESPONSE_BODY`] bytes, else the
 /// connection is dropped.
-async fn exchange(http: &HttpClient, app: &App, request: hyper::Request<Full<Bytes>>) -> Result<(), String> {
+async fn exchange(http: &HttpClient, app: &PusherApp, request: hyper::Request<Full<Bytes>>) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + EXCHANGE_TIMEOUT;
     let response = match tokio::time::timeout_at(deadline, http.request(request)).await {
         Ok(Ok(response)) => response,
@@ -206,7 +214,14 @@ async fn exchange(http: &HttpClient, app: &App, request: hyper::Request<Full<Byt
 
 /// Posts one batch, retrying with backoff (no retry once shutting down). Returns whether it was
 /// delivered.
-async fn deliver(http: &HttpClient, app: &App, target: &WebhookTarget, body: String, count: usize, shutdown: &CancellationToken) -> bool {
+async fn deliver(
+    http: &HttpClient,
+    app: &PusherApp,
+    target: &WebhookTarget,
+    body: String,
+    count: usize,
+    shutdown: &CancellationToken,
+) -> bool {
     let mut mac = Hmac::<Sha256>::new_from_slice(app.secret.as_bytes()).expect("any key length");
     mac.update(body.as_bytes());
     let signature = hex::encode(mac.finalize().into_bytes());

@@ -18,7 +18,7 @@ use herald_pusher::auth::{self, RequestAuthError};
 use herald_pusher::channel::{is_valid_name, Access, ChannelKind, MAX_CHANNEL_NAME, USER_CHANNEL_PREFIX};
 use herald_pusher::publish::{self, Trigger, MAX_CHANNELS_PER_EVENT, MAX_EVENT_NAME};
 use herald_pusher::wire::{self, ChannelData, Incoming, SigninData, SubscribeData, UnsubscribeData};
-use herald_pusher::{Pusher, PusherConfig};
+use herald_pusher::{Pusher, PusherApp, PusherConfig};
 use proptest::prelude::*;
 use proptest::sample::Index;
 
@@ -530,7 +530,7 @@ fn api_server() -> SocketAddr {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
         let addr = runtime.block_on(async {
             let engine = Arc::new(Engine::new([App::dev()]));
-            let front = Pusher::new(engine, PusherConfig::default(), Default::default(), Default::default());
+            let front = Pusher::new(engine, vec![PusherApp::dev()], PusherConfig::default(), Default::default(), Default::default());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move { axum::serve(listener, front.router()).await });

@@ -15,9 +15,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
-use herald_core::App;
 use herald_pusher::{PusherConfig, Trigger};
-use herald_server::Herald;
+use herald_server::{AppConfig, Herald};
 
 /// The application's own handler: ships an order, then tells every browser watching `orders`.
 async fn ship(State(herald): State<Herald>, Path(id): Path<u64>) -> (StatusCode, Json<serde_json::Value>) {
@@ -32,8 +31,9 @@ async fn ship(State(herald): State<Herald>, Path(id): Path<u64>) -> (StatusCode,
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The dev app (app-id / app-key / app-secret); a real application builds its `App`s from its config.
-    let herald = Herald::new(vec![App::dev()], PusherConfig::default());
+    // The dev app (app-id / app-key / app-secret); a real application builds its `AppConfig`s (the
+    // engine's `App` and the Pusher front's `PusherApp`: key, secret, switches) from its own config.
+    let herald = Herald::new(vec![AppConfig::dev()], PusherConfig::default());
 
     let app = Router::new().route("/orders/{id}/ship", post(ship)).with_state(herald.clone()).merge(herald.router());
 

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
-use herald_pusher::{PusherConfig, WebhookTarget};
+use herald_pusher::{PusherApp, PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
 use serde::Deserialize;
 
@@ -245,6 +245,24 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// One app as Herald serves it, built from one `[[apps]]` table: what the engine needs (id, enabled,
+/// limits, history) and the Pusher front's settings (key, secret, switches). `pusher.id` names the
+/// engine app and must equal `app.id`.
+#[derive(Debug, Clone)]
+pub struct AppConfig {
+    /// The engine's app.
+    pub app: App,
+    /// The Pusher front's settings for it.
+    pub pusher: PusherApp,
+}
+
+impl AppConfig {
+    /// The development app: `app-id` / `app-key` / `app-secret` ([`App::dev`], [`PusherApp::dev`]).
+    pub fn dev() -> Self {
+        AppConfig { app: App::dev(), pusher: PusherApp::dev() }
+    }
+}
+
 /// The resolved configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -255,7 +273,7 @@ pub struct Config {
     /// Log filter.
     pub log: String,
     /// Apps served.
-    pub apps: Vec<App>,
+    pub apps: Vec<AppConfig>,
     /// Pusher front settings.
     pub pusher: PusherConfig,
     /// HTTP server limits (header deadline).
@@ -328,13 +346,15 @@ impl Config {
             }
         }
         let apps = if file.apps.is_empty() {
-            let dev = App::dev();
-            vec![App {
-                id: cli.app_id.clone().unwrap_or(dev.id.clone()),
+            let dev = PusherApp::dev();
+            let id = cli.app_id.clone().unwrap_or(dev.id.clone());
+            let pusher = PusherApp {
+                id: id.clone(),
                 key: cli.app_key.clone().unwrap_or(dev.key.clone()),
                 secret: cli.app_secret.clone().unwrap_or(dev.secret.clone()),
                 ..dev
-            }]
+            };
+            vec![AppConfig { app: App { id, ..App::dev() }, pusher }]
         } else {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
@@ -389,7 +409,7 @@ impl Config {
 impl Config {
     /// Logs the start-up line (listen address, apps, engine, Redis URL with its password masked).
     pub fn log_started(&self, addr: SocketAddr) {
-        let apps: Vec<&str> = self.apps.iter().map(|a| a.id.as_str()).collect();
+        let apps: Vec<&str> = self.apps.iter().map(|a| a.app.id.as_str()).collect();
         match &self.engine {
             EngineConfig::Memory => tracing::info!(%addr, ?apps, engine = "memory", "herald listening"),
             EngineConfig::Redis(redis) => {
@@ -400,7 +420,7 @@ impl Config {
 }
 
 impl FileApp {
-    fn into_app(self) -> Result<App, ConfigError> {
+    fn into_app(self) -> Result<AppConfig, ConfigError> {
         let d = AppLimits::default();
         let positive = |name: &str, v: Option<usize>, default: usize| match v {
             Some(0) => Err(ConfigError::Invalid(format!("app {:?}: {name} must be positive", self.id))),
@@ -436,24 +456,22 @@ impl FileApp {
             let options = HistoryOptions { size: rule.size, ttl: Duration::from_secs(rule.ttl) };
             history.push(HistoryRule { prefix: rule.prefix.clone(), options });
         }
-        Ok(App {
-            id: self.id,
+        let pusher = PusherApp {
+            id: self.id.clone(),
             key: self.key,
             secret: self.secret,
-            enabled: self.enabled,
             enable_client_messages: self.enable_client_messages,
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
-            limits,
-            history,
-        })
+        };
+        Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher })
     }
 }
 
-fn validate_apps(apps: &[App]) -> Result<(), ConfigError> {
+fn validate_apps(apps: &[AppConfig]) -> Result<(), ConfigError> {
     let mut ids = std::collections::HashSet::new();
     let mut keys = std::collections::HashSet::new();
-    for app in apps {
+    for AppConfig { pusher: app, .. } in apps {
         if app.id.is_empty() || app.key.is_empty() || app.secret.is_empty() {
             return Err(ConfigError::Invalid(format!("app {:?}: id, key and secret must be non-empty", app.id)));
         }
@@ -480,9 +498,10 @@ mod tests {
         let c = Config::resolve(FileConfig::default(), &Cli::default()).unwrap();
         assert_eq!((c.host.to_string().as_str(), c.port), ("127.0.0.1", 6001));
         assert_eq!(c.apps.len(), 1);
-        let app = &c.apps[0];
-        assert_eq!((app.id.as_str(), app.key.as_str(), app.secret.as_str()), ("app-id", "app-key", "app-secret"));
-        assert!(app.enable_client_messages && app.enable_user_authentication);
+        let AppConfig { app, pusher } = &c.apps[0];
+        assert_eq!((app.id.as_str(), pusher.id.as_str()), ("app-id", "app-id"));
+        assert_eq!((pusher.key.as_str(), pusher.secret.as_str()), ("app-key", "app-secret"));
+        assert!(app.enabled && pusher.enable_client_messages && pusher.enable_user_authentication && !pusher.enable_subscription_count);
         assert_eq!(c.pusher.activity_timeout, Duration::from_secs(120));
     }
 
@@ -511,11 +530,12 @@ mod tests {
     #[test]
     fn flags_win_over_file() {
         let file = parse("port = 7000\nactivity_timeout = 30\n");
-        let cli = Cli { port: Some(7001), app_key: Some("k".into()), ..Cli::default() };
+        let cli = Cli { port: Some(7001), app_id: Some("i".into()), app_key: Some("k".into()), ..Cli::default() };
         let c = Config::resolve(file, &cli).unwrap();
         assert_eq!(c.port, 7001);
         assert_eq!(c.pusher.activity_timeout, Duration::from_secs(30));
-        assert_eq!(c.apps[0].key, "k");
+        assert_eq!((c.apps[0].app.id.as_str(), c.apps[0].pusher.id.as_str()), ("i", "i"));
+        assert_eq!((c.apps[0].pusher.key.as_str(), c.apps[0].pusher.secret.as_str()), ("k", "app-secret"));
     }
 
     #[test]
@@ -527,13 +547,15 @@ mod tests {
             key = "k1"
             secret = "s1"
             enable_client_messages = true
+            enable_subscription_count = true
             max_presence_members = 5
             max_outbox_messages = 50
             "#,
         );
         let c = Config::resolve(file, &Cli::default()).unwrap();
-        let app = &c.apps[0];
-        assert!(app.enabled && app.enable_client_messages && !app.enable_user_authentication);
+        let AppConfig { app, pusher } = &c.apps[0];
+        assert_eq!((app.id.as_str(), pusher.id.as_str(), pusher.key.as_str(), pusher.secret.as_str()), ("1", "1", "k1", "s1"));
+        assert!(app.enabled && pusher.enable_client_messages && !pusher.enable_user_authentication && pusher.enable_subscription_count);
         assert_eq!(app.limits.max_presence_members, 5);
         assert_eq!(app.limits.outbox.max_messages, 50);
     }

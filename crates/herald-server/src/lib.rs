@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use herald_core::{App, Disconnect, Engine};
+use herald_core::{Disconnect, Engine};
 use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
 use herald_redis::{RedisBroker, RedisBrokerError};
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl};
+pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl};
 pub use listener::HttpConfig;
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.
@@ -38,14 +38,16 @@ pub struct Herald {
 }
 
 impl Herald {
-    /// A Herald serving `apps` with the in-memory engine and the default [`HttpConfig`].
-    pub fn new(apps: Vec<App>, pusher: PusherConfig) -> Herald {
+    /// A Herald serving `apps` with the in-memory engine and the default [`HttpConfig`]: each
+    /// [`AppConfig`]'s engine app goes to the engine, its Pusher settings to the Pusher front.
+    pub fn new(apps: Vec<AppConfig>, pusher: PusherConfig) -> Herald {
         metrics_http::install();
+        let (apps, pusher_apps): (Vec<_>, Vec<_>) = apps.into_iter().map(|a| (a.app, a.pusher)).unzip();
         let engine = Arc::new(Engine::new(apps));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
-        let pusher = Pusher::new(engine, pusher, shutdown.clone(), tasks.clone());
+        let pusher = Pusher::new(engine, pusher_apps, pusher, shutdown.clone(), tasks.clone());
         Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets }
     }
 

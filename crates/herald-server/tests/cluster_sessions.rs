@@ -9,9 +9,9 @@ use common::*;
 use herald_core::{App, AppLimits};
 use herald_pusher::PusherConfig;
 use herald_redis::RedisConfig;
-use herald_server::{Config, EngineConfig, Herald, HttpConfig};
+use herald_server::{AppConfig, Config, EngineConfig, Herald, HttpConfig};
 
-fn config(redis: &RedisServer, apps: Vec<App>, pusher: PusherConfig, timeout: Duration) -> Config {
+fn config(redis: &RedisServer, apps: Vec<AppConfig>, pusher: PusherConfig, timeout: Duration) -> Config {
     Config {
         host: [127, 0, 0, 1].into(),
         port: 0,
@@ -29,7 +29,7 @@ async fn a_closing_connection_frees_its_place_before_its_cluster_leaves_finish()
     let redis = RedisServer::start().await;
     // One connection per process; Redis calls may take 10 s each before they give up.
     let pusher = PusherConfig { max_connections: 1, ..PusherConfig::default() };
-    let server = serve(Herald::start(&config(&redis, vec![App::dev()], pusher, Duration::from_secs(10))).await.unwrap()).await;
+    let server = serve(Herald::start(&config(&redis, vec![AppConfig::dev()], pusher, Duration::from_secs(10))).await.unwrap()).await;
     let mut first = server.client().await;
     for i in 0..40 {
         first.subscribe(&format!("room-{i}")).await;
@@ -45,7 +45,8 @@ async fn a_closing_connection_frees_its_place_before_its_cluster_leaves_finish()
 #[tokio::test]
 async fn an_apps_connection_quota_is_counted_across_nodes() {
     let redis = RedisServer::start().await;
-    let app = App { limits: AppLimits { max_connections: Some(1), ..AppLimits::default() }, ..App::dev() };
+    let app =
+        AppConfig { app: App { limits: AppLimits { max_connections: Some(1), ..AppLimits::default() }, ..App::dev() }, ..AppConfig::dev() };
     let node = |redis: &RedisServer| config(redis, vec![app.clone()], PusherConfig::default(), Duration::from_secs(2));
     let a = serve(Herald::start(&node(&redis)).await.unwrap()).await;
     let b = serve(Herald::start(&node(&redis)).await.unwrap()).await;

@@ -7,9 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use herald_core::App;
 use herald_pusher::PusherConfig;
-use herald_server::HttpConfig;
+use herald_server::{AppConfig, HttpConfig};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -21,7 +20,7 @@ fn short_http() -> HttpConfig {
 }
 
 async fn start_short() -> Server {
-    start_with(vec![App::dev()], PusherConfig { body_timeout: SHORT, ..PusherConfig::default() }, short_http()).await
+    start_with(vec![AppConfig::dev()], PusherConfig { body_timeout: SHORT, ..PusherConfig::default() }, short_http()).await
 }
 
 #[tokio::test]
@@ -90,7 +89,7 @@ async fn slow_body_gets_a_json_408() {
 async fn unsigned_body_is_refused_before_it_is_read() {
     // A long body deadline: the refusal must not wait for it.
     let config = PusherConfig { body_timeout: Duration::from_secs(30), ..PusherConfig::default() };
-    let server = start_with(vec![App::dev()], config, HttpConfig::default()).await;
+    let server = start_with(vec![AppConfig::dev()], config, HttpConfig::default()).await;
     let mut socket = TcpStream::connect(server.addr).await.unwrap();
     let head = "POST /apps/app-id/events?auth_key=app-key&auth_timestamp=1&auth_version=1.0&auth_signature=00 HTTP/1.1\r\n\
                 Host: x\r\nContent-Length: 200000\r\n\r\n";
@@ -106,7 +105,7 @@ async fn unsigned_body_is_refused_before_it_is_read() {
 async fn sockets_beyond_max_connections_are_closed_at_accept() {
     let config = PusherConfig { max_connections: 3, ..PusherConfig::default() };
     // Long header timeout: the idle sockets below stay open unless the cap closes them.
-    let server = start_with(vec![App::dev()], config, HttpConfig { header_timeout: Duration::from_secs(30) }).await;
+    let server = start_with(vec![AppConfig::dev()], config, HttpConfig { header_timeout: Duration::from_secs(30) }).await;
     // Two WebSocket sessions and one socket that has not sent a request yet fill the cap.
     let _a = server.client().await;
     let _b = server.client().await;
@@ -136,7 +135,7 @@ async fn sockets_beyond_max_connections_are_closed_at_accept() {
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_request_finish() {
     let config = PusherConfig { body_timeout: Duration::from_secs(10), ..PusherConfig::default() };
-    let server = start_with(vec![App::dev()], config, HttpConfig::default()).await;
+    let server = start_with(vec![AppConfig::dev()], config, HttpConfig::default()).await;
     let body = r#"{"name":"e","channel":"c","data":"{}"}"#;
     let (head, body) = signed_head("app-key", "app-secret", "POST", "/apps/app-id/events", "", body, body.len());
     let mut socket = TcpStream::connect(server.addr).await.unwrap();

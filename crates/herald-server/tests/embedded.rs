@@ -9,9 +9,8 @@ use axum::extract::State;
 use axum::routing::post;
 use axum::Router;
 use common::Client;
-use herald_core::App;
 use herald_pusher::{PusherConfig, Trigger, TriggerError};
-use herald_server::Herald;
+use herald_server::{AppConfig, Herald};
 use serde_json::Value;
 
 async fn announce(State(herald): State<Herald>) -> String {
@@ -22,7 +21,7 @@ async fn announce(State(herald): State<Herald>) -> String {
 
 #[tokio::test]
 async fn application_router_publishes_in_process_and_drains() {
-    let herald = Herald::new(vec![App::dev()], PusherConfig::default());
+    let herald = Herald::new(vec![AppConfig::dev()], PusherConfig::default());
     let app = Router::new().route("/announce", post(announce)).with_state(herald.clone()).merge(herald.router());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

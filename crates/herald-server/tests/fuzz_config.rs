@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use herald_server::{Cli, Config, ConfigError, EngineConfig, EngineKind, Herald};
+use herald_server::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, Herald};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 
@@ -55,10 +55,11 @@ fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
     prop_assert!(config.pusher.pong_timeout >= Duration::from_secs(1));
     prop_assert!(!config.apps.is_empty());
     let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
-    for app in &config.apps {
-        prop_assert!(!app.id.is_empty() && !app.key.is_empty() && !app.secret.is_empty());
+    for AppConfig { app, pusher } in &config.apps {
+        prop_assert!(!app.id.is_empty() && !pusher.key.is_empty() && !pusher.secret.is_empty());
+        prop_assert_eq!(&app.id, &pusher.id, "the engine app and its Pusher settings name the same app");
         prop_assert!(ids.insert(&app.id), "duplicate id {:?}", app.id);
-        prop_assert!(keys.insert(&app.key), "duplicate key {:?}", app.key);
+        prop_assert!(keys.insert(&pusher.key), "duplicate key {:?}", pusher.key);
         let l = &app.limits;
         prop_assert!(l.max_channels_per_connection > 0 && l.max_presence_members > 0 && l.max_presence_member_size > 0);
         prop_assert!(l.max_event_size > 0 && l.outbox.max_messages > 0 && l.outbox.max_bytes > 0);
@@ -439,7 +440,7 @@ fn load_text(text: &str) -> Result<Config, ConfigError> {
 /// succeed (a panicking handler drops the connection instead).
 async fn connect(config: &Config) -> (common::Server, common::Client) {
     let server = common::start(config.apps.clone(), config.pusher.clone()).await;
-    let url = format!("ws://{}/app/{}?protocol=7&client=test&version=1", server.addr, config.apps[0].key);
+    let url = format!("ws://{}/app/{}?protocol=7&client=test&version=1", server.addr, config.apps[0].pusher.key);
     let ws = match tokio_tungstenite::connect_async(url).await {
         Ok((ws, _)) => ws,
         Err(e) => panic!("the handshake failed (did the connect handler panic?): {e}"),

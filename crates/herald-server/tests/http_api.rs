@@ -189,7 +189,7 @@ async fn publish_with_info_answers_200_when_redis_is_gone() {
         host: [127, 0, 0, 1].into(),
         port: 0,
         log: "info".into(),
-        apps: vec![herald_core::App::dev()],
+        apps: vec![herald_server::AppConfig::dev()],
         pusher: herald_pusher::PusherConfig::default(),
         http: herald_server::HttpConfig::default(),
         shutdown_grace: std::time::Duration::from_secs(5),

@@ -7,7 +7,8 @@ use std::time::Duration;
 use common::*;
 use futures_util::SinkExt;
 use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
-use herald_pusher::PusherConfig;
+use herald_pusher::{PusherApp, PusherConfig};
+use herald_server::AppConfig;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -17,11 +18,19 @@ fn data(v: &Value) -> Value {
 
 #[tokio::test]
 async fn refuses_unknown_app_and_bad_protocol() {
-    let server =
-        start(vec![App::dev(), App { id: "off".into(), key: "off-key".into(), enabled: false, ..App::dev() }], PusherConfig::default())
-            .await;
+    let off = AppConfig {
+        app: App { id: "off".into(), enabled: false, ..App::dev() },
+        pusher: PusherApp { id: "off".into(), key: "off-key".into(), ..PusherApp::dev() },
+    };
+    // Pusher settings naming an app the engine does not serve: the key is unknown.
+    let ghost = AppConfig {
+        app: App { id: "engine-only".into(), ..App::dev() },
+        pusher: PusherApp { id: "ghost".into(), key: "ghost-key".into(), ..PusherApp::dev() },
+    };
+    let server = start(vec![AppConfig::dev(), off, ghost], PusherConfig::default()).await;
     for (path, code) in [
         ("/app/nope?protocol=7", 4001),
+        ("/app/ghost-key?protocol=7", 4001),
         ("/app/off-key?protocol=7", 4003),
         ("/app/app-key", 4008),
         ("/app/app-key?protocol=abc", 4006),
@@ -37,7 +46,8 @@ async fn refuses_unknown_app_and_bad_protocol() {
 
 #[tokio::test]
 async fn over_quota_is_refused_with_4004() {
-    let app = App { limits: AppLimits { max_connections: Some(1), ..AppLimits::default() }, ..App::dev() };
+    let app =
+        AppConfig { app: App { limits: AppLimits { max_connections: Some(1), ..AppLimits::default() }, ..App::dev() }, ..AppConfig::dev() };
     let server = start(vec![app], PusherConfig::default()).await;
     let _first = server.client().await;
     let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/app/app-key?protocol=7", server.addr)).await.unwrap();
@@ -105,7 +115,10 @@ async fn presence_members_join_and_leave_per_user() {
 
 #[tokio::test]
 async fn client_events_rules() {
-    let app = App { limits: AppLimits { client_events_per_second: 3, ..AppLimits::default() }, ..App::dev() };
+    let app = AppConfig {
+        app: App { limits: AppLimits { client_events_per_second: 3, ..AppLimits::default() }, ..App::dev() },
+        ..AppConfig::dev()
+    };
     let server = start(vec![app], PusherConfig::default()).await;
     let mut a = server.client().await;
     let mut b = server.client().await;
@@ -159,7 +172,10 @@ async fn bad_input_gets_errors_and_the_connection_survives() {
 
 #[tokio::test]
 async fn too_many_channels_per_connection() {
-    let app = App { limits: AppLimits { max_channels_per_connection: 2, ..AppLimits::default() }, ..App::dev() };
+    let app = AppConfig {
+        app: App { limits: AppLimits { max_channels_per_connection: 2, ..AppLimits::default() }, ..App::dev() },
+        ..AppConfig::dev()
+    };
     let server = start(vec![app], PusherConfig::default()).await;
     let mut c = server.client().await;
     c.subscribe("a").await;
@@ -170,13 +186,11 @@ async fn too_many_channels_per_connection() {
 
 #[tokio::test]
 async fn slow_consumer_is_closed_with_4100_and_others_unaffected() {
-    let app = App {
-        limits: AppLimits {
-            outbox: OutboxLimits { max_messages: 20, max_bytes: 100_000, overflow: OverflowPolicy::DisconnectSlowConsumer },
-            ..AppLimits::default()
-        },
-        ..App::dev()
+    let limits = AppLimits {
+        outbox: OutboxLimits { max_messages: 20, max_bytes: 100_000, overflow: OverflowPolicy::DisconnectSlowConsumer },
+        ..AppLimits::default()
     };
+    let app = AppConfig { app: App { limits, ..App::dev() }, ..AppConfig::dev() };
     let server = start(vec![app], PusherConfig::default()).await;
     let mut slow = server.client().await;
     let mut fast = server.client().await;
@@ -209,7 +223,7 @@ async fn slow_consumer_is_closed_with_4100_and_others_unaffected() {
 #[tokio::test]
 async fn server_pings_quiet_connections_and_closes_dead_ones() {
     let config = PusherConfig { activity_timeout: Duration::from_secs(1), pong_timeout: Duration::from_secs(1), ..PusherConfig::default() };
-    let server = start(vec![App::dev()], config).await;
+    let server = start(vec![AppConfig::dev()], config).await;
     let mut c = server.client().await;
     c.expect("pusher:ping").await;
     c.send(json!({"event":"pusher:pong","data":{}})).await;
@@ -272,7 +286,7 @@ async fn cache_channels_replay_the_last_event() {
 
 #[tokio::test]
 async fn subscription_count_when_enabled() {
-    let app = App { enable_subscription_count: true, ..App::dev() };
+    let app = AppConfig { pusher: PusherApp { enable_subscription_count: true, ..PusherApp::dev() }, ..AppConfig::dev() };
     let server = start(vec![app], PusherConfig::default()).await;
     let mut a = server.client().await;
     a.subscribe("stream-1").await;
@@ -296,7 +310,7 @@ async fn graceful_shutdown_asks_clients_to_reconnect() {
 
 #[tokio::test]
 async fn subscription_counts_of_big_channels_are_coalesced() {
-    let app = App { enable_subscription_count: true, ..App::dev() };
+    let app = AppConfig { pusher: PusherApp { enable_subscription_count: true, ..PusherApp::dev() }, ..AppConfig::dev() };
     let server = start(vec![app], PusherConfig::default()).await;
     let mut first = server.client().await;
     first.subscribe("big-stream").await;

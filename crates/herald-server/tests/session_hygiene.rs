@@ -10,6 +10,7 @@ use common::*;
 use futures_util::SinkExt;
 use herald_core::{App, AppLimits, OutboxLimits, OverflowPolicy};
 use herald_pusher::{PusherConfig, Trigger};
+use herald_server::AppConfig;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -154,13 +155,11 @@ async fn a_ping_flood_is_closed_with_1008() {
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_disconnected() {
-    let app = App {
-        limits: AppLimits {
-            outbox: OutboxLimits { max_messages: 10_000, max_bytes: 64 << 20, overflow: OverflowPolicy::DisconnectSlowConsumer },
-            ..AppLimits::default()
-        },
-        ..App::dev()
+    let limits = AppLimits {
+        outbox: OutboxLimits { max_messages: 10_000, max_bytes: 64 << 20, overflow: OverflowPolicy::DisconnectSlowConsumer },
+        ..AppLimits::default()
     };
+    let app = AppConfig { app: App { limits, ..App::dev() }, ..AppConfig::dev() };
     let config = PusherConfig { write_timeout: Duration::from_millis(500), ..PusherConfig::default() };
     let server = start(vec![app], config).await;
     let mut stalled = server.client().await;

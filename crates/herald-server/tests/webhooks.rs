@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use herald_core::App;
 use herald_pusher::{PusherConfig, WebhookTarget};
+use herald_server::AppConfig;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -91,7 +91,7 @@ async fn a_trickling_receiver_does_not_hold_back_other_targets() {
     // The trickling target comes first: served one after another, it would stall the other forever.
     let targets = vec![WebhookTarget { url: slow_url, event_types: vec![] }, WebhookTarget { url, event_types: vec![] }];
     let config = PusherConfig { webhooks: HashMap::from([("app-id".to_string(), targets)]), ..PusherConfig::default() };
-    let server = start(vec![App::dev()], config).await;
+    let server = start(vec![AppConfig::dev()], config).await;
     let mut client = server.client().await;
 
     for i in 0..5 {
@@ -159,7 +159,7 @@ async fn a_flooding_response_body_is_cut_at_the_cap() {
     let (url, mut dropped) = flooding_receiver().await;
     let targets = vec![WebhookTarget { url, event_types: vec![] }];
     let config = PusherConfig { webhooks: HashMap::from([("app-id".to_string(), targets)]), ..PusherConfig::default() };
-    let server = start(vec![App::dev()], config).await;
+    let server = start(vec![AppConfig::dev()], config).await;
     let mut client = server.client().await;
     client.subscribe("room").await;
     // Dropped after the cap, well before the exchange deadline (reading 100 MB on loopback would be

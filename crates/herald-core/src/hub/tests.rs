@@ -172,6 +172,59 @@ async fn slow_consumer_is_closed_and_others_still_receive() {
     assert_eq!(o_slow.drain(&mut out).await, Drained::Closed(Disconnect::SlowConsumer));
 }
 
+#[test]
+fn engine_finds_apps_by_id() {
+    let engine = Engine::new([App::dev(), App { id: "2".into(), enabled: false, ..App::dev() }]);
+    assert!(engine.by_id("app-id").unwrap().app().enabled);
+    assert!(!engine.by_id("2").unwrap().app().enabled);
+    assert!(engine.by_id("nope").is_none());
+}
+
+/// Occupied/Vacated (and MemberAdded/MemberRemoved) are decided once per real transition even when
+/// connections on different threads subscribe and leave the same channel at the same time.
+#[test]
+fn transitions_stay_balanced_under_concurrent_subscribe_and_leave() {
+    const THREADS: usize = 4;
+    const ROUNDS: usize = 20_000;
+    let hub = Arc::new(hub());
+    let counts: Vec<[usize; 4]> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let hub = hub.clone();
+                scope.spawn(move || {
+                    let (socket, _outbox) = hub.connect().unwrap();
+                    // Two threads share each user, so member transitions race as well.
+                    let user = format!("u{}", t % 2);
+                    let mut n = [0usize; 4];
+                    let mut tally = |change: &ChannelChange| {
+                        for t in &change.transitions {
+                            match t {
+                                Transition::Occupied => n[0] += 1,
+                                Transition::Vacated => n[1] += 1,
+                                Transition::MemberAdded(_) => n[2] += 1,
+                                Transition::MemberRemoved { .. } => n[3] += 1,
+                            }
+                        }
+                    };
+                    for i in 0..ROUNDS {
+                        let (channel, member) = if i % 2 == 0 { ("presence-room", join(&user)) } else { ("room", None) };
+                        tally(&hub.subscribe(socket, channel, member).unwrap().change);
+                        tally(&hub.unsubscribe(socket, channel).unwrap());
+                    }
+                    hub.disconnect(socket);
+                    n
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    let total = counts.iter().fold([0usize; 4], |acc, n| [acc[0] + n[0], acc[1] + n[1], acc[2] + n[2], acc[3] + n[3]]);
+    assert!(total[0] > 0 && total[2] > 0, "the channels were occupied and members added: {total:?}");
+    assert_eq!(total[0], total[1], "every Occupied has its Vacated: {total:?}");
+    assert_eq!(total[2], total[3], "every MemberAdded has its MemberRemoved: {total:?}");
+    assert!(hub.channels("").is_empty(), "no channel is left behind");
+}
+
 /// A broker that only records prepares and releases.
 #[derive(Default)]
 struct Recorder {

@@ -21,7 +21,7 @@ use crate::codes;
 use crate::events::presence_data;
 use crate::publish::MAX_EVENT_NAME;
 use crate::wire::{self, ChannelData, Data, Incoming, SigninData, SubscribeData, UnsubscribeData};
-use crate::Pusher;
+use crate::{Pusher, PusherApp};
 
 /// Counts client events per one-second window.
 pub(crate) struct RateLimit {
@@ -69,13 +69,15 @@ pub(crate) struct Admitted {
 pub(crate) struct Ctx {
     pub(crate) front: Arc<Pusher>,
     pub(crate) hub: Arc<Hub>,
+    /// The app's Pusher settings (key, secret, switches).
+    pub(crate) app: Arc<PusherApp>,
     pub(crate) id: SocketId,
     pub(crate) outbox: Outbox,
 }
 
 impl Ctx {
-    pub(crate) fn new(front: Arc<Pusher>, hub: Arc<Hub>, id: SocketId, outbox: Outbox) -> Ctx {
-        Ctx { front, hub, id, outbox }
+    pub(crate) fn new(front: Arc<Pusher>, hub: Arc<Hub>, app: Arc<PusherApp>, id: SocketId, outbox: Outbox) -> Ctx {
+        Ctx { front, hub, app, id, outbox }
     }
 
     /// The socket id as clients see it (`"123.456"`). Built when needed (signatures, webhooks) rather
@@ -176,7 +178,7 @@ impl Ctx {
             return None;
         }
         let kind = ChannelKind::of(channel);
-        let app = self.hub.app();
+        let app = &self.app;
         let signed = |message: &str| data.auth.as_deref().is_some_and(|token| auth::verify_token(&app.key, &app.secret, message, token));
         let mut member = None;
         match kind.access {
@@ -263,7 +265,7 @@ impl Ctx {
     /// Signs the connection in. In a cluster, the confirmation waits (see [`Pending::SignIn`]) so that
     /// the client's `#server-to-user` messages from other nodes are already routed here.
     fn sign_in(&self, data: SigninData) -> Option<Step> {
-        let app = self.hub.app();
+        let app = &self.app;
         if !app.enable_user_authentication {
             self.error(codes::TERMINATED, "User authentication is disabled for this app", "signin");
             return None;
@@ -304,7 +306,7 @@ impl Ctx {
 
     fn client_event(&self, msg: &Incoming, rate: &mut RateLimit) {
         let app = self.hub.app();
-        if !app.enable_client_messages {
+        if !self.app.enable_client_messages {
             return self.error(codes::GENERIC_ERROR, "Client events are disabled for this app", "client_event");
         }
         let Some(channel) = msg.channel.as_deref() else {

@@ -36,7 +36,7 @@ use tracing::{debug, info_span};
 use crate::codes;
 use crate::upgrade::Socket;
 use crate::wire::{self, Data};
-use crate::Pusher;
+use crate::{Pusher, PusherApp};
 
 use cluster::Step;
 use commands::{Ctx, RateLimit};
@@ -120,10 +120,15 @@ pub(crate) struct Session {
 ///
 /// This is a plain function, not part of the session future: every connection's task holds that future
 /// for its whole life, and each level of `async fn` nesting adds to its size.
-pub(crate) fn open(front: Arc<Pusher>, hub: Arc<Hub>, admission: OwnedSemaphorePermit) -> Result<Session, (u16, String)> {
+pub(crate) fn open(
+    front: Arc<Pusher>,
+    hub: Arc<Hub>,
+    app: Arc<PusherApp>,
+    admission: OwnedSemaphorePermit,
+) -> Result<Session, (u16, String)> {
     let (id, outbox) = hub.connect_with(front.codec).map_err(|e| codes::connect_error(&e))?;
     let client_events = RateLimit::new(hub.app().limits.client_events_per_second);
-    let ctx = Ctx::new(front, hub, id, outbox);
+    let ctx = Ctx::new(front, hub, app, id, outbox);
     Ok(Session { admission: Some(admission), conn: Registered::new(ctx), client_events })
 }
 

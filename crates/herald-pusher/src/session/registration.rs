@@ -90,7 +90,7 @@ mod tests {
     use tokio_util::task::TaskTracker;
 
     use super::*;
-    use crate::{Pusher, PusherConfig};
+    use crate::{Pusher, PusherApp, PusherConfig};
 
     fn member(user: &str) -> Option<MemberJoin> {
         Some(MemberJoin { user_id: Arc::from(user), info: Bytes::new() })
@@ -108,7 +108,8 @@ mod tests {
     #[tokio::test]
     async fn registration_is_released_on_panic_and_cancellation() {
         let engine = Arc::new(Engine::new(vec![App::dev()]));
-        let front = Pusher::new(engine.clone(), PusherConfig::default(), CancellationToken::new(), TaskTracker::new());
+        let front =
+            Pusher::new(engine.clone(), vec![PusherApp::dev()], PusherConfig::default(), CancellationToken::new(), TaskTracker::new());
         let hub = engine.by_id("app-id").unwrap().clone();
         let (watcher, watcher_box) = hub.connect_with(front.codec).unwrap();
         hub.subscribe(watcher, "presence-room", member("watcher")).unwrap();
@@ -116,7 +117,7 @@ mod tests {
         // A session that panics while registered and present.
         let (id, outbox) = hub.connect().unwrap();
         hub.subscribe(id, "presence-room", member("ghost")).unwrap();
-        let registered = Registered::new(Ctx::new(front.clone(), hub.clone(), id, outbox));
+        let registered = Registered::new(Ctx::new(front.clone(), hub.clone(), Arc::new(PusherApp::dev()), id, outbox));
         let panicked = std::panic::catch_unwind(AssertUnwindSafe(move || {
             let _registered = registered;
             panic!("a bug in a session");
@@ -129,7 +130,7 @@ mod tests {
         // A session whose task is cancelled (aborted) while registered.
         let (id, outbox) = hub.connect().unwrap();
         hub.subscribe(id, "news", None).unwrap();
-        let registered = Registered::new(Ctx::new(front.clone(), hub.clone(), id, outbox));
+        let registered = Registered::new(Ctx::new(front.clone(), hub.clone(), Arc::new(PusherApp::dev()), id, outbox));
         let task = tokio::spawn(async move {
             let _registered = registered;
             std::future::pending::<()>().await

@@ -5,9 +5,8 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
-use herald_core::App;
 use herald_pusher::PusherConfig;
-use herald_server::{Herald, HttpConfig};
+use herald_server::{AppConfig, Herald, HttpConfig};
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -22,12 +21,12 @@ pub struct Server {
     pub done: tokio::task::JoinHandle<std::io::Result<()>>,
 }
 
-pub async fn start(apps: Vec<App>, config: PusherConfig) -> Server {
+pub async fn start(apps: Vec<AppConfig>, config: PusherConfig) -> Server {
     start_with(apps, config, HttpConfig::default()).await
 }
 
 /// A Herald with these HTTP server limits.
-pub async fn start_with(apps: Vec<App>, config: PusherConfig, http: HttpConfig) -> Server {
+pub async fn start_with(apps: Vec<AppConfig>, config: PusherConfig, http: HttpConfig) -> Server {
     serve(Herald::new(apps, config).with_http(http)).await
 }
 
@@ -42,7 +41,7 @@ pub async fn serve(herald: Herald) -> Server {
 }
 
 pub async fn start_dev() -> Server {
-    start(vec![App::dev()], PusherConfig::default()).await
+    start(vec![AppConfig::dev()], PusherConfig::default()).await
 }
 
 impl Server {

@@ -1,0 +1,88 @@
+//! Each app's Pusher settings: the key clients connect with, the secret that signs, and the protocol
+//! switches. The engine knows an app only by its id; these settings live here, with the front that
+//! uses them, and name the engine's app by that id.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// One app's Pusher credentials and switches. `id` is the engine app's id (`herald_core::App::id`).
+#[derive(Debug, Clone)]
+pub struct PusherApp {
+    /// The engine app's id, also the HTTP API's (`/apps/{id}/...`).
+    pub id: String,
+    /// Public key clients connect with (`/app/{key}`).
+    pub key: String,
+    /// Shared secret for signatures (API requests, private channels, sign-in, webhooks).
+    pub secret: String,
+    /// Whether clients may send `client-*` events.
+    pub enable_client_messages: bool,
+    /// Whether clients may sign in as a user.
+    pub enable_user_authentication: bool,
+    /// Whether subscribers receive subscription-count updates.
+    pub enable_subscription_count: bool,
+}
+
+impl PusherApp {
+    /// The development app: `app-id` / `app-key` / `app-secret`, client events and user sign-in on,
+    /// subscription counts off.
+    pub fn dev() -> Self {
+        PusherApp {
+            id: "app-id".into(),
+            key: "app-key".into(),
+            secret: "app-secret".into(),
+            enable_client_messages: true,
+            enable_user_authentication: true,
+            enable_subscription_count: false,
+        }
+    }
+}
+
+/// Every app's settings, by key (WebSocket path) and by id (HTTP API, engine events).
+#[derive(Debug, Default)]
+pub(crate) struct Apps {
+    by_id: HashMap<String, Arc<PusherApp>>,
+    by_key: HashMap<String, Arc<PusherApp>>,
+}
+
+impl Apps {
+    /// The lookup of `apps`; a later app with the same id or key replaces an earlier one.
+    pub(crate) fn new(apps: impl IntoIterator<Item = PusherApp>) -> Apps {
+        let mut lookup = Apps::default();
+        for app in apps {
+            let app = Arc::new(app);
+            lookup.by_key.insert(app.key.clone(), app.clone());
+            lookup.by_id.insert(app.id.clone(), app);
+        }
+        lookup
+    }
+
+    /// The app with this id.
+    pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<PusherApp>> {
+        self.by_id.get(id)
+    }
+
+    /// The app with this key.
+    pub(crate) fn by_key(&self, key: &str) -> Option<&Arc<PusherApp>> {
+        self.by_key.get(key)
+    }
+
+    /// Every app.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<PusherApp>> {
+        self.by_id.values()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_are_found_by_id_and_by_key() {
+        let apps = Apps::new([PusherApp::dev(), PusherApp { id: "2".into(), key: "k2".into(), ..PusherApp::dev() }]);
+        assert_eq!(apps.by_key("app-key").unwrap().id, "app-id");
+        assert_eq!(apps.by_id("2").unwrap().key, "k2");
+        assert!(apps.by_key("app-id").is_none());
+        assert!(apps.by_id("k2").is_none());
+        assert_eq!(apps.iter().count(), 2);
+    }
+}
