@@ -47,8 +47,14 @@ impl RedisServer {
             .expect("redis-server must be installed");
         // Up to 15 s: a busy machine (a whole test suite starting servers) can be slow.
         for _ in 0..300 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return Some(RedisServer { port, child });
+            if let Ok(stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                // Ours, not another test's that took the port first (ours then exits). A server with
+                // extra options (a password) can't be asked; those tests pick their own port.
+                let ours = !extra.is_empty() || server_pid(stream).await == child.id();
+                return match ours {
+                    true => Some(RedisServer { port, child }),
+                    false => None,
+                };
             }
             if matches!(child.try_wait(), Ok(Some(_))) {
                 return None;
@@ -58,6 +64,7 @@ impl RedisServer {
         None
     }
 
+    /// The URL of this server.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
@@ -76,6 +83,27 @@ impl RedisServer {
 /// A publication whose data is the finished `frame` (delivered as-is to raw-codec subscribers).
 pub fn raw(channel: &str, frame: &Bytes) -> herald_core::Publication {
     herald_core::Publication::new(channel, "", frame.clone(), herald_core::DataKind::Binary)
+}
+
+/// The process id a Redis server on `stream` reports (`INFO server`), if it answers.
+async fn server_pid(mut stream: tokio::net::TcpStream) -> Option<u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(b"INFO server\r\n").await.ok()?;
+    let mut text = String::new();
+    let mut buf = [0u8; 4096];
+    for _ in 0..20 {
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await.ok()?.ok()?;
+        if n == 0 {
+            return None;
+        }
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        if let Some(pid) = text.split("process_id:").nth(1).and_then(|rest| rest.split_whitespace().next()) {
+            if text.contains("run_id:") {
+                return pid.parse().ok();
+            }
+        }
+    }
+    None
 }
 
 /// The next frame in `outbox`, or `None` after `ms`.
