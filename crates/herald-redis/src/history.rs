@@ -467,7 +467,15 @@ impl<C: Conn> herald_core::HistoryBroadcast for Broadcast<C> {
     ) -> herald_core::BoxFuture<'a, Result<StreamPosition, HistoryError>> {
         Box::pin(async move {
             let (channel, payload) = self.broker.history_message(app_id, publication);
-            let publish = HistoryPublish { channel: &channel, payload: &payload, sharded: self.sharded };
+            if self.sharded {
+                // On a Redis Cluster the channel's shard is not the one of the app's keys, so the script
+                // can't send it: append, then send through the publish queue (offsets then reach nodes in
+                // publish order, which two nodes publishing at once may swap; gaps are told as usual).
+                let position = self.history.append_and_publish(app_id, publication, options, None).await?;
+                self.broker.send_positioned(channel, &position, &payload);
+                return Ok(position);
+            }
+            let publish = HistoryPublish { channel: &channel, payload: &payload, sharded: false };
             self.history.append_and_publish(app_id, publication, options, Some(publish)).await
         })
     }

@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Broker, Engine, Publication, Remote, Topic};
+use herald_core::{Broker, Engine, Publication, Remote, StreamPosition, Topic};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -214,6 +214,17 @@ impl RedisBroker {
         let topic = Topic::Channel(publication.channel.clone());
         let payload = envelope::encode(self.node, &Remote::Publish { publication: publication.clone() });
         (self.key(app_id, &topic), payload)
+    }
+
+    /// Queues a history publication for Redis as the append script would send it (`offset:epoch:`
+    /// then the envelope). Same policy as [`Broker::publish`] when the queue is full.
+    pub(crate) fn send_positioned(&self, channel: String, position: &StreamPosition, envelope: &[u8]) {
+        let mut payload = format!("{}:{}:", position.offset, position.epoch).into_bytes();
+        payload.extend_from_slice(envelope);
+        if self.outgoing.try_send((channel, Bytes::from(payload))).is_err() {
+            self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("herald_redis_publish_dropped_total").increment(1);
+        }
     }
 
     /// What crossed Redis so far.

@@ -200,3 +200,25 @@ async fn a_full_push_queue_drops_counts_and_recovers_routing() {
     assert!(counted, "reconcile on the cluster: {:?}", state.channel("app-id", channel).await);
     shutdown.cancel();
 }
+
+#[tokio::test]
+async fn history_publications_work_on_redis_cluster() {
+    let cluster = RedisCluster::start().await;
+    let shutdown = CancellationToken::new();
+    let (a, _) = node(&cluster, &shutdown).await;
+    let (b, _) = node(&cluster, &shutdown).await;
+    let (id, outbox) = hub(&b).connect().unwrap();
+    hub(&b).join(id, "cache-score", None).await.unwrap();
+    let options = herald_core::HistoryOptions { size: 1, ttl: Duration::from_secs(60) };
+    let mut last = None;
+    for n in 1..=3u8 {
+        let p = herald_core::Publication::new("cache-score", "goal", Bytes::from(vec![b'0' + n]), herald_core::DataKind::Text);
+        last = Some(hub(&a).publish_with_history(&p, options).await.expect("the cluster takes history publishes"));
+    }
+    assert_eq!(last.as_ref().unwrap().offset, 3);
+    for n in 1..=3u8 {
+        assert_eq!(next(&outbox, 2000).await, Some(Bytes::from(vec![b'0' + n])));
+    }
+    let kept = hub(&b).history("cache-score", None, 10).await.unwrap().publications;
+    assert_eq!(kept.iter().map(|p| p.data.clone()).collect::<Vec<_>>(), vec![Bytes::from_static(b"3")]);
+}
