@@ -9,6 +9,7 @@ use crate::broker::Broker;
 use crate::codec::{Codec, CodecId, Codecs};
 use crate::history::{HistoryBroadcast, HistoryStore, MemoryHistory};
 use crate::hub::{EngineListener, Hub};
+use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::outbox::Disconnect;
 use crate::state::ClusterState;
 
@@ -26,9 +27,10 @@ impl Engine {
         // One store for every app; its channel cap is the largest any app allows.
         let max_channels = apps.iter().map(|a| a.limits.max_history_channels).max().unwrap_or(0);
         let history = Arc::new(MemoryHistory::new(max_channels));
+        let idempotency = Arc::new(Idempotency::new(IdempotencyLimits::default()));
         let mut by_id = HashMap::new();
         for app in apps {
-            let hub = Arc::new(Hub::with_shared(app, codecs.clone(), history.clone()));
+            let hub = Arc::new(Hub::with_shared(app, codecs.clone(), history.clone(), idempotency.clone()));
             by_id.insert(hub.app().id.clone(), hub);
         }
         Engine { by_id, codecs }
@@ -74,6 +76,12 @@ impl Engine {
     /// this node's memory. Only the first call takes effect.
     pub fn attach_history(&self, store: Arc<dyn HistoryStore>, broadcast: Arc<dyn HistoryBroadcast>) -> bool {
         self.hubs().map(|hub| hub.attach_history(store.clone(), broadcast.clone())).fold(true, |all, ok| all & ok)
+    }
+
+    /// Remembers idempotency keys in `store`, shared by every node, instead of this node's memory. Only
+    /// the first call takes effect.
+    pub fn attach_idempotency(&self, store: Arc<dyn IdempotencyStore>) -> bool {
+        self.hubs().map(|hub| hub.attach_idempotency(store.clone())).fold(true, |all, ok| all & ok)
     }
 
     /// The attached broker, if this node is part of a cluster.

@@ -222,3 +222,41 @@ mod tests {
         assert!(seen.is_empty("a"));
     }
 }
+
+/// Longest idempotency key accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+
+/// An idempotency check failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdempotencyError {
+    /// The store could not be reached or answered in time (or answered nonsense).
+    #[error("idempotency check unavailable: {0}")]
+    Unavailable(String),
+    /// The key is longer than [`MAX_IDEMPOTENCY_KEY`].
+    #[error("idempotency key of {len} bytes (limit {max})")]
+    KeyTooLong {
+        /// The key's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+}
+
+/// Where a cluster remembers idempotency keys (the memory [`Idempotency`] on one node).
+pub trait IdempotencyStore: Send + Sync + 'static {
+    /// True if `key` was not seen for `app_id` within the window (the publish goes on), remembering
+    /// it; false for a repeat.
+    fn first_seen<'a>(&'a self, app_id: &'a str, key: &'a str) -> crate::state::BoxFuture<'a, Result<bool, IdempotencyError>>;
+}
+
+impl IdempotencyStore for Idempotency {
+    fn first_seen<'a>(&'a self, app_id: &'a str, key: &'a str) -> crate::state::BoxFuture<'a, Result<bool, IdempotencyError>> {
+        let result = if key.len() > MAX_IDEMPOTENCY_KEY {
+            Err(IdempotencyError::KeyTooLong { len: key.len(), max: MAX_IDEMPOTENCY_KEY })
+        } else {
+            Ok(Idempotency::first_seen(self, app_id, key, Instant::now()))
+        };
+        Box::pin(std::future::ready(result))
+    }
+}

@@ -10,16 +10,15 @@
 
 use std::time::Duration;
 
-use herald_core::IdempotencyLimits;
+use herald_core::{BoxFuture, IdempotencyLimits, IdempotencyStore};
+
+pub use herald_core::{IdempotencyError, MAX_IDEMPOTENCY_KEY};
 use redis::aio::ConnectionManager;
 use redis::Script;
 
 use crate::health::is_link_failure;
 use crate::history::Deadline;
 use crate::state::{app_tag, Conn};
-
-/// The longest idempotency key accepted, in bytes.
-pub const MAX_IDEMPOTENCY_KEY: usize = 256;
 
 const SEEN: &str = r#"
 local t = redis.call('TIME')
@@ -34,23 +33,6 @@ redis.call('PEXPIRE', KEYS[1], window)
 if over > 0 then return 2 end
 return 1
 "#;
-
-/// An idempotency check failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdempotencyError {
-    /// Redis could not be reached or answered in time (or answered nonsense).
-    #[error("idempotency check unavailable: {0}")]
-    Unavailable(String),
-    /// The key is longer than [`MAX_IDEMPOTENCY_KEY`].
-    #[error("idempotency key of {len} bytes (limit {max})")]
-    KeyTooLong {
-        /// The key's length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-}
 
 /// Recently seen idempotency keys of every app, in Redis.
 pub struct RedisIdempotency<C = ConnectionManager> {
@@ -95,5 +77,10 @@ impl<C: Conn> RedisIdempotency<C> {
             metrics::counter!("herald_idempotency_evicted_total", "app" => app_id.to_owned()).increment(1);
         }
         Ok(answer != 0)
+    }
+}
+impl<C: Conn> IdempotencyStore for RedisIdempotency<C> {
+    fn first_seen<'a>(&'a self, app_id: &'a str, key: &'a str) -> BoxFuture<'a, Result<bool, IdempotencyError>> {
+        Box::pin(RedisIdempotency::first_seen(self, app_id, key))
     }
 }

@@ -195,6 +195,8 @@ impl RedisBroker {
         let history = Arc::new(RedisHistory::with_health(conn.clone(), self.prefix.clone(), max_history, self.health.clone()));
         let broadcast = history::Broadcast { history: history.clone(), broker: self.clone(), sharded: config.cluster };
         engine.attach_history(history, Arc::new(broadcast));
+        let limits = herald_core::IdempotencyLimits::default();
+        engine.attach_idempotency(Arc::new(RedisIdempotency::new(conn.clone(), self.prefix.clone(), limits, config.timeout)));
         tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, self.health.clone(), shutdown.clone()));
         tasks.spawn(reconcile::reconcile_loop(
             conn.clone(),

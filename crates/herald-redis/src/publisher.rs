@@ -100,11 +100,26 @@ pub(crate) fn publish_sharded(conn: &ClusterConnection) -> impl FnMut(Batch) -> 
     move |batch| {
         let conn = conn.clone();
         Box::pin(async move {
-            let sends = batch.into_iter().map(|(channel, payload)| {
+            // Channels go out concurrently; the messages of one channel one after another, in queue
+            // order (concurrent sends of one channel could overtake each other).
+            let mut by_channel: Vec<(String, Vec<Bytes>)> = Vec::new();
+            for (channel, payload) in batch {
+                match by_channel.iter_mut().find(|(c, _)| *c == channel) {
+                    Some((_, payloads)) => payloads.push(payload),
+                    None => by_channel.push((channel, vec![payload])),
+                }
+            }
+            let sends = by_channel.into_iter().map(|(channel, payloads)| {
                 let mut conn = conn.clone();
-                async move { redis::cmd("SPUBLISH").arg(channel).arg(&payload[..]).query_async::<()>(&mut conn).await }
+                async move {
+                    let mut results = Vec::with_capacity(payloads.len());
+                    for payload in payloads {
+                        results.push(redis::cmd("SPUBLISH").arg(&channel).arg(&payload[..]).query_async::<()>(&mut conn).await);
+                    }
+                    results
+                }
             });
-            let results = futures_util::future::join_all(sends).await;
+            let results: Vec<_> = futures_util::future::join_all(sends).await.into_iter().flatten().collect();
             let failed = results.iter().filter(|r| r.is_err()).count();
             match results.into_iter().find_map(Result::err) {
                 Some(e) => Err((failed, e)),

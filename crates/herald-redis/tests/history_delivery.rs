@@ -55,3 +55,30 @@ async fn history_publications_reach_every_node_in_offset_order_and_are_recoverab
     assert_eq!(a.hub().stream_position("stream-1").await.unwrap().offset, 20);
     redis.stop().await;
 }
+
+#[tokio::test]
+async fn idempotency_and_device_exclusion_hold_across_nodes() {
+    let redis = RedisServer::start().await;
+    let url = redis.url();
+    let a = Node::start(&url, "herald", Duration::from_secs(10), App::dev()).await;
+    let b = Node::start(&url, "herald", Duration::from_secs(10), App::dev()).await;
+    // The user's phone on A, laptop on B; the change is made on the phone.
+    let (phone, on_phone) = a.hub().connect().unwrap();
+    let (laptop, on_laptop) = b.hub().connect().unwrap();
+    a.hub().sign_in(phone, "u1", Some("phone")).unwrap();
+    b.hub().sign_in(laptop, "u1", Some("laptop")).unwrap();
+    a.hub().join(phone, "room", None).await.unwrap();
+    b.hub().join(laptop, "room", None).await.unwrap();
+    common::eventually(Duration::from_secs(5), || async { a.broker.subscriptions() >= 2 && b.broker.subscriptions() >= 2 }).await;
+    let mut change = Publication::new("#user-u1", "sync", Bytes::from_static(b"{}"), DataKind::Json);
+    change.except_device = Some("phone".into());
+    assert_eq!(a.hub().publish_to_user("u1", &change), 0, "not to the phone, here");
+    assert_eq!(frames(&on_laptop, 500).await, vec![Bytes::from_static(b"{}")], "the laptop, on the other node, gets it");
+    // Idempotency is cluster-wide: a retry through the other node is accepted, not delivered.
+    let p = Publication::new("room", "e", Bytes::from_static(b"once"), DataKind::Text);
+    assert!(matches!(a.hub().publish_confirmed(&p, None, Some("req-1")).await.unwrap(), herald_core::Published::Delivered { .. }));
+    assert_eq!(b.hub().publish_confirmed(&p, None, Some("req-1")).await.unwrap(), herald_core::Published::Repeat);
+    assert_eq!(frames(&on_laptop, 500).await, vec![Bytes::from_static(b"once")], "delivered once");
+    assert_eq!(frames(&on_phone, 100).await, vec![Bytes::from_static(b"once")]);
+    redis.stop().await;
+}

@@ -12,6 +12,7 @@ use std::sync::Arc;
 
 use crate::change::ChannelEvent;
 use crate::history::{HistoryBroadcast, HistoryError, HistoryOptions, HistoryStore, Recovery};
+use crate::idempotency::{IdempotencyError, IdempotencyStore};
 use crate::publication::{Publication, StreamPosition};
 
 use super::Hub;
@@ -22,7 +23,65 @@ pub(crate) struct SharedHistory {
     pub(crate) broadcast: Arc<dyn HistoryBroadcast>,
 }
 
+/// What a confirmed publish did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Published {
+    /// Delivered (and, on a channel with history, stored at this position).
+    Delivered {
+        /// The publication's place in the channel's stream, for channels with history.
+        position: Option<StreamPosition>,
+    },
+    /// Its idempotency key was seen within the window: accepted, not delivered again.
+    Repeat,
+}
+
+/// Why a confirmed publish was not accepted (nothing was delivered).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfirmError {
+    /// The history could not take it.
+    #[error(transparent)]
+    History(#[from] HistoryError),
+    /// The idempotency key could not be checked (or is too long).
+    #[error(transparent)]
+    Idempotency(#[from] IdempotencyError),
+}
+
 impl Hub {
+    pub(crate) fn attach_idempotency(&self, store: Arc<dyn IdempotencyStore>) -> bool {
+        self.shared_idempotency.set(store).is_ok()
+    }
+
+    /// Publishes `publication` and returns once it was accepted: with a position when its channel keeps
+    /// history (the app's rules, or `history` given by the front), and at most once per
+    /// `idempotency_key` within the window (a repeat is accepted and not delivered). For HTTP clients'
+    /// retries and bus consumers that ack only what was accepted.
+    pub async fn publish_confirmed(
+        &self,
+        publication: &Publication,
+        history: Option<HistoryOptions>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, ConfirmError> {
+        if let Some(key) = idempotency_key {
+            let store: &dyn IdempotencyStore = match self.shared_idempotency.get() {
+                Some(shared) => shared.as_ref(),
+                None => self.idempotency.as_ref(),
+            };
+            if !store.first_seen(&self.app.id, key).await? {
+                metrics::counter!("herald_publish_repeats_total", "app" => self.app.id.clone()).increment(1);
+                return Ok(Published::Repeat);
+            }
+        }
+        match history.or_else(|| self.history_options(&publication.channel)) {
+            Some(options) => Ok(Published::Delivered { position: Some(self.publish_with_history(publication, options).await?) }),
+            None => {
+                self.publish(publication);
+                Ok(Published::Delivered { position: None })
+            }
+        }
+    }
+
     pub(crate) fn attach_history(&self, store: Arc<dyn HistoryStore>, broadcast: Arc<dyn HistoryBroadcast>) -> bool {
         self.shared_history.set(SharedHistory { store, broadcast }).is_ok()
     }

@@ -18,6 +18,7 @@ mod history;
 mod users;
 
 pub use cluster::{Departure, CLUSTER_WAIT};
+pub use history::{ConfirmError, Published};
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +34,7 @@ use crate::broker::Broker;
 use crate::change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 use crate::codec::{CodecId, Codecs, Encoded};
 use crate::history::MemoryHistory;
+use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::ids::SocketId;
 use crate::outbox::Outbox;
 use crate::presence::{Member, Presence};
@@ -128,6 +130,8 @@ pub struct Hub {
     listeners: RwLock<Vec<Arc<dyn EngineListener>>>,
     memory_history: Arc<MemoryHistory>,
     shared_history: OnceLock<history::SharedHistory>,
+    idempotency: Arc<Idempotency>,
+    shared_idempotency: OnceLock<Arc<dyn IdempotencyStore>>,
     /// Appending to the memory history and delivering happen under this lock, in offset order.
     history_order: Mutex<()>,
 }
@@ -137,10 +141,10 @@ impl Hub {
     /// between its hubs).
     pub fn new(app: App) -> Self {
         let history = Arc::new(MemoryHistory::new(app.limits.max_history_channels));
-        Hub::with_shared(app, Codecs::new(), history)
+        Hub::with_shared(app, Codecs::new(), history, Arc::new(Idempotency::new(IdempotencyLimits::default())))
     }
 
-    pub(crate) fn with_shared(app: App, codecs: Arc<Codecs>, memory_history: Arc<MemoryHistory>) -> Self {
+    pub(crate) fn with_shared(app: App, codecs: Arc<Codecs>, memory_history: Arc<MemoryHistory>, idempotency: Arc<Idempotency>) -> Self {
         let label = [("app", app.id.clone())];
         let metrics = HubMetrics {
             connections: metrics::gauge!("herald_connections", &label),
@@ -162,6 +166,8 @@ impl Hub {
             listeners: RwLock::new(Vec::new()),
             memory_history,
             shared_history: OnceLock::new(),
+            idempotency,
+            shared_idempotency: OnceLock::new(),
             history_order: Mutex::new(()),
         }
     }

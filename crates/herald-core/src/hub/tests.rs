@@ -391,3 +391,26 @@ async fn a_gap_in_offsets_from_other_nodes_is_told_to_subscribers() {
     let got = frames(&outbox).await;
     assert_eq!(got, vec![Bytes::from("c:1"), Bytes::from("c:2"), Bytes::from("c:event:stream-1"), Bytes::from("c:4")]);
 }
+
+#[tokio::test]
+async fn a_confirmed_publish_is_delivered_once_per_idempotency_key() {
+    let mut app = App::dev();
+    app.history.push(crate::app::HistoryRule {
+        prefix: "stream-".into(),
+        options: crate::history::HistoryOptions { size: 10, ttl: std::time::Duration::from_secs(60) },
+    });
+    let hub = Hub::new(app);
+    let (id, outbox) = connect(&hub);
+    hub.subscribe(id, "stream-1", None).unwrap();
+    hub.subscribe(id, "plain", None).unwrap();
+    let p = Publication::new("stream-1", "e", Bytes::from("x"), DataKind::Text);
+    let first = hub.publish_confirmed(&p, None, Some("k1")).await.unwrap();
+    assert!(matches!(&first, crate::hub::Published::Delivered { position: Some(pos) } if pos.offset == 1), "{first:?}");
+    assert_eq!(hub.publish_confirmed(&p, None, Some("k1")).await.unwrap(), crate::hub::Published::Repeat);
+    assert_eq!(frames(&outbox).await.len(), 1, "a retry is not delivered again");
+    let plain = Publication::new("plain", "e", Bytes::from("y"), DataKind::Text);
+    assert_eq!(hub.publish_confirmed(&plain, None, None).await.unwrap(), crate::hub::Published::Delivered { position: None });
+    assert_eq!(frames(&outbox).await, vec![Bytes::from("y")]);
+    let long = "k".repeat(300);
+    assert!(hub.publish_confirmed(&plain, None, Some(&long)).await.is_err(), "keys are bounded");
+}
