@@ -61,13 +61,8 @@ async fn trickling_receiver() -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
             let (mut stream, _) = listener.accept().await.unwrap();
             let (r, a) = (r.clone(), a.clone());
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 r.fetch_add(1, Ordering::SeqCst);
                 let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\n").await;
@@ -129,13 +124,8 @@ async fn flooding_receiver() -> (String, mpsc::UnboundedReceiver<usize>) {
             let (mut stream, _) = listener.accept().await.unwrap();
             let tx = tx.clone();
             tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
+                if !read_head(&mut stream).await {
+                    return;
                 }
                 let total = 100 * 1024 * 1024;
                 let _ = stream.write_all(format!("HTTP/1.1 200 OK\r\nContent-Length: {total}\r\n\r\n").as_bytes()).await;
@@ -169,4 +159,17 @@ async fn a_flooding_response_body_is_cut_at_the_cap() {
         .expect("the flooding receiver's connection was dropped before the exchange deadline")
         .unwrap();
     assert!(sent < 50 * 1024 * 1024, "the client stopped reading early: {sent} bytes were written");
+}
+
+/// Reads a request head (up to the blank line); false if the connection ended first.
+async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
 }
