@@ -6,11 +6,13 @@
 //! so a publisher never waits for, and other subscribers never suffer from, one slow socket.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+
+use crate::codec::CodecId;
 
 /// Queue slots an outbox keeps after draining; a larger capacity left by a burst is released.
 const KEEP_CAPACITY: usize = 16;
@@ -84,6 +86,10 @@ struct Inner {
     state: Mutex<State>,
     ready: Notify,
     limits: OutboxLimits,
+    /// The encoding of what is delivered here (the connection's front).
+    codec: CodecId,
+    /// The device the connection signed in from, once it did.
+    device: OnceLock<Arc<str>>,
 }
 
 struct State {
@@ -95,13 +101,37 @@ struct State {
 impl Outbox {
     /// An empty outbox with these bounds.
     pub fn new(limits: OutboxLimits) -> Self {
+        Outbox::with_codec(limits, CodecId::RAW)
+    }
+
+    /// An empty outbox with these bounds for a connection whose frames use `codec`. The outbox is the
+    /// connection's delivery endpoint: every subscription holds a clone, so what delivery needs to know
+    /// about the connection (its codec, its device) lives here, once per connection.
+    pub fn with_codec(limits: OutboxLimits, codec: CodecId) -> Self {
         Outbox {
             inner: Arc::new(Inner {
                 state: Mutex::new(State { frames: VecDeque::new(), bytes: 0, closed: None }),
                 ready: Notify::new(),
                 limits,
+                codec,
+                device: OnceLock::new(),
             }),
         }
+    }
+
+    /// The encoding of this connection's frames.
+    pub fn codec(&self) -> CodecId {
+        self.inner.codec
+    }
+
+    /// The device the connection signed in from, if it did.
+    pub fn device(&self) -> Option<&str> {
+        self.inner.device.get().map(|d| &**d)
+    }
+
+    /// Records the connection's device; only the first call takes effect.
+    pub(crate) fn set_device(&self, device: Arc<str>) {
+        let _ = self.inner.device.set(device);
     }
 
     /// Queues one frame, applying the overflow policy if a bound would be exceeded.

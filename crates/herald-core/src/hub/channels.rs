@@ -20,9 +20,9 @@ impl Hub {
     /// Subscribes `socket` to `channel` on this node; `member` makes it a presence subscription.
     pub fn subscribe(&self, socket: SocketId, channel: &str, member: Option<MemberJoin>) -> Result<Subscribed, SubscribeError> {
         let limits = &self.app.limits;
-        let (target, count) = {
+        let (outbox, count) = {
             let conn = self.connections.get(&socket).ok_or(SubscribeError::UnknownConnection)?;
-            (conn.target.clone(), conn.channels.len())
+            (conn.outbox.clone(), conn.channels.len())
         };
         if let Some(m) = &member {
             if m.info.len() > limits.max_presence_member_size {
@@ -79,7 +79,7 @@ impl Hub {
             }
             user = Some(m.user_id.clone());
         }
-        ch.subscribers.insert(socket, Subscriber { target, user });
+        ch.subscribers.insert(socket, Subscriber { outbox, user });
         let subscribers = ch.subscribers.len();
         let members = ch.presence.as_ref().map(Presence::snapshot);
         drop(entry);
@@ -150,7 +150,7 @@ impl Hub {
     pub(super) fn deliver(&self, publication: &Publication) -> usize {
         let Some(ch) = self.channels.get(&*publication.channel) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
-        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.target));
+        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
         self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded)
     }
 
@@ -164,7 +164,7 @@ impl Hub {
     pub(super) fn deliver_event(&self, channel: &str, event: &ChannelEvent, except: Option<SocketId>) -> usize {
         let Some(ch) = self.channels.get(channel) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.event(channel, event));
-        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.target));
+        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
         self.push_all(targets, except, None, &mut encoded)
     }
 }

@@ -9,7 +9,7 @@ use crate::error::ConnectError;
 use crate::ids::SocketId;
 use crate::outbox::{Disconnect, Outbox};
 
-use super::{Conn, Hub, Target};
+use super::{Conn, Hub};
 
 impl Hub {
     /// Registers a connection whose frames use the built-in raw codec (tests, in-process embedders).
@@ -33,9 +33,8 @@ impl Hub {
         while self.connections.contains_key(&id) {
             id = SocketId::random();
         }
-        let outbox = Outbox::new(self.app.limits.outbox);
-        let target = Target { outbox: outbox.clone(), codec, device: None };
-        self.connections.insert(id, Conn { target, user: None, channels: Vec::new() });
+        let outbox = Outbox::with_codec(self.app.limits.outbox, codec);
+        self.connections.insert(id, Conn { outbox: outbox.clone(), user: None, channels: Vec::new() });
         self.metrics.connections.increment(1.0);
         Ok((id, outbox))
     }
@@ -60,12 +59,12 @@ impl Hub {
 
     /// Queues `frame` to one connection.
     pub fn send_to(&self, socket: SocketId, frame: bytes::Bytes) -> bool {
-        let Some(outbox) = self.connections.get(&socket).map(|c| c.target.outbox.clone()) else { return false };
+        let Some(outbox) = self.connections.get(&socket).map(|c| c.outbox.clone()) else { return false };
         outbox.push(frame).is_ok()
     }
 
     /// Asks every connection to close for `reason`. Returns how many.
     pub fn close_all(&self, reason: Disconnect) -> usize {
-        self.connections.iter().map(|c| c.target.outbox.close(reason)).count()
+        self.connections.iter().map(|c| c.outbox.close(reason)).count()
     }
 }

@@ -32,7 +32,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::app::App;
 use crate::broker::Broker;
 use crate::change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
-use crate::codec::{CodecId, Codecs, Encoded};
+use crate::codec::{Codecs, Encoded};
 use crate::history::MemoryHistory;
 use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::ids::SocketId;
@@ -75,22 +75,14 @@ pub struct ChannelInfo {
     pub users: Option<usize>,
 }
 
-/// Where a delivery goes: a connection's queue, its encoding, and its device.
-#[derive(Clone)]
-struct Target {
-    outbox: Outbox,
-    codec: CodecId,
-    device: Option<Arc<str>>,
-}
-
 struct Conn {
-    target: Target,
+    outbox: Outbox,
     user: Option<Arc<str>>,
     channels: Vec<Arc<str>>,
 }
 
 struct Subscriber {
-    target: Target,
+    outbox: Outbox,
     /// The presence user this subscription joined as.
     user: Option<Arc<str>>,
 }
@@ -122,7 +114,7 @@ pub struct Hub {
     connections: DashMap<SocketId, Conn>,
     connection_count: AtomicUsize,
     channels: DashMap<Arc<str>, Channel>,
-    users: DashMap<Arc<str>, Vec<(SocketId, Target)>>,
+    users: DashMap<Arc<str>, Vec<(SocketId, Outbox)>>,
     metrics: HubMetrics,
     codecs: Arc<Codecs>,
     broker: OnceLock<Arc<dyn Broker>>,
@@ -265,7 +257,7 @@ impl Hub {
     /// codec. Returns how many got it.
     fn push_all<'a, F>(
         &self,
-        targets: impl Iterator<Item = (&'a SocketId, &'a Target)>,
+        targets: impl Iterator<Item = (&'a SocketId, &'a Outbox)>,
         except: Option<SocketId>,
         except_device: Option<&str>,
         encoded: &mut Encoded<'_, F>,
@@ -274,12 +266,12 @@ impl Hub {
         F: Fn(&dyn crate::codec::Codec) -> Option<Bytes>,
     {
         let (mut delivered, mut bytes) = (0usize, 0usize);
-        for (id, target) in targets {
-            if Some(*id) == except || (except_device.is_some() && target.device.as_deref() == except_device) {
+        for (id, outbox) in targets {
+            if Some(*id) == except || (except_device.is_some() && outbox.device() == except_device) {
                 continue;
             }
-            let Some(frame) = encoded.frame(target.codec) else { continue };
-            if target.outbox.push(frame.clone()).is_ok() {
+            let Some(frame) = encoded.frame(outbox.codec()) else { continue };
+            if outbox.push(frame.clone()).is_ok() {
                 delivered += 1;
                 bytes += frame.len();
             }

@@ -17,29 +17,22 @@ impl Hub {
     /// channel subscriptions.
     pub fn sign_in(&self, socket: SocketId, user_id: &str, device: Option<&str>) -> Result<(), SignInError> {
         let user: Arc<str> = Arc::from(user_id);
-        let device: Option<Arc<str>> = device.map(Arc::from);
-        let (target, channels) = {
+        let outbox = {
             let mut conn = self.connections.get_mut(&socket).ok_or(SignInError::UnknownConnection)?;
             match &conn.user {
                 Some(existing) if **existing == *user_id => return Ok(()),
                 Some(_) => return Err(SignInError::AlreadySignedIn),
                 None => conn.user = Some(user.clone()),
             }
-            conn.target.device = device.clone();
-            (conn.target.clone(), conn.channels.clone())
+            conn.outbox.clone()
         };
-        if device.is_some() {
-            for channel in &channels {
-                if let Some(mut ch) = self.channels.get_mut(&**channel) {
-                    if let Some(sub) = ch.subscribers.get_mut(&socket) {
-                        sub.target.device = device.clone();
-                    }
-                }
-            }
+        // The device is the connection's, so its channel subscriptions (which share the outbox) see it.
+        if let Some(device) = device {
+            outbox.set_device(Arc::from(device));
         }
         let first = {
             let mut sockets = self.users.entry(user.clone()).or_default();
-            sockets.push((socket, target));
+            sockets.push((socket, outbox));
             sockets.len() == 1
         };
         if first {
@@ -63,7 +56,12 @@ impl Hub {
     pub(super) fn deliver_to_user(&self, user_id: &str, publication: &Publication) -> usize {
         let Some(sockets) = self.users.get(user_id) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
-        self.push_all(sockets.iter().map(|(id, t)| (id, t)), publication.except, publication.except_device.as_deref(), &mut encoded)
+        self.push_all(
+            sockets.iter().map(|(id, outbox)| (id, outbox)),
+            publication.except,
+            publication.except_device.as_deref(),
+            &mut encoded,
+        )
     }
 
     /// Asks every connection signed in as `user_id`, on every node, to close. Returns how many local
@@ -75,7 +73,7 @@ impl Hub {
 
     pub(super) fn terminate_local(&self, user_id: &str) -> usize {
         let Some(sockets) = self.users.get(user_id) else { return 0 };
-        sockets.iter().for_each(|(_, t)| t.outbox.close(Disconnect::Terminated));
+        sockets.iter().for_each(|(_, outbox)| outbox.close(Disconnect::Terminated));
         sockets.len()
     }
 }
