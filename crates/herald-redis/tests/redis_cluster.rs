@@ -20,7 +20,12 @@ struct RedisCluster {
     _nodes: Vec<Child>,
     _dir: std::path::PathBuf,
     seeds: String,
+    /// One cluster at a time in this test binary: clusters starting together can pick the same free
+    /// ports and form one cluster of the wrong nodes.
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
+
+static TURN: std::sync::LazyLock<Arc<tokio::sync::Mutex<()>>> = std::sync::LazyLock::new(Default::default);
 
 async fn free_port() -> u16 {
     // Cluster nodes also listen on port + 10000 (the cluster bus), so pick ports with room above.
@@ -34,6 +39,7 @@ async fn free_port() -> u16 {
 
 impl RedisCluster {
     async fn start() -> RedisCluster {
+        let turn = TURN.clone().lock_owned().await;
         // One directory per cluster: tests of this file run concurrently in one process.
         let dir = std::env::temp_dir().join(format!("herald-redis-cluster-{}-{}", std::process::id(), fastrand::u64(..)));
         std::fs::create_dir_all(&dir).unwrap();
@@ -81,7 +87,7 @@ impl RedisCluster {
             }
         }
         let seeds = addrs.iter().map(|a| format!("redis://{a}")).collect::<Vec<_>>().join(",");
-        RedisCluster { _nodes: nodes, _dir: dir, seeds }
+        RedisCluster { _nodes: nodes, _dir: dir, seeds, _turn: turn }
     }
 }
 
