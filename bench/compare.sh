@@ -22,11 +22,11 @@ SPREAD_R=${SPREAD_R:-1000}
 DURATION=${DURATION:-10}         # seconds of publishing
 PAYLOAD=${PAYLOAD:-100}          # bytes of event data
 SERVERS=${SERVERS:-"herald sockudo"}
-HERALD_PORT=6101
-SOCKUDO_PORT=6102
+HERALD_PORT=${HERALD_PORT:-6101}
+SOCKUDO_PORT=${SOCKUDO_PORT:-6102}
 SOCKUDO_BIN=${SOCKUDO_BIN:-$(command -v sockudo || echo "$root/bench/.peers/sockudo/bin/sockudo")}
 HERALD_BASE_BIN=${HERALD_BASE_BIN:-}  # an older herald build, for before/after runs (SERVERS="herald-base herald")
-HERALD_BASE_PORT=6103
+HERALD_BASE_PORT=${HERALD_BASE_PORT:-6103}
 
 if [[ " $SERVERS " == *" sockudo "* ]] && [ ! -x "$SOCKUDO_BIN" ]; then
   echo "== installing sockudo 5.2.0 into bench/.peers (one-off)"
