@@ -6,6 +6,7 @@
 //! so a publisher never waits for, and other subscribers never suffer from, one slow socket.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::codec::CodecId;
+use crate::keepalive::activity_clock;
 
 /// Queue slots an outbox keeps after draining; a larger capacity left by a burst is released.
 const KEEP_CAPACITY: usize = 16;
@@ -53,6 +55,8 @@ pub enum Disconnect {
     Terminated,
     /// The server is shutting down; reconnect elsewhere now.
     Shutdown,
+    /// The client did not answer a keep-alive ping in time ([`crate::KeepalivePolicy`]).
+    NoPong,
 }
 
 /// Why a push failed.
@@ -90,6 +94,10 @@ struct Inner {
     codec: CodecId,
     /// The device the connection signed in from, once it did.
     device: OnceLock<Arc<str>>,
+    /// When the client last sent anything ([`activity_clock`]).
+    seen: AtomicU32,
+    /// When a keep-alive ping was queued and not yet answered (0: none).
+    pinged: AtomicU32,
 }
 
 struct State {
@@ -115,6 +123,8 @@ impl Outbox {
                 limits,
                 codec,
                 device: OnceLock::new(),
+                seen: AtomicU32::new(activity_clock()),
+                pinged: AtomicU32::new(0),
             }),
         }
     }
@@ -132,6 +142,28 @@ impl Outbox {
     /// Records the connection's device; only the first call takes effect.
     pub(crate) fn set_device(&self, device: Arc<str>) {
         let _ = self.inner.device.set(device);
+    }
+
+    /// Notes that the client sent something (any frame): it is alive, and a pending ping is answered.
+    pub fn touch(&self) {
+        self.touch_at(activity_clock());
+    }
+
+    pub(crate) fn touch_at(&self, now: u32) {
+        self.inner.seen.store(now, Ordering::Relaxed);
+        if self.inner.pinged.load(Ordering::Relaxed) != 0 {
+            self.inner.pinged.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Last activity and the unanswered ping, if any.
+    pub(crate) fn activity(&self) -> (u32, Option<u32>) {
+        let pinged = self.inner.pinged.load(Ordering::Relaxed);
+        (self.inner.seen.load(Ordering::Relaxed), (pinged != 0).then_some(pinged))
+    }
+
+    pub(crate) fn mark_pinged(&self, now: u32) {
+        self.inner.pinged.store(now.max(1), Ordering::Relaxed);
     }
 
     /// Queues one frame, applying the overflow policy if a bound would be exceeded.

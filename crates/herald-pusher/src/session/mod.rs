@@ -1,4 +1,4 @@
-//! One WebSocket connection speaking Pusher v7: registration, the read/write loop, keep-alive, closing.
+//! One WebSocket connection speaking Pusher v7: registration, the read/write loop, closing.
 //!
 //! The session task owns the socket. Everything it sends, replies included, goes through the
 //! connection's [`Outbox`], so replies and fan-out keep their order and share one bound. The loop
@@ -10,6 +10,10 @@
 //! more branch of the loop: while it is pending the session keeps writing, answers pings, watches
 //! keep-alive and shutdown, and queues (bounded) the frames that arrive, to handle them in order once
 //! the step is done. Without a cluster everything is synchronous.
+//!
+//! Keep-alive and shutdown reach the session through its outbox: the front's sweep
+//! (`herald_core::KeepalivePolicy`) queues `pusher:ping` to idle clients and closes those that don't
+//! answer (4201), and shutdown closes every outbox (4200). Every frame read stamps the outbox's activity.
 //!
 //! The connection's registration is a guard ([`registration::Registered`]): whatever ends the session
 //! (close, error, shutdown, cancellation, a panic) unregisters it, and in a cluster uncounts it.
@@ -27,7 +31,6 @@ use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_core::{Drained, Hub};
 use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -151,27 +154,24 @@ impl Session {
     }
 
     async fn run(&mut self, socket: &mut Socket) -> Ending {
+        // Shutdown closes every registered outbox (4200); one registered after that sees the token.
+        if self.conn.front.shutdown.is_cancelled() {
+            return ending(codes::disconnect(herald_core::Disconnect::Shutdown));
+        }
         let activity = self.conn.front.config.activity_timeout;
         self.conn.reply(established(&self.conn.id_text(), activity));
         debug!("connected");
 
         // The socket is not split: each select! branch future is dropped before its handler runs, so
         // the read branch and the write handler can both borrow it (no BiLock, less memory per socket).
-        // Created once: a fresh `cancelled()` per loop turn would re-register with the token every time.
-        let shutdown = self.conn.front.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // Keep-alive (pings, pong timeout) and shutdown arrive through the outbox (the front's sweep
+        // queues pings and closes), so an idle session holds no timer and no shutdown future.
         let mut batch: Vec<Bytes> = Vec::new();
         let mut busy: Option<Box<Busy>> = None;
-        let mut last_seen = Instant::now();
-        let mut awaiting_pong = false;
         let mut pings = (this_second(), 0u32);
-        let keepalive = tokio::time::sleep(activity);
-        tokio::pin!(keepalive);
 
         loop {
             tokio::select! {
-                _ = &mut cancelled => return ending(codes::disconnect(herald_core::Disconnect::Shutdown)),
                 drained = self.conn.outbox.drain(&mut batch) => match drained {
                     Drained::Frames => {
                         if !write_batch(socket, &mut batch, self.conn.front.config.write_timeout).await {
@@ -191,8 +191,7 @@ impl Session {
                     }
                 },
                 incoming = socket.next(), if busy.as_ref().is_none_or(|busy| busy.waiting.len() < MAX_WAITING) => {
-                    last_seen = Instant::now();
-                    awaiting_pong = false;
+                    self.conn.outbox.touch();
                     match incoming {
                         Some(Ok(Message::Text(t))) => match busy.as_mut() {
                             None => {
@@ -222,29 +221,15 @@ impl Session {
                         Some(Err(e)) => return protocol_error(e),
                     }
                 },
-                _ = &mut keepalive => {
-                    let idle_until = last_seen + activity;
-                    let now = Instant::now();
-                    if awaiting_pong {
-                        return Ending::Close(codes::PONG_TIMEOUT, "Pong reply not received in time");
-                    } else if now < idle_until {
-                        keepalive.as_mut().reset(idle_until);
-                    } else {
-                        self.conn.reply(wire::frame_json("pusher:ping", None, &serde_json::json!({})));
-                        awaiting_pong = true;
-                        keepalive.as_mut().reset(now + self.conn.front.config.pong_timeout);
-                    }
-                },
             }
         }
     }
 }
 
-/// Whole seconds since the process's first call: a 4-byte clock for per-second counters that every
+/// Whole seconds on the engine's activity clock: a 4-byte clock for per-second counters that every
 /// idle session keeps.
 fn this_second() -> u32 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
+    herald_core::activity_clock() / 1000
 }
 
 fn ending((code, reason): (u16, &'static str)) -> Ending {
