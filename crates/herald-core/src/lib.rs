@@ -43,7 +43,7 @@ pub use hub::{ChannelInfo, ConfirmError, Departure, EngineListener, Hub, Publish
 pub use idempotency::{Idempotency, IdempotencyError, IdempotencyLimits, IdempotencyStore, MAX_IDEMPOTENCY_KEY};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use keepalive::{activity_clock, KeepalivePolicy, Swept};
-pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
+pub use outbox::{Direct, DirectWrite, Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;
 pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
 pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};

@@ -6,7 +6,7 @@ use crate::broker::{Remote, Topic};
 use crate::codec::Encoded;
 use crate::error::SignInError;
 use crate::ids::SocketId;
-use crate::outbox::Disconnect;
+use crate::outbox::{Claimed, Disconnect};
 use crate::publication::Publication;
 
 use super::Hub;
@@ -54,6 +54,8 @@ impl Hub {
     }
 
     pub(super) fn deliver_to_user(&self, user_id: &str, publication: &Publication) -> usize {
+        // Declared first, so the claimed outboxes are written after the map guard is gone.
+        let mut claimed = Claimed::default();
         let Some(sockets) = self.users.get(user_id) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
         self.push_all(
@@ -61,6 +63,7 @@ impl Hub {
             publication.except,
             publication.except_device.as_deref(),
             &mut encoded,
+            &mut claimed,
         )
     }
 

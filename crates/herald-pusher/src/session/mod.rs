@@ -21,15 +21,15 @@
 mod cluster;
 mod commands;
 mod registration;
+mod socket;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::FutureExt;
 use herald_core::{Drained, Hub};
-use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -44,6 +44,7 @@ use crate::{Pusher, PusherApp};
 use cluster::Step;
 use commands::{Ctx, RateLimit};
 use registration::Registered;
+use socket::SharedSocket;
 
 /// Client frames queued while a cluster step is pending; beyond it the session stops reading (TCP
 /// pushes back) until the step is done.
@@ -55,7 +56,8 @@ const MAX_PINGS_PER_SECOND: u32 = 50;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Sends an error frame and a close frame, for connections refused before they start.
-pub(crate) async fn refuse(mut socket: Socket, code: u16, message: &str) {
+pub(crate) async fn refuse(socket: Socket, code: u16, message: &str) {
+    let socket = SharedSocket::new(socket);
     let data = serde_json::json!({ "code": code, "message": message });
     metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
     let refusal = async {
@@ -66,7 +68,7 @@ pub(crate) async fn refuse(mut socket: Socket, code: u16, message: &str) {
         socket.send(close(code, message)).await
     };
     if tokio::time::timeout(CLOSE_LINGER, refusal).await.is_ok_and(|sent| sent.is_ok()) {
-        linger(&mut socket).await;
+        linger(&socket).await;
     }
 }
 
@@ -142,18 +144,23 @@ impl Session {
     }
 
     /// Runs the connection to completion, then closes the socket politely (bounded).
-    pub(crate) async fn serve(mut self, mut socket: Socket) {
+    pub(crate) async fn serve(mut self, socket: Socket) {
         if let Err((code, message)) = Box::pin(self.conn.count_in_cluster()).await {
             return Box::pin(refuse(socket, code, message)).await;
         }
-        let ending = self.run(&mut socket).await;
+        let socket = Arc::new(SharedSocket::new(socket));
+        // Delivery may write to the socket itself while this session is idle.
+        self.conn.outbox.set_direct(socket.clone());
+        let ending = self.run(&socket).await;
+        // Nothing more goes out after this but the goodbye.
+        self.conn.outbox.close(herald_core::Disconnect::Ended);
         // Free the admission slot now: the goodbye below may take a while for a slow client.
         drop(self.admission.take());
-        Box::pin(finish(socket, ending)).await;
+        Box::pin(finish(&socket, ending)).await;
         debug!("disconnected");
     }
 
-    async fn run(&mut self, socket: &mut Socket) -> Ending {
+    async fn run(&mut self, socket: &SharedSocket) -> Ending {
         // Shutdown closes every registered outbox (4200); one registered after that sees the token.
         if self.conn.front.shutdown.is_cancelled() {
             return ending(codes::disconnect(herald_core::Disconnect::Shutdown));
@@ -162,8 +169,7 @@ impl Session {
         self.conn.reply(established(&self.conn.id_text(), activity));
         debug!("connected");
 
-        // The socket is not split: each select! branch future is dropped before its handler runs, so
-        // the read branch and the write handler can both borrow it (no BiLock, less memory per socket).
+        // The socket is not split (no BiLock): every use locks it for one poll (see `socket`).
         // Keep-alive (pings, pong timeout) and shutdown arrive through the outbox (the front's sweep
         // queues pings and closes), so an idle session holds no timer and no shutdown future.
         let mut batch: Vec<Bytes> = Vec::new();
@@ -177,6 +183,7 @@ impl Session {
                         if !write_batch(socket, &mut batch, self.conn.front.config.write_timeout).await {
                             return Ending::Drop;
                         }
+                        self.conn.outbox.written();
                     }
                     Drained::Closed(reason) => return ending(codes::disconnect(reason)),
                 },
@@ -253,7 +260,7 @@ fn protocol_error(e: WsError) -> Ending {
 
 /// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
 /// did not take the bytes in time (a stalled reader: counted as a slow consumer).
-async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
+async fn write_batch(socket: &SharedSocket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
     let written = {
         let mut write = std::pin::pin!(async {
             for frame in batch.drain(..) {
@@ -287,11 +294,11 @@ async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Dura
 
 /// Says goodbye: sends the close frame and reads what the client still sends until its close reply,
 /// so the close frame is not destroyed by a TCP reset; or echoes the client's close. Bounded.
-async fn finish(mut socket: Socket, ending: Ending) {
+async fn finish(socket: &SharedSocket, ending: Ending) {
     match ending {
         Ending::Close(code, reason) => {
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
-                linger(&mut socket).await;
+                linger(socket).await;
             }
         }
         Ending::Echo => {
@@ -304,7 +311,7 @@ async fn finish(mut socket: Socket, ending: Ending) {
 /// Reads (and discards) until the client's close reply or [`CLOSE_LINGER`]. Once tungstenite can no
 /// longer parse the input (the rest of an oversized or invalid frame), the raw bytes are drained until
 /// the client closes.
-async fn linger(socket: &mut Socket) {
+async fn linger(socket: &SharedSocket) {
     let drain = async {
         loop {
             match socket.next().await {
@@ -314,7 +321,7 @@ async fn linger(socket: &mut Socket) {
             }
         }
         let mut buf = vec![0u8; 4096];
-        while matches!(socket.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
+        while matches!(socket.read_raw(&mut buf).await, Ok(n) if n > 0) {}
     };
     let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
