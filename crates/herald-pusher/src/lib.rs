@@ -259,9 +259,10 @@ async fn connect(
         match opened {
             Ok(session) => {
                 let span = session.span();
-                Either::Left(session.serve(socket).instrument(span))
+                Either::Left(session.serve(session::share(socket)).instrument(span))
             }
-            Err((code, message)) => Either::Right(async move { session::refuse(socket, code, &message).await }),
+            // Boxed: a refusal is rare, and inline it would size every session's task.
+            Err((code, message)) => Either::Right(Box::pin(async move { session::refuse(socket, code, &message).await })),
         }
     })
 }

@@ -57,7 +57,15 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Sends an error frame and a close frame, for connections refused before they start.
 pub(crate) async fn refuse(socket: Socket, code: u16, message: &str) {
-    let socket = SharedSocket::new(socket);
+    refuse_shared(&SharedSocket::new(socket), code, message).await
+}
+
+/// The socket, ready to be shared by the session and direct writes.
+pub(crate) fn share(socket: Socket) -> Arc<SharedSocket> {
+    Arc::new(SharedSocket::new(socket))
+}
+
+async fn refuse_shared(socket: &SharedSocket, code: u16, message: &str) {
     let data = serde_json::json!({ "code": code, "message": message });
     metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
     let refusal = async {
@@ -68,7 +76,7 @@ pub(crate) async fn refuse(socket: Socket, code: u16, message: &str) {
         socket.send(close(code, message)).await
     };
     if tokio::time::timeout(CLOSE_LINGER, refusal).await.is_ok_and(|sent| sent.is_ok()) {
-        linger(&socket).await;
+        linger(socket).await;
     }
 }
 
@@ -144,11 +152,13 @@ impl Session {
     }
 
     /// Runs the connection to completion, then closes the socket politely (bounded).
-    pub(crate) async fn serve(mut self, socket: Socket) {
+    ///
+    /// Takes the socket already shared (see [`share`]): a `Socket` argument would stay in this
+    /// future's state after being moved, for the connection's whole life.
+    pub(crate) async fn serve(mut self, socket: Arc<SharedSocket>) {
         if let Err((code, message)) = Box::pin(self.conn.count_in_cluster()).await {
-            return Box::pin(refuse(socket, code, message)).await;
+            return Box::pin(refuse_shared(&socket, code, message)).await;
         }
-        let socket = Arc::new(SharedSocket::new(socket));
         // Delivery may write to the socket itself while this session is idle.
         self.conn.outbox.set_direct(socket.clone());
         let ending = self.run(&socket).await;
