@@ -64,12 +64,7 @@ impl Hub {
         idempotency_key: Option<&str>,
     ) -> Result<Published, ConfirmError> {
         if let Some(key) = idempotency_key {
-            let store: &dyn IdempotencyStore = match self.shared_idempotency.get() {
-                Some(shared) => shared.as_ref(),
-                None => self.idempotency.as_ref(),
-            };
-            if !store.first_seen(&self.app.id, key).await? {
-                metrics::counter!("herald_publish_repeats_total", "app" => self.app.id.clone()).increment(1);
+            if !self.first_seen(key).await? {
                 return Ok(Published::Repeat);
             }
         }
@@ -80,6 +75,19 @@ impl Hub {
                 Ok(Published::Delivered { position: None })
             }
         }
+    }
+
+    /// True if `key` was not seen within the idempotency window (remembering it); a repeat is counted.
+    pub(super) async fn first_seen(&self, key: &str) -> Result<bool, IdempotencyError> {
+        let store: &dyn IdempotencyStore = match self.shared_idempotency.get() {
+            Some(shared) => shared.as_ref(),
+            None => self.idempotency.as_ref(),
+        };
+        let first = store.first_seen(&self.app.id, key).await?;
+        if !first {
+            metrics::counter!("herald_publish_repeats_total", "app" => self.app.id.clone()).increment(1);
+        }
+        Ok(first)
     }
 
     pub(crate) fn attach_history(&self, store: Arc<dyn HistoryStore>, broadcast: Arc<dyn HistoryBroadcast>) -> bool {
