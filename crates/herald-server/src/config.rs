@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
+use herald_ingest::SourceConfig;
 use herald_pusher::{PusherApp, PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
 use serde::Deserialize;
@@ -154,6 +155,9 @@ pub struct FileConfig {
     redis_cluster: bool,
     #[serde(default)]
     apps: Vec<FileApp>,
+    /// Bus sources to relay from (`[[sources]]`, see herald-ingest).
+    #[serde(default)]
+    sources: Vec<SourceConfig>,
 }
 
 /// One `[[apps]]` table.
@@ -282,6 +286,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The engine.
     pub engine: EngineConfig,
+    /// Bus sources relayed into the engine (`[[sources]]`).
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Config {
@@ -359,7 +365,10 @@ impl Config {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
         validate_apps(&apps)?;
+        herald_ingest::validate_all(&file.sources, |id| apps.iter().any(|a| a.app.id == id))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(Config {
+            sources: file.sources,
             host: cli.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(6001),
             log: cli.log.clone().or(file.log).unwrap_or_else(|| "info".into()),

@@ -1,0 +1,170 @@
+//! Shared by the source tests: servers of the test's own on free ports, an in-process engine with
+//! signed-in connections, and `eventually` (poll with a deadline; no positive assertion after a sleep).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::{App, Drained, Engine, Hub, Outbox};
+use herald_ingest::{Ingest, SourceConfig};
+use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, failing the test with `what` after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "not reached within {secs} s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A `redis-server` of our own, killed on drop.
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+}
+
+impl RedisServer {
+    pub async fn start() -> RedisServer {
+        for _ in 0..5 {
+            if let Some(server) = RedisServer::try_on(free_port()).await {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
+    }
+
+    /// Another server on the same port (after `kill`): an empty Redis, as after a restart without
+    /// persistence.
+    pub async fn restart(port: u16) -> RedisServer {
+        RedisServer::try_on(port).await.expect("redis-server restarts on its port")
+    }
+
+    async fn try_on(port: u16) -> Option<RedisServer> {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed");
+        for _ in 0..300 {
+            if let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}")) {
+                if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+                    let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.ok()?;
+                    let pid = info.split("process_id:").nth(1)?.split_whitespace().next()?.parse::<u32>().ok();
+                    return (pid == child.id()).then_some(RedisServer { port, child });
+                }
+            }
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn conn(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+
+    pub async fn kill(mut self) {
+        self.child.kill().await.unwrap();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// An engine with the dev app, and the sources started on it.
+pub struct Node {
+    pub engine: Arc<Engine>,
+    pub ingest: Ingest,
+    pub shutdown: CancellationToken,
+    pub tasks: TaskTracker,
+}
+
+impl Node {
+    /// Starts the `[[sources]]` of `toml` (which names app `app-id`).
+    pub fn start(toml: &str) -> Node {
+        let engine = Arc::new(Engine::new([App::dev()]));
+        Node::start_on(engine, toml)
+    }
+
+    pub fn start_on(engine: Arc<Engine>, toml: &str) -> Node {
+        let file: toml::Value = toml::from_str(toml).unwrap();
+        let sources: Vec<SourceConfig> = file["sources"].clone().try_into().unwrap();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let ingest = Ingest::start(&sources, &engine, &shutdown, &tasks).unwrap();
+        Node { engine, ingest, shutdown, tasks }
+    }
+
+    pub fn hub(&self) -> &Arc<Hub> {
+        self.engine.by_id("app-id").unwrap()
+    }
+
+    /// A connection signed in as `user` from `device`.
+    pub fn device(&self, user: &str, device: &str) -> Outbox {
+        let (id, outbox) = self.hub().connect().unwrap();
+        self.hub().sign_in(id, user, Some(device)).unwrap();
+        outbox
+    }
+
+    pub fn up(&self) -> bool {
+        self.ingest.healthy()
+    }
+
+    /// Stops the sources and waits for their tasks.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await.expect("sources stop on shutdown");
+    }
+}
+
+/// Everything queued to `outbox` now (the raw codec: each frame is the publication's data).
+pub async fn take(outbox: &Outbox) -> Vec<serde_json::Value> {
+    if outbox.is_empty() {
+        return Vec::new();
+    }
+    let mut frames: Vec<Bytes> = Vec::new();
+    assert_eq!(outbox.drain(&mut frames).await, Drained::Frames);
+    frames.iter().map(|f| serde_json::from_slice(f).unwrap()).collect()
+}
+
+/// Frames queued to `outbox` until there are at least `n`, failing after `secs`.
+pub async fn collect(outbox: &Outbox, n: usize, secs: u64) -> Vec<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut got = Vec::new();
+    while got.len() < n {
+        got.extend(take(outbox).await);
+        assert!(tokio::time::Instant::now() < deadline, "{} of {n} frames within {secs} s: {got:?}", got.len());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    got
+}
+
+/// `XADD stream * field value`; the entry id.
+pub async fn xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str, field: &str, value: &str) -> String {
+    redis::cmd("XADD").arg(stream).arg("*").arg(field).arg(value).query_async(conn).await.unwrap()
+}
