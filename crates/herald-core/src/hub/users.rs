@@ -62,6 +62,13 @@ impl Hub {
         idempotency_key: Option<&str>,
     ) -> Result<Published, ConfirmError> {
         if let Some(key) = idempotency_key {
+            if let Some(sent) = self.publish_once(|| Topic::User(Arc::from(user_id)), publication, key).await {
+                if !sent? {
+                    return Ok(Published::Repeat);
+                }
+                self.deliver_to_user(user_id, publication);
+                return Ok(Published::Delivered { position: None });
+            }
             if !self.first_seen(key).await? {
                 return Ok(Published::Repeat);
             }
