@@ -224,7 +224,9 @@ export async function startBackend(herald, app = APPS.main, routes = {}) {
       const who = channel.startsWith('presence-') ? { user_id: user, user_info: { name } } : undefined;
       reply = (channel.includes('forged') ? forger : signer).authorizeChannel(socketId, channel, who);
     } else if (req.url === '/pusher/user-auth') {
-      reply = signer.authenticateUser(socketId, { id: user, name });
+      // `x-device-id` names the client's device: Herald excludes it from messages that originate there.
+      const device = req.headers['x-device-id'];
+      reply = signer.authenticateUser(socketId, device ? { id: user, name, device_id: device } : { id: user, name });
     } else {
       res.writeHead(404).end();
       return;
@@ -244,9 +246,10 @@ export async function startBackend(herald, app = APPS.main, routes = {}) {
 }
 
 /** Options every pusher-js client here uses (unmodified pusher-js, pointed at herald). */
-export function clientOptions(herald, backend, user, { userName, ...extra } = {}) {
+export function clientOptions(herald, backend, user, { userName, device, ...extra } = {}) {
   const headers = user ? { 'x-user-id': user } : {};
   if (userName) headers['x-user-name'] = userName;
+  if (device) headers['x-device-id'] = device;
   return {
     cluster: 'mt1',
     wsHost: '127.0.0.1',
