@@ -64,6 +64,11 @@ impl Ingest {
                     let config = source.redis_streams.clone().expect("kind() checked it is set");
                     tasks.spawn(sources::redis_streams::run(config, relay, health.clone(), token));
                 }
+                #[cfg(feature = "postgres")]
+                SourceKind::Postgres => {
+                    let config = source.postgres.clone().expect("kind() checked it is set");
+                    tasks.spawn(sources::postgres::run(config, relay, health.clone(), token, tasks.clone()));
+                }
                 #[allow(unreachable_patterns)]
                 other => {
                     let _ = (relay, token);

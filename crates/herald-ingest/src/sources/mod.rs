@@ -4,3 +4,6 @@
 
 #[cfg(feature = "redis-streams")]
 pub(crate) mod redis_streams;
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;

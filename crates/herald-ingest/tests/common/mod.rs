@@ -168,3 +168,113 @@ pub async fn collect(outbox: &Outbox, n: usize, secs: u64) -> Vec<serde_json::Va
 pub async fn xadd(conn: &mut redis::aio::MultiplexedConnection, stream: &str, field: &str, value: &str) -> String {
     redis::cmd("XADD").arg(stream).arg("*").arg(field).arg(value).query_async(conn).await.unwrap()
 }
+
+/// A PostgreSQL cluster of our own in a temp dir (`initdb` + `pg_ctl` on a free port), stopped and
+/// removed on drop. As root, the server runs as the `postgres` user (PostgreSQL refuses root).
+pub struct Postgres {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    as_postgres: bool,
+}
+
+/// A PostgreSQL program: on PATH, else in Debian's `/usr/lib/postgresql/<version>/bin`.
+fn pg_bin(name: &str) -> String {
+    if let Ok(path) = std::env::var("PATH") {
+        if let Some(found) = std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.exists()) {
+            return found.to_string_lossy().into_owned();
+        }
+    }
+    let mut versions: Vec<_> =
+        std::fs::read_dir("/usr/lib/postgresql").map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    versions.sort();
+    versions
+        .iter()
+        .rev()
+        .map(|v| v.join("bin").join(name))
+        .find(|p| p.exists())
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|| panic!("{name} not found: install PostgreSQL (Debian: apt-get install postgresql)"))
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0")))
+        .unwrap_or(false)
+}
+
+impl Postgres {
+    fn command(&self, program: &str) -> std::process::Command {
+        let mut cmd = if self.as_postgres {
+            let mut cmd = std::process::Command::new("runuser");
+            cmd.args(["-u", "postgres", "--", &pg_bin(program)]);
+            cmd
+        } else {
+            std::process::Command::new(pg_bin(program))
+        };
+        cmd.stdout(Stdio::null());
+        cmd
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let out = self.command(program).args(args).stderr(Stdio::piped()).output().unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").to_string_lossy().into_owned()
+    }
+
+    /// initdb and start on a free port (the socket directory is the temp dir too).
+    pub fn start() -> Postgres {
+        let dir = std::env::temp_dir().join(format!("herald-pg-{}-{:x}", std::process::id(), fastrand::u64(..)));
+        std::fs::create_dir_all(&dir).unwrap();
+        let as_postgres = is_root();
+        if as_postgres {
+            let ok = std::process::Command::new("chown").args(["postgres:", &dir.to_string_lossy()]).status().unwrap().success();
+            assert!(ok, "chown {dir:?} to postgres");
+        }
+        let mut pg = Postgres { port: 0, dir, as_postgres };
+        pg.run("initdb", &["-D", &pg.data(), "-A", "trust", "-U", "herald", "--no-sync", "-E", "UTF8"]);
+        for _ in 0..5 {
+            pg.port = free_port();
+            if pg.try_start() {
+                return pg;
+            }
+        }
+        panic!("postgres did not start on any of 5 free ports");
+    }
+
+    fn try_start(&self) -> bool {
+        let options = format!("-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off", self.port, self.dir.to_string_lossy());
+        let log = self.dir.join("log").to_string_lossy().into_owned();
+        self.command("pg_ctl").args(["-D", &self.data(), "-l", &log, "-w", "-t", "30", "-o", &options, "start"]).status().unwrap().success()
+    }
+
+    /// Starts it again on its port (after `stop`).
+    pub fn restart(&self) {
+        assert!(self.try_start(), "postgres restarts on port {}", self.port);
+    }
+
+    /// Stops it at once (`-m immediate`: like a crash).
+    pub fn stop(&self) {
+        let _ = self.command("pg_ctl").args(["-D", &self.data(), "-m", "immediate", "-w", "stop"]).stderr(Stdio::null()).status();
+    }
+
+    pub fn url(&self) -> String {
+        format!("host=127.0.0.1 port={} user=herald dbname=postgres", self.port)
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        let (client, connection) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
