@@ -69,6 +69,11 @@ impl Ingest {
                     let config = source.postgres.clone().expect("kind() checked it is set");
                     tasks.spawn(sources::postgres::run(config, relay, health.clone(), token, tasks.clone()));
                 }
+                #[cfg(feature = "nats")]
+                SourceKind::Nats => {
+                    let config = source.nats.clone().expect("kind() checked it is set");
+                    tasks.spawn(sources::nats::run(config, relay, health.clone(), token));
+                }
                 #[allow(unreachable_patterns)]
                 other => {
                     let _ = (relay, token);

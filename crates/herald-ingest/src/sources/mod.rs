@@ -7,3 +7,6 @@ pub(crate) mod redis_streams;
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+
+#[cfg(feature = "nats")]
+pub(crate) mod nats;

@@ -278,3 +278,76 @@ impl Drop for Postgres {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A `nats-server -js` of our own on a free port, its JetStream store in a temp dir; killed on drop.
+pub struct NatsServer {
+    pub port: u16,
+    pub store: std::path::PathBuf,
+    child: Child,
+    /// Remove the store on drop (not after `kill`: a restart reuses it).
+    remove_store: bool,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        if self.remove_store {
+            let _ = self.child.start_kill();
+            let _ = std::fs::remove_dir_all(&self.store);
+        }
+    }
+}
+
+impl NatsServer {
+    pub async fn start() -> NatsServer {
+        let store = std::env::temp_dir().join(format!("herald-nats-{}-{:x}", std::process::id(), fastrand::u64(..)));
+        for _ in 0..5 {
+            if let Some(server) = NatsServer::try_on(free_port(), store.clone()).await {
+                return server;
+            }
+        }
+        panic!("nats-server did not start on any of 5 free ports");
+    }
+
+    async fn try_on(port: u16, store: std::path::PathBuf) -> Option<NatsServer> {
+        let nats = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let mut child = Command::new(nats)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd", &store.to_string_lossy()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nats-server must be installed");
+        for _ in 0..300 {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return None;
+            }
+            let connect =
+                async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1)).connect(format!("nats://127.0.0.1:{port}"));
+            // nats-server starts JetStream before it listens.
+            if let Ok(Ok(_client)) = tokio::time::timeout(Duration::from_secs(2), connect).await {
+                return Some(NatsServer { port, store, child, remove_store: true });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+
+    /// A new server on the same port and store (after `kill`): streams and consumers survive.
+    pub async fn restart(port: u16, store: std::path::PathBuf) -> NatsServer {
+        NatsServer::try_on(port, store).await.expect("nats-server restarts on its port")
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn kill(mut self) -> (u16, std::path::PathBuf) {
+        self.child.kill().await.unwrap();
+        let _ = self.child.wait().await;
+        self.remove_store = false;
+        (self.port, self.store.clone())
+    }
+}
