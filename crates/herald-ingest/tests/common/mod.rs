@@ -292,6 +292,13 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         if self.remove_store {
             let _ = self.child.start_kill();
+            // Gone before its store is removed (it could still write into it).
+            for _ in 0..100 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
             let _ = std::fs::remove_dir_all(&self.store);
         }
     }
