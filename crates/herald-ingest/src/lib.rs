@@ -74,6 +74,11 @@ impl Ingest {
                     let config = source.nats.clone().expect("kind() checked it is set");
                     tasks.spawn(sources::nats::run(config, relay, health.clone(), token));
                 }
+                #[cfg(feature = "pubnub")]
+                SourceKind::PubNub => {
+                    let config = source.pubnub.clone().expect("kind() checked it is set");
+                    tasks.spawn(sources::pubnub::run(config, relay, health.clone(), token));
+                }
                 #[allow(unreachable_patterns)]
                 other => {
                     let _ = (relay, token);

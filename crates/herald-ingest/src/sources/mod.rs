@@ -10,3 +10,6 @@ pub(crate) mod postgres;
 
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
+
+#[cfg(feature = "pubnub")]
+pub(crate) mod pubnub;
