@@ -367,6 +367,17 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn any_body_parses_or_is_refused(body in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 0..300), text in ".{0,200}") {
+            let _ = serde_json::from_slice::<Response>(&body);
+            let _ = serde_json::from_str::<Response>(&text);
+            let _ = parse_cursor(&text);
+            let _ = timetoken_time(&text);
+        }
+    }
+
     #[test]
     fn builds_the_documented_request() {
         let config = PubNubConfig {

@@ -436,6 +436,34 @@ mod tests {
         assert_eq!(parse_autoclaim(claimed).unwrap().0, "0-0");
     }
 
+    /// Any reply shape (nested arrays, maps, nils, numbers, bytes) parses or is refused.
+    fn reply() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Nil),
+            any::<i64>().prop_map(Value::Int),
+            prop::collection::vec(any::<u8>(), 0..8).prop_map(Value::BulkString),
+            "[0-9]{1,3}-[0-9]".prop_map(|s| Value::BulkString(s.into_bytes())),
+            Just(Value::Okay),
+        ];
+        leaf.prop_recursive(4, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec((inner.clone(), inner), 0..3).prop_map(Value::Map),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { failure_persistence: None, ..Default::default() })]
+        #[test]
+        fn any_reply_parses_or_is_refused(value in reply()) {
+            let _ = parse_read(value.clone());
+            let _ = parse_autoclaim(value.clone());
+            let _ = parse_entry(value);
+        }
+    }
+
     #[test]
     fn odd_replies_are_refused_not_panicked_on() {
         assert!(parse_read(Value::Int(3)).is_none());
