@@ -149,6 +149,11 @@ test('the shipped seed-sync example delivers the mapped payloads to every device
     assert.equal(watchlistOnB.length, 0, 'device-b made the watchlist change');
     assert.equal(commandOnC.length, 0, 'device-c made the handoff');
 
+    // Relay latency is a Prometheus histogram (p50/p95/p99 by histogram_quantile), per source.
+    const metrics = await (await fetch(`http://127.0.0.1:${herald.port}/metrics`)).text();
+    assert.match(metrics, /herald_ingest_relay_latency_seconds_bucket\{[^}]*source="sync"[^}]*le="0.01"\} \d+/);
+    assert.match(metrics, /herald_ingest_delivered_total\{[^}]*source="sync"[^}]*\} 4/);
+
     // Redis goes away: the source is degraded on /up, the devices stay connected.
     await redisServer.stop();
     await eventually(async () => {

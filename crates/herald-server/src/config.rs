@@ -641,6 +641,25 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_relay_example_loads_and_bad_sources_fail_clearly() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/relay/seed-sync.toml"));
+        let c = Config::load(&Cli { config: Some(path), ..Cli::default() }).unwrap();
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!((c.sources[0].name.as_str(), c.sources[0].app.as_str()), ("sync", "app-id"));
+        assert_eq!(c.sources[0].rules.len(), 3);
+        let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
+        let source = "[[sources]]\nname = 's'\napp = 'app-id'\n[sources.redis_streams]\nurl = 'redis://127.0.0.1'\nstreams = ['x']\ngroup = 'g'\n";
+        let rule = "[[sources.rules]]\nuser = '{u}'\nevent = 'e'\n";
+        assert!(Config::resolve(parse(&format!("{source}{rule}")), &Cli::default()).is_ok());
+        assert!(err(source).contains("no [[sources.rules]]"));
+        assert!(err(&format!("{}{rule}", source.replace("app-id", "nope"))).contains("no app"));
+        assert!(err(&format!("{source}[[sources.rules]]\nuser = '{{u'\nevent = 'e'\n")).contains("rule 1"));
+        assert!(err(&format!("{}{rule}", source.replace("batch", "x").replace("group = 'g'", "group = 'g'\nbatch = 0"))).contains("batch"));
+        assert!(err(&format!("{}{rule}", source.replace("redis://127.0.0.1", "nope://x"))).contains("redis_streams.url"));
+        assert!(toml::from_str::<FileConfig>(&format!("{source}{rule}unknown = 1\n")).is_err(), "unknown keys are rejected");
+    }
+
+    #[test]
     fn bad_values_fail_clearly() {
         let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
         assert!(err("activity_timeout = 0").contains("activity_timeout"));
