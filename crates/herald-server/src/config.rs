@@ -648,7 +648,8 @@ mod tests {
         assert_eq!((c.sources[0].name.as_str(), c.sources[0].app.as_str()), ("sync", "app-id"));
         assert_eq!(c.sources[0].rules.len(), 3);
         let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
-        let source = "[[sources]]\nname = 's'\napp = 'app-id'\n[sources.redis_streams]\nurl = 'redis://127.0.0.1'\nstreams = ['x']\ngroup = 'g'\n";
+        let source =
+            "[[sources]]\nname = 's'\napp = 'app-id'\n[sources.redis_streams]\nurl = 'redis://127.0.0.1'\nstreams = ['x']\ngroup = 'g'\n";
         let rule = "[[sources.rules]]\nuser = '{u}'\nevent = 'e'\n";
         assert!(Config::resolve(parse(&format!("{source}{rule}")), &Cli::default()).is_ok());
         assert!(err(source).contains("no [[sources.rules]]"));
