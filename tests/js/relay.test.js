@@ -1,14 +1,14 @@
 // Relaying from a bus: the shipped examples/relay/seed-sync.toml with a real redis-server and pusher-js
-// devices signed in with a device_id; then two Redis-backed Herald nodes consuming one stream, one of
-// them killed with SIGKILL mid-batch: its pending entries are claimed and every message reaches the
-// client exactly once.
+// devices signed in with a device_id; then two Redis-backed Herald nodes consuming one stream (and one
+// PostgreSQL outbox, on a cluster of the test's own), one of them killed with SIGKILL mid-batch: its
+// pending entries (rows) are taken over and every message reaches the client exactly once.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { collect, connect, disconnectAll, eventually, next, startBackend, startHerald, startRedis } from './harness.js';
+import { collect, connect, disconnectAll, eventually, next, startBackend, startHerald, startPostgres, startRedis } from './harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const EXAMPLE = fs.readFileSync(path.join(here, '..', '..', 'examples', 'relay', 'seed-sync.toml'), 'utf8');
@@ -216,6 +216,53 @@ test('a node killed mid-batch: its pending entries are claimed and each message 
     await backend.close();
     await survivor.stop();
     if (doomed.proc.exitCode === null && doomed.proc.signalCode === null) doomed.proc.kill('SIGKILL');
+    await redisServer.stop();
+  }
+});
+
+test('PostgreSQL outbox: a node killed mid-batch; its rows are claimed by the other and each reaches the devices once', async () => {
+  const redisServer = await startRedis();
+  const pg = await startPostgres();
+  const N = 2000;
+  pg.sql('CREATE TABLE herald_outbox (id bigserial PRIMARY KEY, channel text NOT NULL, payload jsonb NOT NULL, created_at timestamptz NOT NULL DEFAULT now())');
+  const redisTable = 'url = "redis://127.0.0.1:6379"\nstreams = ["sync"]\ngroup = "herald"\n';
+  assert.ok(EXAMPLE.includes(`[sources.redis_streams]\n${redisTable}`));
+  const config = `log = "warn"\n${EXAMPLE}`
+    .replace(`[sources.redis_streams]\n${redisTable}`, `[sources.postgres]\nurl = "${pg.url}"\nbatch = 50\npoll = 0.2\n`)
+    .replace('enable_client_messages = true', 'enable_client_messages = true\nmax_outbox_messages = 20000');
+  const args = ['--engine', 'redis', '--redis-url', redisServer.url, '--redis-prefix', 'relaypg'];
+  const doomed = await startHerald(args, { config });
+  const survivor = await startHerald(args, { config });
+  const backend = await startBackend(survivor);
+  try {
+    const [a, b, c] = await devices(survivor, backend);
+    const onA = collect(a.user, 'progress_update');
+    const onB = collect(b.user, 'progress_update');
+    const onC = collect(c.user, 'progress_update');
+    pg.sql(
+      `INSERT INTO herald_outbox (channel, payload) SELECT 'sync', json_build_object('type', 'progress_update', 'user_id', 'u1', ` +
+        `'device_id', 'device-a', 'content_id', 'c1', 'position_seconds', i, 'duration_seconds', 7200)::jsonb FROM generate_series(1, ${N}) i; ` +
+        'NOTIFY herald_outbox;',
+    );
+    await eventually(() => onB.length >= 200, { timeout: 20000, message: () => `200 relayed before the kill (${onB.length})` });
+    doomed.proc.kill('SIGKILL');
+    await doomed.exited;
+    await eventually(() => onB.length >= N && onC.length >= N, { timeout: 60000, message: () => `all ${N} on b and c (b ${onB.length}, c ${onC.length})` });
+    await eventually(() => pg.sql('SELECT count(*) FROM herald_outbox') === '0', { timeout: 20000, message: 'every row deleted' });
+    const marker = next(b.user, 'watchlist_update', 10000);
+    pg.sql(`INSERT INTO herald_outbox (channel, payload) VALUES ('sync', '${watchlist('device-a')}'); NOTIFY herald_outbox;`);
+    await marker;
+    for (const [name, seen] of [['b', onB], ['c', onC]]) {
+      const positions = seen.map((m) => m.position);
+      assert.equal(new Set(positions).size, N, `device-${name}: ${N} distinct messages`);
+      assert.equal(positions.length, N, `device-${name}: no duplicates`);
+    }
+    assert.equal(onA.length, 0, 'the origin device got none');
+  } finally {
+    await backend.close();
+    await survivor.stop();
+    if (doomed.proc.exitCode === null && doomed.proc.signalCode === null) doomed.proc.kill('SIGKILL');
+    pg.stop();
     await redisServer.stop();
   }
 });

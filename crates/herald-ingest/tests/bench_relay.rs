@@ -61,23 +61,36 @@ async fn write(conn: &mut redis::aio::MultiplexedConnection, from: usize, n: usi
     let () = pipe.query_async(conn).await.unwrap();
 }
 
-async fn acked_all(conn: &mut redis::aio::MultiplexedConnection, total: usize) -> bool {
+/// The group read up to the stream's last entry and acked everything.
+async fn acked_all(conn: &mut redis::aio::MultiplexedConnection) -> bool {
+    fn text(v: &redis::Value) -> Option<String> {
+        match v {
+            redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+            redis::Value::SimpleString(s) => Some(s.clone()),
+            _ => None,
+        }
+    }
     let groups: redis::Value = redis::cmd("XINFO").arg("GROUPS").arg("sync").query_async(conn).await.unwrap();
-    let text = format!("{groups:?}");
-    let pending: u64 = redis::cmd("XPENDING")
-        .arg("sync")
-        .arg("herald")
-        .query_async::<(u64, redis::Value, redis::Value, redis::Value)>(conn)
-        .await
-        .unwrap()
-        .0;
-    let read = text
-        .split("entries-read")
-        .nth(1)
-        .and_then(|t| t.split("Int(").nth(1))
-        .and_then(|t| t.split(')').next())
-        .and_then(|n| n.parse::<usize>().ok());
-    pending == 0 && read == Some(total)
+    let redis::Value::Array(groups) = groups else { return false };
+    let Some(redis::Value::Array(fields)) = groups.first() else { return false };
+    let mut delivered = None;
+    let mut pending = None;
+    for pair in fields.chunks(2) {
+        match text(&pair[0]).as_deref() {
+            Some("last-delivered-id") => delivered = text(&pair[1]),
+            Some("pending") => pending = if let redis::Value::Int(n) = pair[1] { Some(n) } else { None },
+            _ => {}
+        }
+    }
+    let last: redis::Value = redis::cmd("XREVRANGE").arg("sync").arg("+").arg("-").arg("COUNT").arg(1).query_async(conn).await.unwrap();
+    let last_id = match last {
+        redis::Value::Array(entries) => match entries.first() {
+            Some(redis::Value::Array(entry)) => entry.first().and_then(text),
+            _ => None,
+        },
+        _ => None,
+    };
+    pending == Some(0) && delivered.is_some() && delivered == last_id
 }
 
 fn quantile(sorted: &[u64], q: f64) -> f64 {
@@ -87,6 +100,19 @@ fn quantile(sorted: &[u64], q: f64) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: run with --release -- --ignored --nocapture"]
 async fn relay_throughput_and_latency_to_10k_users_with_3_devices() {
+    measure(false).await;
+}
+
+/// The same with the Redis engine attached (idempotency key and cross-node PUBLISH in one script per
+/// message, as a cluster node does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run with --release -- --ignored --nocapture"]
+async fn relay_throughput_and_latency_with_the_redis_engine() {
+    measure(true).await;
+}
+
+async fn measure(redis_engine: bool) {
+    println!("engine: {}", if redis_engine { "redis" } else { "memory" });
     let redis = RedisServer::start().await;
     let mut conn = redis.conn().await;
     // 1. Backlog.
@@ -94,19 +120,27 @@ async fn relay_throughput_and_latency_to_10k_users_with_3_devices() {
     for chunk in (0..backlog).step_by(5_000) {
         write(&mut conn, chunk, 5_000).await;
     }
-    let started = Instant::now();
-    let node = Node::start(&config(&redis.url()));
+    let engine = Arc::new(herald_core::Engine::new([herald_core::App::dev()]));
+    let broker_shutdown = tokio_util::sync::CancellationToken::new();
+    if redis_engine {
+        let config = herald_redis::RedisConfig { url: redis.url(), prefix: "bench".into(), ..Default::default() };
+        herald_redis::RedisBroker::start(config, &engine, broker_shutdown.clone(), &tokio_util::task::TaskTracker::new()).await.unwrap();
+    }
+    let hub = engine.by_id("app-id").unwrap().clone();
     let mut outboxes = Vec::with_capacity(USERS * 3);
     for user in 0..USERS {
         for device in DEVICES {
-            outboxes.push(node.device(&format!("u{user}"), device));
+            let (id, outbox) = hub.connect().unwrap();
+            hub.sign_in(id, &format!("u{user}"), Some(device)).unwrap();
+            outboxes.push(outbox);
         }
     }
-    let setup = started.elapsed();
-    while !acked_all(&mut conn, backlog).await {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let started = Instant::now();
+    let node = Node::start_on(engine, &config(&redis.url()));
+    while !acked_all(&mut conn).await {
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let took = started.elapsed() - setup;
+    let took = started.elapsed();
     let queued: usize = outboxes.iter().map(|o| o.len().0).sum();
     println!(
         "backlog: {backlog} messages relayed and acked in {took:?} ({:.0} msg/s), {queued} frames queued",
@@ -146,7 +180,7 @@ async fn relay_throughput_and_latency_to_10k_users_with_3_devices() {
         write(&mut conn, next, rate / 100).await;
         next += rate / 100;
     }
-    while !acked_all(&mut conn, next).await {
+    while !acked_all(&mut conn).await {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -164,4 +198,5 @@ async fn relay_throughput_and_latency_to_10k_users_with_3_devices() {
         p.abort();
     }
     node.stop().await;
+    broker_shutdown.cancel();
 }
