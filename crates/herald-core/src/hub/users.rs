@@ -9,7 +9,7 @@ use crate::ids::SocketId;
 use crate::outbox::{Claimed, Disconnect};
 use crate::publication::Publication;
 
-use super::Hub;
+use super::{ConfirmError, Hub, Published};
 
 impl Hub {
     /// Signs `socket` in as `user_id`, from `device` if the front knows it, so it receives that user's
@@ -51,6 +51,30 @@ impl Hub {
     pub fn publish_to_user(&self, user_id: &str, publication: &Publication) -> usize {
         self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Publish { publication: publication.clone() });
         self.deliver_to_user(user_id, publication)
+    }
+
+    /// Like [`Hub::publish_to_user`], at most once per `idempotency_key` within the window (a repeat
+    /// is accepted and not delivered): for bus consumers that ack only what was accepted.
+    pub async fn publish_to_user_confirmed(
+        &self,
+        user_id: &str,
+        publication: &Publication,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, ConfirmError> {
+        if let Some(key) = idempotency_key {
+            if let Some(sent) = self.publish_once(|| Topic::User(Arc::from(user_id)), publication, key).await {
+                if !sent? {
+                    return Ok(Published::Repeat);
+                }
+                self.deliver_to_user(user_id, publication);
+                return Ok(Published::Delivered { position: None });
+            }
+            if !self.first_seen(key).await? {
+                return Ok(Published::Repeat);
+            }
+        }
+        self.publish_to_user(user_id, publication);
+        Ok(Published::Delivered { position: None })
     }
 
     pub(super) fn deliver_to_user(&self, user_id: &str, publication: &Publication) -> usize {
