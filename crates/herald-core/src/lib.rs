@@ -26,10 +26,12 @@ mod history;
 mod hub;
 mod idempotency;
 mod ids;
+pub mod latency;
 mod outbox;
 mod presence;
 mod publication;
 mod state;
+mod stats;
 
 pub use app::{App, AppLimits, HistoryRule};
 pub use broker::{Broker, PreparedInterest, Remote, Topic};
@@ -45,3 +47,4 @@ pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, Push
 pub use presence::Member;
 pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
 pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};
+pub use stats::{ChannelStatsSnapshot, HubStats, HubStatsSnapshot};

@@ -65,6 +65,9 @@ pub struct Cli {
     /// sharded.
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// Token for `/stats` and the dashboard (`Authorization: Bearer ...`); without one they are off.
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
 }
 
 /// Which engine carries publications.
@@ -102,6 +105,25 @@ impl std::str::FromStr for RedisUrl {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Ok(RedisUrl(s.to_string()))
+    }
+}
+
+/// A secret from the config (the admin token); its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
     }
 }
 
@@ -152,6 +174,7 @@ pub struct FileConfig {
     redis_timeout: Option<Seconds>,
     #[serde(default)]
     redis_cluster: bool,
+    admin_token: Option<Secret>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -282,6 +305,25 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The engine.
     pub engine: EngineConfig,
+    /// The operator's token for `/stats` and the dashboard (off without one).
+    pub admin_token: Option<Secret>,
+}
+
+impl Default for Config {
+    /// What `herald` runs with given no file, env or flags: the dev app on 127.0.0.1:6001, in memory.
+    fn default() -> Self {
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 6001,
+            log: "info".into(),
+            apps: vec![AppConfig::dev()],
+            pusher: PusherConfig::default(),
+            http: HttpConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            engine: EngineConfig::Memory,
+            admin_token: None,
+        }
+    }
 }
 
 impl Config {
@@ -359,7 +401,12 @@ impl Config {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
         validate_apps(&apps)?;
+        let admin_token = cli.admin_token.clone().or(file.admin_token);
+        if admin_token.as_ref().is_some_and(|Secret(t)| t.len() < 16 || t.trim() != t) {
+            return Err(ConfigError::Invalid("admin_token must be at least 16 characters, without surrounding spaces".into()));
+        }
         Ok(Config {
+            admin_token,
             host: cli.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(6001),
             log: cli.log.clone().or(file.log).unwrap_or_else(|| "info".into()),

@@ -4,13 +4,15 @@
 //! and graceful shutdown together. An axum application can mount [`Herald::router`] and publish
 //! in-process with [`Herald::trigger`] (see `examples/embedded.rs`).
 
+mod api_metrics;
 pub mod config;
 mod listener;
 mod metrics_http;
+mod stats;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
@@ -23,7 +25,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl};
+pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl, Secret};
 pub use listener::HttpConfig;
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.
@@ -35,6 +37,10 @@ pub struct Herald {
     http: HttpConfig,
     /// One permit per open socket accepted by [`Herald::serve`], WebSocket sessions included.
     sockets: Arc<Semaphore>,
+    /// When this Herald was created (uptime in stats and metrics).
+    started: Instant,
+    /// The operator's token for `/stats` and the dashboard; without one they answer 404.
+    admin_token: Option<Arc<str>>,
 }
 
 impl Herald {
@@ -48,7 +54,14 @@ impl Herald {
         let tasks = TaskTracker::new();
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
         let pusher = Pusher::new(engine, pusher_apps, pusher, shutdown.clone(), tasks.clone());
-        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets }
+        metrics_http::register_zero_series(pusher.engine());
+        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets, started: Instant::now(), admin_token: None }
+    }
+
+    /// Enables `/stats` (and the dashboard) for requests carrying `Authorization: Bearer {token}`.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Herald {
+        self.admin_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
     }
 
     /// Replaces the HTTP server limits [`Herald::serve`] applies.
@@ -60,14 +73,16 @@ impl Herald {
     /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
     /// URL fails here, at start-up).
     pub async fn start(config: &Config) -> Result<Herald, RedisBrokerError> {
-        let herald = Herald::new(config.apps.clone(), config.pusher.clone()).with_http(config.http.clone());
+        let herald = Herald::new(config.apps.clone(), config.pusher.clone())
+            .with_http(config.http.clone())
+            .with_admin_token(config.admin_token.clone().map(|t| t.0));
         if let EngineConfig::Redis(redis) = &config.engine {
             RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
         }
         Ok(herald)
     }
 
-    /// Every route: the Pusher protocol and API, plus `/up`, `/health` and `/metrics`.
+    /// Every route: the Pusher protocol and API, plus `/up`, `/health`, `/metrics` and `/stats`.
     ///
     /// An application that serves this router with its own `axum::serve` gets the API's own limits
     /// (body size and body deadline, signatures, the process connection cap on WebSocket sessions)
@@ -79,8 +94,11 @@ impl Herald {
             .route("/up", get(health))
             .route("/health", get(health))
             .route("/metrics", get(metrics_http::render))
+            .merge(stats::routes())
             .with_state(self.clone());
-        self.pusher.router().merge(ops)
+        let engine = Arc::downgrade(self.pusher.engine());
+        let api = self.pusher.router().layer(axum::middleware::from_fn(move |req, next| api_metrics::count(engine.clone(), req, next)));
+        api.merge(ops)
     }
 
     /// Publishes in-process, as `POST /apps/{id}/events` does.
@@ -148,8 +166,13 @@ impl Herald {
         let asked = self.pusher.engine().close_all(Disconnect::Shutdown);
         self.tasks.close();
         tracing::info!(connections = asked, "draining");
+        let engine = self.pusher.engine();
+        let open = || engine.hubs().map(|h| h.connection_count()).sum::<usize>();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            tracing::warn!(remaining = self.tasks.len(), "drain timed out");
+            let left = open();
+            tracing::warn!(drained = asked.saturating_sub(left), remaining = left, tasks = self.tasks.len(), "drain timed out");
+        } else {
+            tracing::info!(drained = asked, "drained");
         }
     }
 }

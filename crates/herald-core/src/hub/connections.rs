@@ -26,9 +26,10 @@ impl Hub {
         }
         let limit = self.app.limits.max_connections.unwrap_or(usize::MAX);
         let admitted = self.connection_count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
-        if admitted.is_err() {
+        let Ok(before) = admitted else {
             return Err(ConnectError::OverQuota { limit });
-        }
+        };
+        self.stats.connected(before + 1);
         let mut id = SocketId::random();
         while self.connections.contains_key(&id) {
             id = SocketId::random();

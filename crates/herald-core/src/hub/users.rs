@@ -49,6 +49,7 @@ impl Hub {
     /// Queues `publication` to every connection signed in as `user_id`, on every node, except its
     /// excluded connection and device. Returns how many local connections got it.
     pub fn publish_to_user(&self, user_id: &str, publication: &Publication) -> usize {
+        self.stats.published();
         self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Publish { publication: publication.clone() });
         self.deliver_to_user(user_id, publication)
     }

@@ -113,7 +113,7 @@ impl Ctx {
     pub(crate) fn answer_ping(&self, text: &str) -> bool {
         let ping = Incoming::parse(text).is_ok_and(|msg| msg.event == "pusher:ping");
         if ping {
-            count_in(text);
+            count_in(&self.hub, text);
             self.pong();
         }
         ping
@@ -121,7 +121,7 @@ impl Ctx {
 
     /// Handles one client frame. Returns the part that must wait for the cluster, if any.
     pub(crate) fn handle(&self, text: &str, client_events: &mut RateLimit) -> Option<Step> {
-        count_in(text);
+        count_in(&self.hub, text);
         let msg = match Incoming::parse(text) {
             Ok(msg) => msg,
             Err(_) => {
@@ -349,7 +349,8 @@ impl Ctx {
     }
 }
 
-fn count_in(text: &str) {
+fn count_in(hub: &herald_core::Hub, text: &str) {
+    hub.stats().received(text.len());
     metrics::counter!("herald_messages_in_total").increment(1);
     metrics::counter!("herald_bytes_in_total").increment(text.len() as u64);
 }
