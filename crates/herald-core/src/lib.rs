@@ -30,6 +30,7 @@ pub mod latency;
 mod outbox;
 mod presence;
 mod publication;
+pub mod ratelimit;
 mod state;
 mod stats;
 

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
+use herald_pusher::webhooks::RESERVED_HEADERS;
 use herald_pusher::{PusherApp, PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
 use serde::Deserialize;
 
+use crate::ip_limits::IpLimits;
 use crate::listener::HttpConfig;
 
 /// Command-line flags; each also reads its `HERALD_*` environment variable. Flags win over env,
@@ -65,6 +67,14 @@ pub struct Cli {
     /// sharded.
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// Sockets one IP address may have open; beyond it WebSocket connections are refused with 4100
+    /// [default: unlimited].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Sockets one IP address may open per minute (sliding window); beyond it WebSocket connections
+    /// are refused with 4100 [default: unlimited].
+    #[arg(long, env = "HERALD_CONNECTS_PER_IP_PER_MINUTE")]
+    pub connects_per_ip_per_minute: Option<u32>,
     /// Token for `/stats` and the dashboard (`Authorization: Bearer ...`); without one they are off.
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
@@ -175,6 +185,8 @@ pub struct FileConfig {
     #[serde(default)]
     redis_cluster: bool,
     admin_token: Option<Secret>,
+    max_connections_per_ip: Option<usize>,
+    connects_per_ip_per_minute: Option<u32>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -203,6 +215,16 @@ struct FileApp {
     max_outbox_messages: Option<usize>,
     max_outbox_bytes: Option<usize>,
     max_history_channels: Option<usize>,
+    max_channel_name: Option<usize>,
+    max_event_name: Option<usize>,
+    max_channels_per_publish: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    #[serde(default)]
+    require_user_authentication: bool,
+    user_auth_timeout: Option<Seconds>,
+    api_requests_per_minute: Option<u32>,
+    #[serde(default)]
+    batch_webhooks: bool,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
     #[serde(default)]
@@ -226,6 +248,9 @@ struct FileWebhook {
     url: String,
     #[serde(default)]
     event_types: Vec<String>,
+    /// Extra request headers, e.g. `headers = { Authorization = "Bearer ..." }`.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Default of `redis_timeout`.
@@ -380,9 +405,28 @@ impl Config {
                 if let Some(bad) = hook.event_types.iter().find(|t| !WEBHOOK_EVENTS.contains(&t.as_str())) {
                     return Err(ConfigError::Invalid(format!("app {:?}: unknown webhook event type {bad:?}", app.id)));
                 }
+                for (name, value) in &hook.headers {
+                    let valid = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                        && axum::http::HeaderValue::from_str(value).is_ok()
+                        && !RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+                    if !valid {
+                        return Err(ConfigError::Invalid(format!(
+                            "app {:?}: webhook header {name:?} is not a valid header, or one Herald sets itself ({})",
+                            app.id,
+                            RESERVED_HEADERS.join(", ")
+                        )));
+                    }
+                }
             }
-            let targets: Vec<WebhookTarget> =
-                app.webhooks.iter().map(|h| WebhookTarget { url: h.url.clone(), event_types: h.event_types.clone() }).collect();
+            let targets: Vec<WebhookTarget> = app
+                .webhooks
+                .iter()
+                .map(|h| WebhookTarget {
+                    url: h.url.clone(),
+                    event_types: h.event_types.clone(),
+                    headers: h.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+                .collect();
             if !targets.is_empty() {
                 webhooks.insert(app.id.clone(), targets);
             }
@@ -401,6 +445,15 @@ impl Config {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
         validate_apps(&apps)?;
+        let ip = IpLimits {
+            max_connections_per_ip: cli.max_connections_per_ip.or(file.max_connections_per_ip),
+            connects_per_ip_per_minute: cli.connects_per_ip_per_minute.or(file.connects_per_ip_per_minute),
+        };
+        if ip.max_connections_per_ip == Some(0) || ip.connects_per_ip_per_minute == Some(0) {
+            return Err(ConfigError::Invalid(
+                "max_connections_per_ip and connects_per_ip_per_minute must be positive (omit them for no limit)".into(),
+            ));
+        }
         let admin_token = cli.admin_token.clone().or(file.admin_token);
         if admin_token.as_ref().is_some_and(|Secret(t)| t.len() < 16 || t.trim() != t) {
             return Err(ConfigError::Invalid("admin_token must be at least 16 characters, without surrounding spaces".into()));
@@ -420,7 +473,7 @@ impl Config {
                 webhooks,
                 write_timeout,
             },
-            http: HttpConfig { header_timeout },
+            http: HttpConfig { header_timeout, ip },
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
             engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {
                 EngineKind::Memory => EngineConfig::Memory,
@@ -454,8 +507,27 @@ impl Config {
 }
 
 impl Config {
-    /// Logs the start-up line (listen address, apps, engine, Redis URL with its password masked).
+    /// Apps that still use the dev app's public secret while Herald listens beyond loopback: anyone
+    /// could sign API requests and channel auth for them.
+    pub fn exposed_dev_secrets(&self) -> Vec<&str> {
+        if self.host.is_loopback() {
+            return Vec::new();
+        }
+        let dev = PusherApp::dev().secret;
+        self.apps.iter().filter(|a| a.pusher.secret == dev).map(|a| a.app.id.as_str()).collect()
+    }
+
+    /// Logs the start-up line (listen address, apps, engine, Redis URL with its password masked), and
+    /// a warning when the dev app's public secret is served beyond loopback.
     pub fn log_started(&self, addr: SocketAddr) {
+        for app in self.exposed_dev_secrets() {
+            tracing::warn!(
+                app,
+                %addr,
+                "app uses the public development secret \"app-secret\" on a non-loopback address: anyone can publish and \
+                 authorize channels; set a secret (HERALD_APP_SECRET or [[apps]] secret)"
+            );
+        }
         let apps: Vec<&str> = self.apps.iter().map(|a| a.app.id.as_str()).collect();
         match &self.engine {
             EngineConfig::Memory => tracing::info!(%addr, ?apps, engine = "memory", "herald listening"),
@@ -491,7 +563,30 @@ impl FileApp {
                 overflow: OverflowPolicy::DisconnectSlowConsumer,
             },
             max_history_channels: positive("max_history_channels", self.max_history_channels, d.max_history_channels)?,
+            max_channel_name: positive("max_channel_name", self.max_channel_name, d.max_channel_name)?,
+            max_event_name: positive("max_event_name", self.max_event_name, d.max_event_name)?,
+            max_channels_per_publish: positive("max_channels_per_publish", self.max_channels_per_publish, d.max_channels_per_publish)?,
+            max_connections_per_user: match self.max_connections_per_user {
+                Some(n) => Some(positive("max_connections_per_user", Some(n), n)?),
+                None => None,
+            },
         };
+        let user_auth_timeout = match self.user_auth_timeout {
+            Some(s) => positive_duration(&format!("app {:?}: user_auth_timeout", self.id), s.get())?,
+            None => herald_pusher::USER_AUTH_TIMEOUT,
+        };
+        if self.api_requests_per_minute == Some(0) {
+            return Err(ConfigError::Invalid(format!(
+                "app {:?}: api_requests_per_minute must be positive (omit it for no limit)",
+                self.id
+            )));
+        }
+        if self.require_user_authentication && !self.enable_user_authentication {
+            return Err(ConfigError::Invalid(format!(
+                "app {:?}: require_user_authentication needs enable_user_authentication = true",
+                self.id
+            )));
+        }
         let mut history = Vec::with_capacity(self.history.len());
         for rule in &self.history {
             if rule.size == 0 || rule.size > MAX_HISTORY_SIZE || rule.ttl == 0 || rule.ttl > MAX_TIMEOUT_SECS {
@@ -510,6 +605,10 @@ impl FileApp {
             enable_client_messages: self.enable_client_messages,
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
+            require_user_authentication: self.require_user_authentication,
+            user_auth_timeout,
+            api_requests_per_minute: self.api_requests_per_minute,
+            batch_webhooks: self.batch_webhooks,
         };
         Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher })
     }
@@ -556,7 +655,10 @@ mod tests {
     fn webhooks_per_app_are_validated() {
         let ok = "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps.webhooks]]\nurl = \"http://h/hook\"\nevent_types = [\"member_added\"]\n";
         let c = Config::resolve(parse(ok), &Cli::default()).unwrap();
-        assert_eq!(c.pusher.webhooks["a"], vec![WebhookTarget { url: "http://h/hook".into(), event_types: vec!["member_added".into()] }]);
+        assert_eq!(
+            c.pusher.webhooks["a"],
+            vec![WebhookTarget { url: "http://h/hook".into(), event_types: vec!["member_added".into()], headers: vec![] }]
+        );
         assert!(Config::resolve(parse(&ok.replace("member_added", "nope")), &Cli::default()).is_err());
         assert!(Config::resolve(parse(&ok.replace("http://", "https://")), &Cli::default()).is_err());
     }
@@ -676,6 +778,72 @@ mod tests {
         let text = format!("{e:#}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("***@127.0.0.1"), "still says which URL: {text}");
+    }
+
+    #[test]
+    fn dev_secret_on_a_public_address_is_flagged() {
+        let c = Config::resolve(FileConfig::default(), &Cli::default()).unwrap();
+        assert!(c.exposed_dev_secrets().is_empty(), "loopback is fine");
+        let public = Cli { host: Some("0.0.0.0".parse().unwrap()), ..Cli::default() };
+        let c = Config::resolve(FileConfig::default(), &public).unwrap();
+        assert_eq!(c.exposed_dev_secrets(), vec!["app-id"]);
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || c.log_started("0.0.0.0:6001".parse().unwrap()));
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("WARN") && log.contains("public development secret"), "{log}");
+        let own = Cli { app_secret: Some("a-real-secret".into()), ..public };
+        assert!(Config::resolve(FileConfig::default(), &own).unwrap().exposed_dev_secrets().is_empty());
+    }
+
+    #[test]
+    fn new_app_keys_parse_and_validate() {
+        let c = Config::resolve(
+            parse(
+                r#"
+                max_connections_per_ip = 10
+                connects_per_ip_per_minute = 100
+                [[apps]]
+                id = "1"
+                key = "k"
+                secret = "s"
+                enable_user_authentication = true
+                require_user_authentication = true
+                user_auth_timeout = 5
+                api_requests_per_minute = 600
+                batch_webhooks = true
+                max_channel_name = 50
+                max_event_name = 40
+                max_channels_per_publish = 10
+                max_connections_per_user = 3
+                [[apps.webhooks]]
+                url = "http://h/hook"
+                headers = { Authorization = "Bearer x" }
+                "#,
+            ),
+            &Cli::default(),
+        )
+        .unwrap();
+        let AppConfig { app, pusher } = &c.apps[0];
+        assert!(pusher.require_user_authentication && pusher.batch_webhooks);
+        assert_eq!((pusher.user_auth_timeout, pusher.api_requests_per_minute), (Duration::from_secs(5), Some(600)));
+        assert_eq!((app.limits.max_channel_name, app.limits.max_event_name, app.limits.max_channels_per_publish), (50, 40, 10));
+        assert_eq!(app.limits.max_connections_per_user, Some(3));
+        assert_eq!(c.pusher.webhooks["1"][0].headers, vec![("Authorization".to_string(), "Bearer x".to_string())]);
+        assert_eq!((c.http.ip.max_connections_per_ip, c.http.ip.connects_per_ip_per_minute), (Some(10), Some(100)));
+        let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
+        let app = "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n";
+        assert!(err(&format!("{app}require_user_authentication = true\nenable_user_authentication = false"))
+            .contains("require_user_authentication"));
+        assert!(err(&format!("{app}api_requests_per_minute = 0")).contains("api_requests_per_minute"));
+        assert!(err(&format!("{app}max_connections_per_user = 0")).contains("max_connections_per_user"));
+        assert!(err(&format!("{app}[[apps.webhooks]]\nurl='http://h'\nheaders = {{ X-Pusher-Signature = 'x' }}"))
+            .contains("X-Pusher-Signature"));
+        assert!(err("max_connections_per_ip = 0").contains("max_connections_per_ip"));
+        assert!(err("admin_token = 'short'").contains("admin_token"));
+        assert!(!format!("{:?}", Config::resolve(parse("admin_token = 'a-very-secret-admin-token'"), &Cli::default()).unwrap())
+            .contains("a-very-secret"));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod api_metrics;
 pub mod config;
+mod ip_limits;
 mod listener;
 mod metrics_http;
 mod stats;
@@ -26,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl, Secret};
+pub use ip_limits::IpLimits;
 pub use listener::HttpConfig;
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.

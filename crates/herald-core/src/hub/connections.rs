@@ -64,6 +64,14 @@ impl Hub {
         outbox.push(frame).is_ok()
     }
 
+    /// Asks one connection to close for `reason` once it has written what is queued. Returns whether
+    /// it is registered here.
+    pub fn close_connection(&self, socket: SocketId, reason: Disconnect) -> bool {
+        let Some(outbox) = self.connections.get(&socket).map(|c| c.outbox.clone()) else { return false };
+        outbox.close(reason);
+        true
+    }
+
     /// Asks every connection to close for `reason`. Returns how many.
     pub fn close_all(&self, reason: Disconnect) -> usize {
         self.connections.iter().map(|c| c.outbox.close(reason)).count()

@@ -8,18 +8,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use herald_core::{
-    ChannelChange, Codec, DataKind, HistoryError, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, Recovery, SocketId,
-    SubscribeError, Subscribed,
+    ChannelChange, Codec, DataKind, Disconnect, HistoryError, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, Recovery,
+    SignInError, SocketId, SubscribeError, Subscribed,
 };
 use tokio::time::Instant;
 
 use super::cluster::{self, Step};
 use crate::auth;
-use crate::channel::{is_valid_name, Access, ChannelKind, MAX_USER_ID, USER_CHANNEL_PREFIX};
+use crate::channel::{is_valid_name_within, Access, ChannelKind, MAX_USER_ID, USER_CHANNEL_PREFIX};
 use crate::codec::PusherCodec;
 use crate::codes;
 use crate::events::presence_data;
-use crate::publish::MAX_EVENT_NAME;
 use crate::wire::{self, ChannelData, Data, Incoming, SigninData, SubscribeData, UnsubscribeData};
 use crate::{Pusher, PusherApp};
 
@@ -173,7 +172,7 @@ impl Ctx {
     /// when refused, or when it was a user channel (answered already).
     pub(crate) fn admit(&self, data: &SubscribeData) -> Option<Admitted> {
         let channel = data.channel.as_str();
-        if !is_valid_name(channel) {
+        if !is_valid_name_within(channel, self.hub.app().limits.max_channel_name) {
             self.subscription_error(channel, "InvalidChannel", 400, "Invalid channel name");
             return None;
         }
@@ -287,6 +286,13 @@ impl Ctx {
             }
         };
         if let Err(e) = self.hub.sign_in(self.id, &id, None) {
+            if let SignInError::TooManyConnections { .. } = e {
+                // Pusher's "over quota" code in the error frame, then close: the user already has all
+                // the connections the app allows.
+                self.error(codes::OVER_QUOTA, &format!("User {id:?} is at its connection limit"), "user_connection_limit");
+                self.outbox.close(Disconnect::Terminated);
+                return None;
+            }
             self.error(codes::TERMINATED, &e.to_string(), "signin");
             return None;
         }
@@ -312,8 +318,9 @@ impl Ctx {
         let Some(channel) = msg.channel.as_deref() else {
             return self.error(codes::GENERIC_ERROR, "Client events need a channel", "client_event");
         };
-        if msg.event.len() > MAX_EVENT_NAME {
-            let message = format!("Client event names are at most {MAX_EVENT_NAME} bytes");
+        let max_event_name = app.limits.max_event_name;
+        if msg.event.len() > max_event_name {
+            let message = format!("Client event names are at most {max_event_name} bytes");
             return self.error(codes::GENERIC_ERROR, &message, "client_event");
         }
         if !ChannelKind::of(channel).allows_client_events() {
