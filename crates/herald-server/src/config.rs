@@ -45,6 +45,32 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `herald_pusher=debug` [default: info].
     #[arg(long, env = "HERALD_LOG")]
     pub log: Option<String>,
+    /// Log format: `text` (colours only on a terminal, and not with NO_COLOR) or `json` (one object a
+    /// line) [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds to wait for any reply to a server ping before closing with 4201 [default: 30].
+    #[arg(long, env = "HERALD_PONG_TIMEOUT")]
+    pub pong_timeout: Option<u64>,
+    /// Connections (sockets) this process accepts across all apps [default: 1000000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest HTTP API request body in bytes (413 beyond) [default: 262144].
+    #[arg(long, env = "HERALD_MAX_REQUEST_BODY")]
+    pub max_request_body: Option<usize>,
+    /// Seconds shutdown waits for connections to drain [default: 10].
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+    /// Seconds (decimals allowed) a connection has to send a complete request head, the WebSocket
+    /// handshake included; also the keep-alive idle timeout [default: 10].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT")]
+    pub header_timeout: Option<f64>,
+    /// Seconds (decimals allowed) an HTTP API request body may take to arrive (408 beyond) [default: 10].
+    #[arg(long, env = "HERALD_BODY_TIMEOUT")]
+    pub body_timeout: Option<f64>,
+    /// Seconds (decimals allowed) a connection may take to accept one batch of frames [default: 10].
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT")]
+    pub write_timeout: Option<f64>,
     /// Engine: `memory` (one node) or `redis` (nodes sharing a Redis) [default: memory].
     #[arg(long, env = "HERALD_ENGINE", value_enum)]
     pub engine: Option<EngineKind>,
@@ -78,6 +104,17 @@ pub struct Cli {
     /// Token for `/stats` and the dashboard (`Authorization: Bearer ...`); without one they are off.
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; colours only when writing to a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Which engine carries publications.
@@ -169,6 +206,7 @@ pub struct FileConfig {
     host: Option<IpAddr>,
     port: Option<u16>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
     activity_timeout: Option<u64>,
     pong_timeout: Option<u64>,
     max_connections: Option<usize>,
@@ -320,6 +358,8 @@ pub struct Config {
     pub port: u16,
     /// Log filter.
     pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
     /// Apps served.
     pub apps: Vec<AppConfig>,
     /// Pusher front settings.
@@ -341,6 +381,7 @@ impl Default for Config {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 6001,
             log: "info".into(),
+            log_format: LogFormat::Text,
             apps: vec![AppConfig::dev()],
             pusher: PusherConfig::default(),
             http: HttpConfig::default(),
@@ -373,23 +414,18 @@ impl Config {
                 "activity_timeout must be 1 to {MAX_TIMEOUT_SECS} seconds (pusher-js requires at least 1)"
             )));
         }
-        let pong = file.pong_timeout.unwrap_or(defaults.pong_timeout.as_secs());
+        let pong = cli.pong_timeout.or(file.pong_timeout).unwrap_or(defaults.pong_timeout.as_secs());
         if pong == 0 || pong > MAX_TIMEOUT_SECS {
             return Err(ConfigError::Invalid(format!("pong_timeout must be 1 to {MAX_TIMEOUT_SECS} seconds")));
         }
-        let header_timeout = match file.header_timeout {
-            Some(s) => positive_duration("header_timeout", s.get())?,
-            None => HttpConfig::default().header_timeout,
+        let seconds = |key: &str, flag: Option<f64>, file: Option<Seconds>, default: Duration| match flag.or(file.map(Seconds::get)) {
+            Some(secs) => positive_duration(key, secs),
+            None => Ok(default),
         };
-        let write_timeout = match file.write_timeout {
-            Some(s) => positive_duration("write_timeout", s.get())?,
-            None => defaults.write_timeout,
-        };
-        let body_timeout = match file.body_timeout {
-            Some(s) => positive_duration("body_timeout", s.get())?,
-            None => defaults.body_timeout,
-        };
-        let max_connections = file.max_connections.unwrap_or(defaults.max_connections);
+        let header_timeout = seconds("header_timeout", cli.header_timeout, file.header_timeout, HttpConfig::default().header_timeout)?;
+        let write_timeout = seconds("write_timeout", cli.write_timeout, file.write_timeout, defaults.write_timeout)?;
+        let body_timeout = seconds("body_timeout", cli.body_timeout, file.body_timeout, defaults.body_timeout)?;
+        let max_connections = cli.max_connections.or(file.max_connections).unwrap_or(defaults.max_connections);
         if max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be positive".into()));
         }
@@ -463,18 +499,19 @@ impl Config {
             host: cli.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(6001),
             log: cli.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             apps,
             pusher: PusherConfig {
                 activity_timeout: Duration::from_secs(activity),
                 pong_timeout: Duration::from_secs(pong),
-                max_request_body: file.max_request_body.unwrap_or(defaults.max_request_body),
+                max_request_body: cli.max_request_body.or(file.max_request_body).unwrap_or(defaults.max_request_body),
                 max_connections,
                 body_timeout,
                 webhooks,
                 write_timeout,
             },
             http: HttpConfig { header_timeout, ip },
-            shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
+            shutdown_grace: Duration::from_secs(cli.shutdown_grace.or(file.shutdown_grace).unwrap_or(10)),
             engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {
                 EngineKind::Memory => EngineConfig::Memory,
                 EngineKind::Redis => {

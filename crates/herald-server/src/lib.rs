@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl, Secret};
+pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, LogFormat, RedisUrl, Secret};
 pub use ip_limits::IpLimits;
 pub use listener::HttpConfig;
 

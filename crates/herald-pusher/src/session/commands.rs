@@ -90,6 +90,7 @@ impl Ctx {
     }
 
     pub(crate) fn error(&self, code: u16, message: &str, kind: &'static str) {
+        tracing::debug!(code, kind, reason = message, "refused: pusher:error sent");
         metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
         let data = serde_json::json!({ "code": code, "message": message });
         let raw = serde_json::value::to_raw_value(&data).expect("json");
@@ -97,6 +98,7 @@ impl Ctx {
     }
 
     pub(crate) fn subscription_error(&self, channel: &str, kind: &str, status: u16, message: &str) {
+        tracing::debug!(channel, kind, status, reason = message, "subscription refused");
         metrics::counter!("herald_errors_total", "kind" => "subscription").increment(1);
         let data = serde_json::json!({ "type": kind, "error": message, "status": status });
         let raw = serde_json::value::to_raw_value(&data).expect("json");
