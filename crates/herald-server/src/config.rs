@@ -15,6 +15,7 @@ use serde::Deserialize;
 
 use crate::ip_limits::IpLimits;
 use crate::listener::HttpConfig;
+use crate::tls::TlsFiles;
 
 /// Command-line flags; each also reads its `HERALD_*` environment variable. Flags win over env,
 /// env wins over the config file.
@@ -101,6 +102,13 @@ pub struct Cli {
     /// are refused with 4100 [default: unlimited].
     #[arg(long, env = "HERALD_CONNECTS_PER_IP_PER_MINUTE")]
     pub connects_per_ip_per_minute: Option<u32>,
+    /// PEM certificate chain: with --tls-key, Herald serves TLS (wss://, https://); SIGHUP reloads
+    /// both files without dropping connections.
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
     /// Token for `/stats` and the dashboard (`Authorization: Bearer ...`); without one they are off.
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
@@ -225,6 +233,8 @@ pub struct FileConfig {
     admin_token: Option<Secret>,
     max_connections_per_ip: Option<usize>,
     connects_per_ip_per_minute: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -372,6 +382,8 @@ pub struct Config {
     pub engine: EngineConfig,
     /// The operator's token for `/stats` and the dashboard (off without one).
     pub admin_token: Option<Secret>,
+    /// TLS certificate and key, when Herald serves TLS itself.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for Config {
@@ -388,6 +400,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             engine: EngineConfig::Memory,
             admin_token: None,
+            tls: None,
         }
     }
 }
@@ -490,12 +503,18 @@ impl Config {
                 "max_connections_per_ip and connects_per_ip_per_minute must be positive (omit them for no limit)".into(),
             ));
         }
+        let tls = match (cli.tls_cert.clone().or(file.tls_cert), cli.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("tls_cert and tls_key go together: set both or neither".into())),
+        };
         let admin_token = cli.admin_token.clone().or(file.admin_token);
         if admin_token.as_ref().is_some_and(|Secret(t)| t.len() < 16 || t.trim() != t) {
             return Err(ConfigError::Invalid("admin_token must be at least 16 characters, without surrounding spaces".into()));
         }
         Ok(Config {
             admin_token,
+            tls,
             host: cli.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(6001),
             log: cli.log.clone().or(file.log).unwrap_or_else(|| "info".into()),

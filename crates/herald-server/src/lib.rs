@@ -10,6 +10,7 @@ mod ip_limits;
 mod listener;
 mod metrics_http;
 mod stats;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, LogFormat, RedisUrl, Secret};
 pub use ip_limits::IpLimits;
 pub use listener::HttpConfig;
+pub use tls::{Tls, TlsError, TlsFiles};
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.
 #[derive(Clone)]
@@ -43,6 +45,8 @@ pub struct Herald {
     started: Instant,
     /// The operator's token for `/stats` and the dashboard; without one they answer 404.
     admin_token: Option<Arc<str>>,
+    /// TLS for [`Herald::serve`]'s listener, when configured.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Herald {
@@ -57,7 +61,44 @@ impl Herald {
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
         let pusher = Pusher::new(engine, pusher_apps, pusher, shutdown.clone(), tasks.clone());
         metrics_http::register_zero_series(pusher.engine());
-        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets, started: Instant::now(), admin_token: None }
+        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets, started: Instant::now(), admin_token: None, tls: None }
+    }
+
+    /// Serves TLS (`wss://`, `https://`) with this certificate; see [`Herald::reload_tls`].
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Herald {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Reads the TLS certificate and key again: new connections use them, established ones keep
+    /// theirs. `Ok(false)` without TLS; on error the current certificate stays.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Reloads the TLS certificate on every SIGHUP until shutdown (a tracked task), logging the
+    /// outcome. Without TLS, or off Unix, does nothing.
+    pub fn reload_tls_on_hangup(&self) {
+        #[cfg(unix)]
+        if self.tls.is_some() {
+            let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            let (herald, shutdown) = (self.clone(), self.shutdown.clone());
+            self.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        got = hangup.recv() => if got.is_none() { return },
+                    }
+                    match herald.reload_tls() {
+                        Ok(_) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the current certificate"),
+                    }
+                }
+            });
+        }
     }
 
     /// Enables `/stats` (and the dashboard) for requests carrying `Authorization: Bearer {token}`.
@@ -155,7 +196,7 @@ impl Herald {
                 }
             }
         });
-        listener::run(listener, router, self.http.clone(), self.sockets.clone(), token, self.tasks.clone()).await;
+        listener::run(listener, router, self.http.clone(), self.sockets.clone(), self.tls.clone(), token, self.tasks.clone()).await;
         self.drain(grace).await;
         Ok(())
     }

@@ -41,6 +41,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
 use crate::ip_limits::{IpLimits, IpSlot, IpTracker};
+use crate::tls::{Stream, Tls};
 use herald_pusher::ConnectRefusal;
 
 /// Limits of Herald's HTTP server that are not part of the Pusher front.
@@ -71,6 +72,7 @@ pub(crate) async fn run(
     router: Router,
     http: HttpConfig,
     cap: Arc<Semaphore>,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
@@ -94,8 +96,37 @@ pub(crate) async fn run(
         let Some(mut socket) = admit(stream, &cap) else { continue };
         let (slot, refusal) = ips.admit(peer.ip());
         socket._ip = slot;
-        let conn = builder.serve_connection(TokioIo::new(socket), service(router.clone(), refusal)).with_upgrades();
-        tasks.spawn(serve_connection(conn, shutdown.clone()));
+        let service = service(router.clone(), refusal);
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(Stream::Plain(socket)), service).with_upgrades();
+                tasks.spawn(serve_connection(conn, shutdown.clone()));
+            }
+            Some(tls) => {
+                let (acceptor, builder, shutdown, deadline) = (tls.acceptor(), builder.clone(), shutdown.clone(), http.header_timeout);
+                tasks.spawn(async move {
+                    // The handshake has the header deadline too: a socket that never finishes it is closed.
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        done = tokio::time::timeout(deadline, acceptor.accept(socket)) => done,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(Stream::Tls(Box::new(stream))), service).with_upgrades();
+                            serve_connection(conn, shutdown).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!("herald_tls_handshake_failures_total", "reason" => "error").increment(1);
+                            debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("herald_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                            debug!("TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
     }
 }
 
@@ -136,7 +167,7 @@ where
 
 /// Serves one connection until it closes or is upgraded; on shutdown, finishes what is in flight and
 /// closes it.
-async fn serve_connection(conn: http1::UpgradeableConnection<TokioIo<Counted>, Service>, shutdown: CancellationToken) {
+async fn serve_connection(conn: http1::UpgradeableConnection<TokioIo<Stream>, Service>, shutdown: CancellationToken) {
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,

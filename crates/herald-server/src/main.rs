@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use herald_server::{Cli, Config, Herald, LogFormat};
+use herald_server::{Cli, Config, Herald, LogFormat, Tls};
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -19,7 +19,11 @@ async fn main() -> anyhow::Result<()> {
     let signal = shutdown_signal();
     config.log_started(listener.local_addr()?);
     // herald-redis's errors quote the URL: mask its password before the error is printed.
-    let herald = Herald::start(&config).await?;
+    let mut herald = Herald::start(&config).await?;
+    if let Some(files) = &config.tls {
+        herald = herald.with_tls(Tls::load(files.clone())?);
+        herald.reload_tls_on_hangup();
+    }
     herald.serve(listener, signal, config.shutdown_grace).await?;
     tracing::info!("stopped");
     Ok(())
