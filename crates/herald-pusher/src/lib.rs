@@ -190,6 +190,11 @@ impl Pusher {
             .with_state(self.clone())
     }
 
+    /// The Pusher settings (key, secret, switches) of the app with this id.
+    pub fn app(&self, id: &str) -> Option<Arc<PusherApp>> {
+        self.apps.by_id(id).cloned()
+    }
+
     /// Counts one HTTP API request of app `app_id` against its rate limit; refused: how long until
     /// one would be admitted.
     pub(crate) fn api_rate(&self, app_id: &str) -> Result<(), Duration> {

@@ -6,6 +6,7 @@
 
 mod api_metrics;
 pub mod config;
+mod dashboard;
 mod ip_limits;
 mod listener;
 mod metrics_http;
@@ -138,6 +139,7 @@ impl Herald {
             .route("/health", get(health))
             .route("/metrics", get(metrics_http::render))
             .merge(stats::routes())
+            .merge(dashboard::routes())
             .with_state(self.clone());
         let engine = Arc::downgrade(self.pusher.engine());
         let api = self.pusher.router().layer(axum::middleware::from_fn(move |req, next| api_metrics::count(engine.clone(), req, next)));

@@ -173,3 +173,57 @@ async fn api_responses_are_counted_by_app_and_status() {
     assert!(value("herald_api_responses_total{app=\"unknown\",status=\"404\"}") >= 1.0);
     assert!(!text.contains("invented-id"), "unknown app ids do not become labels");
 }
+
+#[tokio::test]
+async fn dashboard_is_off_without_a_token_and_its_api_needs_the_token() {
+    let off = start_dev().await;
+    let r = http_full(off.addr, "GET /dashboard HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 404);
+    let r = http_full(off.addr, "GET /dashboard/assets/dashboard.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 404);
+
+    let server = start_admin().await;
+    let r = http_full(server.addr, "GET /dashboard HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("content-security-policy: default-src 'self'"), "{}", r.headers);
+    assert!(r.body.contains("id=\"login-form\""));
+    assert!(!r.body.contains(TOKEN));
+    for path in ["/dashboard/api/apps", "/dashboard/api/stream"] {
+        assert_eq!(get(server.addr, path, None).await.0, 401, "{path}");
+        assert_eq!(get(server.addr, path, Some("wrong-token-of-some-length")).await.0, 401, "{path}");
+    }
+    let (status, apps) = get(server.addr, "/dashboard/api/apps", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(apps["apps"][0]["key"], "app-key");
+    assert!(!apps.to_string().contains("app-secret"), "secrets never reach the page");
+
+    let publish = |token: &str, body: Value| {
+        let body = body.to_string();
+        format!(
+            "POST /dashboard/api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut c = server.client().await;
+    c.subscribe("console").await;
+    let (status, r) = http_raw(server.addr, &publish(TOKEN, json!({"app":"app-id","channel":"console","event":"e","data":"hi"}))).await;
+    assert_eq!((status, r["delivered"].clone()), (200, json!(1)));
+    assert_eq!(c.expect("e").await["data"], "hi");
+    assert_eq!(http_raw(server.addr, &publish("wrong-token-of-some-length", json!({}))).await.0, 401);
+
+    // The stream: a `stats` event at once.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /dashboard/api/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains("event: stats") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.expect("a stats event within 5 s").unwrap();
+        assert!(n > 0, "stream closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("\"connections\""), "{text}");
+}
