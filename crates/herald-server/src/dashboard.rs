@@ -119,8 +119,8 @@ struct Publish {
 }
 
 /// The JSON body of an admin request, read only once the token was checked.
-fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(bytes).map_err(|e| (StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response())
+fn body<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Box<Response>> {
+    serde_json::from_slice(bytes).map_err(|e| Box::new((StatusCode::BAD_REQUEST, Json(json!({ "error": e.to_string() }))).into_response()))
 }
 
 async fn publish(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
@@ -129,7 +129,7 @@ async fn publish(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::
     }
     let p: Publish = match body(&bytes) {
         Ok(p) => p,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let channels = [p.channel];
     let trigger = Trigger { name: &p.event, data: &p.data, channels: &channels, socket_id: None };
@@ -153,7 +153,7 @@ async fn sign(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::bod
     }
     let s: Sign = match body(&bytes) {
         Ok(s) => s,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let Some(app) = herald.pusher().app(&s.app) else {
         return (StatusCode::NOT_FOUND, Json(json!({ "error": "no such app" }))).into_response();
