@@ -31,7 +31,8 @@ pub struct Cli {
     /// Port to listen on [default: 6001].
     #[arg(long, short, env = "HERALD_PORT")]
     pub port: Option<u16>,
-    /// Id of the default app, used when the config file defines no apps [default: app-id].
+    /// Id of the default app, used when the config file defines no apps [default: 1] (numeric, as the
+    /// Python, PHP and Ruby server SDKs require).
     #[arg(long, env = "HERALD_APP_ID")]
     pub app_id: Option<String>,
     /// Key of the default app [default: app-key].
@@ -308,6 +309,10 @@ const MAX_HISTORY_SIZE: usize = 10_000;
 const MAX_TIMEOUT_SECS: u64 = 86_400;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The id of the app `herald` serves when its config defines none: numeric, because the Python, PHP and
+/// Ruby Pusher SDKs accept only numeric app ids (key and secret stay `app-key` / `app-secret`).
+pub const DEV_APP_ID: &str = "1";
+
 /// Webhook events Herald sends.
 const WEBHOOK_EVENTS: [&str; 7] =
     ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event", "cache_miss", "subscription_count"];
@@ -387,14 +392,18 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// What `herald` runs with given no file, env or flags: the dev app on 127.0.0.1:6001, in memory.
+    /// What `herald` runs with given no file, env or flags: the dev app (id [`DEV_APP_ID`]) on
+    /// 127.0.0.1:6001, in memory.
     fn default() -> Self {
+        let mut dev = AppConfig::dev();
+        dev.app.id = DEV_APP_ID.into();
+        dev.pusher.id = DEV_APP_ID.into();
         Config {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 6001,
             log: "info".into(),
             log_format: LogFormat::Text,
-            apps: vec![AppConfig::dev()],
+            apps: vec![dev],
             pusher: PusherConfig::default(),
             http: HttpConfig::default(),
             shutdown_grace: Duration::from_secs(10),
@@ -482,7 +491,7 @@ impl Config {
         }
         let apps = if file.apps.is_empty() {
             let dev = PusherApp::dev();
-            let id = cli.app_id.clone().unwrap_or(dev.id.clone());
+            let id = cli.app_id.clone().unwrap_or_else(|| DEV_APP_ID.to_string());
             let pusher = PusherApp {
                 id: id.clone(),
                 key: cli.app_key.clone().unwrap_or(dev.key.clone()),
@@ -701,7 +710,7 @@ mod tests {
         assert_eq!((c.host.to_string().as_str(), c.port), ("127.0.0.1", 6001));
         assert_eq!(c.apps.len(), 1);
         let AppConfig { app, pusher } = &c.apps[0];
-        assert_eq!((app.id.as_str(), pusher.id.as_str()), ("app-id", "app-id"));
+        assert_eq!((app.id.as_str(), pusher.id.as_str()), (DEV_APP_ID, DEV_APP_ID));
         assert_eq!((pusher.key.as_str(), pusher.secret.as_str()), ("app-key", "app-secret"));
         assert!(app.enabled && pusher.enable_client_messages && pusher.enable_user_authentication && !pusher.enable_subscription_count);
         assert_eq!(c.pusher.activity_timeout, Duration::from_secs(120));
@@ -842,7 +851,7 @@ mod tests {
         assert!(c.exposed_dev_secrets().is_empty(), "loopback is fine");
         let public = Cli { host: Some("0.0.0.0".parse().unwrap()), ..Cli::default() };
         let c = Config::resolve(FileConfig::default(), &public).unwrap();
-        assert_eq!(c.exposed_dev_secrets(), vec!["app-id"]);
+        assert_eq!(c.exposed_dev_secrets(), vec![DEV_APP_ID]);
         let captured = Captured::default();
         let writer = captured.clone();
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();

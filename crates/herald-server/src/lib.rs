@@ -28,7 +28,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, LogFormat, RedisUrl, Secret};
+pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, LogFormat, RedisUrl, Secret, DEV_APP_ID};
 pub use ip_limits::IpLimits;
 pub use listener::HttpConfig;
 pub use tls::{Tls, TlsError, TlsFiles};
