@@ -52,7 +52,7 @@ let firstPem;
 before(async () => {
   firstPem = makeCert('first');
   const port = await freePort();
-  const proc = spawn(HERALD_BIN, ['--port', String(port), '--tls-cert', certPath, '--tls-key', keyPath, '--log', 'warn'], {
+  const proc = spawn(HERALD_BIN, ['--port', String(port), '--app-id', APPS.main.id, '--tls-cert', certPath, '--tls-key', keyPath, '--log', 'warn'], {
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const exited = new Promise((resolve) => proc.on('exit', resolve));

@@ -199,40 +199,56 @@ impl LatencySnapshot {
     }
 }
 
-/// The latency histograms of one app, one per front (looked up once per connection, not per delivery).
+/// Fronts (protocols) a hub keeps latency histograms for, at most.
+pub const MAX_FRONTS: usize = 8;
+
+/// The latency histograms of one app, one per front. Looking one up ([`Latencies::get`]) is lock-free
+/// (a scan of at most [`MAX_FRONTS`] set-once slots), so a writer may do it per batch; creating one
+/// ([`Latencies::front`]) takes a lock, once per front.
 #[derive(Default)]
 pub struct Latencies {
-    fronts: Mutex<Vec<(&'static str, Arc<LatencyHistogram>)>>,
+    slots: [OnceLock<(&'static str, Arc<LatencyHistogram>)>; MAX_FRONTS],
+    create: Mutex<()>,
 }
 
 impl std::fmt::Debug for Latencies {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.fronts.lock().iter().map(|(front, _)| front)).finish()
+        f.debug_list().entries(self.slots.iter().filter_map(|s| s.get().map(|(front, _)| front))).finish()
     }
 }
 
 impl Latencies {
-    /// The histogram of `front` (created on first use). Fronts call this once per connection and keep
-    /// the `Arc`.
+    /// The histogram of `front`, if it was created.
+    pub fn get(&self, front: &str) -> Option<&Arc<LatencyHistogram>> {
+        self.slots.iter().map_while(OnceLock::get).find(|(name, _)| *name == front).map(|(_, h)| h)
+    }
+
+    /// The histogram of `front`, created on first use. With [`MAX_FRONTS`] fronts already, a new one
+    /// gets a histogram of its own that is not listed (recorded, never rendered).
     pub fn front(&self, front: &'static str) -> Arc<LatencyHistogram> {
-        let mut fronts = self.fronts.lock();
-        if let Some((_, histogram)) = fronts.iter().find(|(name, _)| *name == front) {
-            return histogram.clone();
+        if let Some(h) = self.get(front) {
+            return h.clone();
+        }
+        let _creating = self.create.lock();
+        if let Some(h) = self.get(front) {
+            return h.clone();
         }
         let histogram = Arc::new(LatencyHistogram::default());
-        fronts.push((front, histogram.clone()));
+        if let Some(slot) = self.slots.iter().find(|s| s.get().is_none()) {
+            let _ = slot.set((front, histogram.clone()));
+        }
         histogram
     }
 
     /// Every front's histogram, by front name.
     pub fn all(&self) -> Vec<(&'static str, Arc<LatencyHistogram>)> {
-        self.fronts.lock().clone()
+        self.slots.iter().map_while(OnceLock::get).cloned().collect()
     }
 
     /// Every front's counts merged.
     pub fn merged(&self) -> LatencySnapshot {
         let mut total = LatencySnapshot::default();
-        for (_, histogram) in self.fronts.lock().iter() {
+        for (_, histogram) in self.all() {
             total.merge(&histogram.snapshot());
         }
         total
@@ -321,5 +337,7 @@ mod tests {
         a.record_duration(Duration::from_millis(1));
         assert_eq!(l.all().len(), 2);
         assert_eq!(l.merged().count(), 2);
+        assert!(Arc::ptr_eq(l.get("pusher").unwrap(), &a));
+        assert!(l.get("relay").is_none());
     }
 }

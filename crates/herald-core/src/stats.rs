@@ -88,7 +88,7 @@ impl HubStats {
     }
 
     /// Counts a disconnection for `reason` (a front's own short name, e.g. `"slow_consumer"`). Once an
-    /// app has [`MAX_REASONS`] distinct reasons, new ones count as `"other"`.
+    /// app has 32 distinct reasons, new ones count as `"other"`.
     pub fn disconnected(&self, reason: &'static str) {
         let mut reasons = self.disconnections.lock();
         if let Some((_, n)) = reasons.iter_mut().find(|(r, _)| *r == reason) {
