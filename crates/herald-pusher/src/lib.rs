@@ -48,6 +48,10 @@ use app::Apps;
 use events::Announcer;
 use upgrade::WsUpgrade;
 
+/// The name this front's delivery latencies are recorded under (`front` label of
+/// `herald_delivery_latency_seconds`).
+pub const LATENCY_FRONT: &str = "pusher";
+
 /// Settings of the Pusher front that are not per app.
 #[derive(Debug, Clone)]
 pub struct PusherConfig {
@@ -163,6 +167,11 @@ impl Pusher {
         // a dead node reaped) reaches webhooks and subscription counts.
         engine.listen(announcer.clone());
         let codec = engine.register_codec(Arc::new(PusherCodec)).expect("the engine has room for the Pusher codec");
+        // Each app's delivery-latency histogram for this front exists from the start (sessions look it
+        // up lock-free with `hub.latency().get(LATENCY_FRONT)` after each written batch).
+        for hub in engine.hubs() {
+            hub.latency().front(LATENCY_FRONT);
+        }
         tasks.spawn(flush_counts(announcer.clone(), Arc::downgrade(&engine), shutdown.clone()));
         let api_rate = apps
             .iter()

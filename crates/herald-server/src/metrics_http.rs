@@ -124,7 +124,7 @@ pub(crate) fn register_zero_series(engine: &Engine) {
             metrics::counter!("herald_api_responses_total", "app" => app.clone(), "status" => status).increment(0);
         }
         // A histogram series per app for the Pusher front, even before the first delivery.
-        hub.latency().front("pusher");
+        hub.latency().front(herald_pusher::LATENCY_FRONT);
     }
 }
 
