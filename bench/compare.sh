@@ -5,7 +5,7 @@
 #
 # Builds Herald and herald-bench in release, installs Sockudo 5.2.0 if missing (needs protoc from
 # Debian's protobuf-compiler; ~15 min on 2 cores), starts each server fresh for each scenario with the
-# same app (app-id / app-key / app-secret), and writes JSON, SVG plots and a markdown table to
+# same app (1 / app-key / app-secret), and writes JSON, SVG plots and a markdown table to
 # bench/results/<timestamp>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -48,10 +48,10 @@ start() {
       "$root/target/release/herald" --port $HERALD_PORT --log warn &
       pid=$!; port=$HERALD_PORT ;;
     herald-base)
-      "${HERALD_BASE_BIN:?set HERALD_BASE_BIN to the older herald binary}" --port $HERALD_BASE_PORT --log warn &
+      "${HERALD_BASE_BIN:?set HERALD_BASE_BIN to the older herald binary}" --port $HERALD_BASE_PORT --app-id 1 --log warn &
       pid=$!; port=$HERALD_BASE_PORT ;;
     sockudo)
-      env SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
+      env SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
         SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_ENABLE_CLIENT_MESSAGES=true \
         SOCKUDO_DEFAULT_APP_ENABLE_USER_AUTHENTICATION=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
         SOCKUDO_ENABLE_CLIENT_MESSAGES=true RATE_LIMITER_ENABLED=false \

@@ -12,7 +12,7 @@ bin=target/release
 out="bench/results/history-$(date -u +%Y%m%d-%H%M%S)"; mkdir -p "$out"
 tmp=$(mktemp -d); trap 'rm -rf "$tmp"; kill $rpid 2>/dev/null || true' EXIT
 app='[[apps]]
-id = "app-id"
+id = "1"
 key = "app-key"
 secret = "app-secret"'
 printf '%s\n' "$app" > "$tmp/plain.toml"

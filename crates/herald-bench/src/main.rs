@@ -40,8 +40,8 @@ pub struct Common {
     /// Server address (WebSocket and HTTP API).
     #[arg(long, global = true, default_value = "127.0.0.1:6001")]
     pub server: SocketAddr,
-    /// App id.
-    #[arg(long, global = true, default_value = "app-id")]
+    /// App id (herald's default dev app is `1`).
+    #[arg(long, global = true, default_value = "1")]
     pub app_id: String,
     /// App key.
     #[arg(long, global = true, default_value = "app-key")]

@@ -46,6 +46,15 @@ pub struct AppLimits {
     pub outbox: OutboxLimits,
     /// Channels that keep history at once; a new one beyond it is published without history (counted).
     pub max_history_channels: usize,
+    /// Longest channel name, in bytes (Pusher's 164).
+    pub max_channel_name: usize,
+    /// Longest event name, in bytes (Pusher's 200).
+    pub max_event_name: usize,
+    /// Channels one publish may name (Pusher's 100).
+    pub max_channels_per_publish: usize,
+    /// Connections one signed-in user may have on this node; `None` is unlimited. A sign-in beyond it
+    /// is refused and that connection closed.
+    pub max_connections_per_user: Option<usize>,
 }
 
 impl Default for AppLimits {
@@ -59,6 +68,10 @@ impl Default for AppLimits {
             client_events_per_second: 10,
             outbox: OutboxLimits::default(),
             max_history_channels: 10_000,
+            max_channel_name: 164,
+            max_event_name: 200,
+            max_channels_per_publish: 100,
+            max_connections_per_user: None,
         }
     }
 }

@@ -54,4 +54,10 @@ pub enum SignInError {
     /// The connection is already signed in as another user.
     #[error("connection is already signed in as another user")]
     AlreadySignedIn,
+    /// The user already has as many connections as the app allows.
+    #[error("user has too many connections (limit {limit})")]
+    TooManyConnections {
+        /// The app's `max_connections_per_user`.
+        limit: usize,
+    },
 }

@@ -27,10 +27,13 @@ mod hub;
 mod idempotency;
 mod ids;
 mod keepalive;
+pub mod latency;
 mod outbox;
 mod presence;
 mod publication;
+pub mod ratelimit;
 mod state;
+mod stats;
 
 pub use app::{App, AppLimits, HistoryRule};
 pub use broker::{Broker, PreparedInterest, Remote, Topic};
@@ -47,3 +50,4 @@ pub use outbox::{Direct, DirectWrite, Disconnect, Drained, Outbox, OutboxLimits,
 pub use presence::Member;
 pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
 pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};
+pub use stats::{ChannelStatsSnapshot, HubStats, HubStatsSnapshot};

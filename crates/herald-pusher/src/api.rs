@@ -81,9 +81,19 @@ impl IntoResponse for ApiError {
             StatusCode::REQUEST_TIMEOUT => "api_body_timeout",
             StatusCode::PAYLOAD_TOO_LARGE => "api_too_large",
             StatusCode::SERVICE_UNAVAILABLE => "api_state_unavailable",
+            StatusCode::TOO_MANY_REQUESTS => "api_rate_limited",
             _ => "api_bad_request",
         };
         metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
+        if self.0 == StatusCode::TOO_MANY_REQUESTS {
+            // The message is the number of seconds to wait (see `rate_limited`).
+            let body = json!({ "error": format!("rate limit exceeded; retry after {} s", self.1), "retry_after": self.1.parse::<u64>().unwrap_or(1) });
+            let mut response = (self.0, Json(body)).into_response();
+            if let Ok(value) = HeaderValue::from_str(&self.1) {
+                response.headers_mut().insert(header::RETRY_AFTER, value);
+            }
+            return response;
+        }
         let mut response = (self.0, Json(json!({ "error": self.1 }))).into_response();
         if matches!(self.0, StatusCode::REQUEST_TIMEOUT | StatusCode::PAYLOAD_TOO_LARGE) {
             // The rest of the body was not read: the connection cannot carry another request.
@@ -128,9 +138,20 @@ fn authorize(front: &Pusher, app_id: &str, method: &Method, uri: &Uri, body: &[u
     let unknown = || ApiError(StatusCode::NOT_FOUND, format!("unknown app {app_id:?}"));
     let app = front.apps.by_id(app_id).ok_or_else(unknown)?;
     let hub = front.engine.by_id(app_id).ok_or_else(unknown)?;
-    auth::verify_request(&app.key, &app.secret, method.as_str(), uri.path(), uri.query().unwrap_or(""), body)
-        .map_err(|e| ApiError(StatusCode::UNAUTHORIZED, e.to_string()))?;
+    auth::verify_request(&app.key, &app.secret, method.as_str(), uri.path(), uri.query().unwrap_or(""), body).map_err(|e| {
+        tracing::debug!(app = app_id, reason = %e, "API request refused: 401");
+        ApiError(StatusCode::UNAUTHORIZED, e.to_string())
+    })?;
     Ok(hub.clone())
+}
+
+/// Counts an authenticated request against its app's rate limit: 429 with `Retry-After` beyond it.
+fn rate_limited(front: &Pusher, app_id: &str) -> Result<(), ApiError> {
+    front.api_rate(app_id).map_err(|wait| {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        tracing::debug!(app = app_id, retry_after = secs, "API request refused: rate limit");
+        ApiError(StatusCode::TOO_MANY_REQUESTS, secs.max(1).to_string())
+    })
 }
 
 /// A signed request with its body: the signature is checked first (it covers the query, `body_md5`
@@ -145,6 +166,7 @@ async fn signed_body(
     body: Body,
 ) -> Result<(Arc<Hub>, Bytes), ApiError> {
     let hub = authorize(front, app_id, method, uri, b"")?;
+    rate_limited(front, app_id)?;
     let body = read_body(front, &hub, headers, body).await?;
     if !body.is_empty() {
         authorize(front, app_id, method, uri, &body)?;
@@ -177,6 +199,7 @@ async fn read_body(front: &Pusher, hub: &Hub, headers: &HeaderMap, body: Body) -
 /// Finds the app and checks the signature of a request without a body.
 fn signed(front: &Pusher, app_id: &str, method: &Method, uri: &Uri) -> Result<Arc<Hub>, ApiError> {
     let hub = authorize(front, app_id, method, uri, b"")?;
+    rate_limited(front, app_id)?;
     metrics::counter!("herald_api_requests_total").increment(1);
     Ok(hub)
 }

@@ -4,6 +4,10 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// Pusher's default for how long a connection of an app that requires sign-in has to sign in.
+pub const USER_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One app's Pusher credentials and switches. `id` is the engine app's id (`herald_core::App::id`).
 #[derive(Debug, Clone)]
@@ -20,6 +24,17 @@ pub struct PusherApp {
     pub enable_user_authentication: bool,
     /// Whether subscribers receive subscription-count updates.
     pub enable_subscription_count: bool,
+    /// Whether every connection must sign in (`pusher:signin`) within [`PusherApp::user_auth_timeout`];
+    /// one that does not is closed with 4009 (Pusher's "enforce user authentication").
+    pub require_user_authentication: bool,
+    /// How long a connection has to sign in when the app requires it.
+    pub user_auth_timeout: Duration,
+    /// HTTP API requests this app may make per minute (sliding window); `None` is unlimited. Beyond
+    /// it: 429 with `Retry-After`.
+    pub api_requests_per_minute: Option<u32>,
+    /// Whether webhook events are batched (several per request, Pusher's opt-in). Off: one event per
+    /// request, what receivers written for Pusher's default expect.
+    pub batch_webhooks: bool,
 }
 
 impl PusherApp {
@@ -33,6 +48,10 @@ impl PusherApp {
             enable_client_messages: true,
             enable_user_authentication: true,
             enable_subscription_count: false,
+            require_user_authentication: false,
+            user_auth_timeout: USER_AUTH_TIMEOUT,
+            api_requests_per_minute: None,
+            batch_webhooks: false,
         }
     }
 }

@@ -57,10 +57,16 @@ impl ChannelKind {
 
 /// Whether `name` is a valid channel name (characters and length as Pusher allows).
 pub fn is_valid_name(name: &str) -> bool {
+    is_valid_name_within(name, MAX_CHANNEL_NAME)
+}
+
+/// Whether `name` is a valid channel name of at most `max` bytes (an app's `max_channel_name`; user
+/// channels may add their prefix to it, their user id stays within [`MAX_USER_ID`]).
+pub fn is_valid_name_within(name: &str, max: usize) -> bool {
     if let Some(user) = name.strip_prefix(USER_CHANNEL_PREFIX) {
-        return !user.is_empty() && name.len() <= MAX_CHANNEL_NAME + USER_CHANNEL_PREFIX.len();
+        return !user.is_empty() && user.len() <= MAX_USER_ID && name.len() <= max + USER_CHANNEL_PREFIX.len();
     }
-    !name.is_empty() && name.len() <= MAX_CHANNEL_NAME && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b))
+    !name.is_empty() && name.len() <= max && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_=@,.;".contains(&b))
 }
 
 #[cfg(test)]
@@ -92,5 +98,7 @@ mod tests {
         assert!(!is_valid_name("has space"));
         assert!(!is_valid_name("#other"));
         assert!(!is_valid_name(&"x".repeat(MAX_CHANNEL_NAME + 1)));
+        assert!(is_valid_name_within("abcd", 4) && !is_valid_name_within("abcde", 4));
+        assert!(is_valid_name_within(&"x".repeat(300), 300));
     }
 }

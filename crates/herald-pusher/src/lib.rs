@@ -11,6 +11,7 @@
 pub mod api;
 mod app;
 pub mod auth;
+mod auth_timeout;
 pub mod channel;
 pub mod codec;
 pub mod codes;
@@ -30,6 +31,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::future::Either;
+use herald_core::ratelimit::{RateLimit, SlidingWindow};
 use herald_core::{CodecId, Engine, KeepalivePolicy};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -37,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use app::PusherApp;
+pub use app::{PusherApp, USER_AUTH_TIMEOUT};
 pub use codec::PusherCodec;
 pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};
@@ -45,6 +47,10 @@ pub use webhooks::{WebhookTarget, Webhooks};
 use app::Apps;
 use events::Announcer;
 use upgrade::WsUpgrade;
+
+/// The name this front's delivery latencies are recorded under (`front` label of
+/// `herald_delivery_latency_seconds`).
+pub const LATENCY_FRONT: &str = "pusher";
 
 /// Settings of the Pusher front that are not per app.
 #[derive(Debug, Clone)]
@@ -83,6 +89,32 @@ impl Default for PusherConfig {
     }
 }
 
+/// A refusal decided before the WebSocket handler runs (e.g. by the server's per-IP limits), carried
+/// as a request extension: the connect handler refuses the upgrade with this `pusher:error` and close
+/// code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectRefusal {
+    code: u16,
+    message: &'static str,
+}
+
+impl ConnectRefusal {
+    /// A refusal with this Pusher close code and message.
+    pub const fn new(code: u16, message: &'static str) -> Self {
+        ConnectRefusal { code, message }
+    }
+
+    /// The close code.
+    pub fn code(&self) -> u16 {
+        self.code
+    }
+
+    /// The message.
+    pub fn message(&self) -> &'static str {
+        self.message
+    }
+}
+
 /// Why an in-process trigger failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -107,6 +139,10 @@ pub struct Pusher {
     announcer: Arc<Announcer>,
     /// The codec every Pusher connection is registered with.
     codec: CodecId,
+    /// Each rate-limited app's HTTP API window.
+    api_rate: HashMap<String, parking_lot::Mutex<SlidingWindow>>,
+    /// Connections of apps that require sign-in, waiting for it.
+    sign_in_deadlines: Arc<auth_timeout::Deadlines>,
 }
 
 impl Pusher {
@@ -131,6 +167,11 @@ impl Pusher {
         // a dead node reaped) reaches webhooks and subscription counts.
         engine.listen(announcer.clone());
         let codec = engine.register_codec(Arc::new(PusherCodec)).expect("the engine has room for the Pusher codec");
+        // Each app's delivery-latency histogram for this front exists from the start (sessions look it
+        // up lock-free with `hub.latency().get(LATENCY_FRONT)` after each written batch).
+        for hub in engine.hubs() {
+            hub.latency().front(LATENCY_FRONT);
+        }
         tasks.spawn(flush_counts(announcer.clone(), Arc::downgrade(&engine), shutdown.clone()));
         let keepalive = KeepalivePolicy {
             codec,
@@ -139,7 +180,16 @@ impl Pusher {
             ping: wire::frame_json("pusher:ping", None, &serde_json::json!({})),
         };
         tasks.spawn(keep_alive(keepalive, Arc::downgrade(&engine), shutdown.clone()));
-        Arc::new(Pusher { engine, apps, config, shutdown, tasks, admission, announcer, codec })
+        let api_rate = apps
+            .iter()
+            .filter_map(|app| {
+                let limit = app.api_requests_per_minute?;
+                let window = SlidingWindow::new(RateLimit { limit, window: Duration::from_secs(60) });
+                Some((app.id.clone(), parking_lot::Mutex::new(window)))
+            })
+            .collect();
+        let sign_in_deadlines = auth_timeout::Deadlines::start(Arc::downgrade(&engine), shutdown.clone(), &tasks);
+        Arc::new(Pusher { engine, apps, config, shutdown, tasks, admission, announcer, codec, api_rate, sign_in_deadlines })
     }
 
     /// The engine this front serves.
@@ -154,6 +204,20 @@ impl Pusher {
             .merge(api::routes())
             .layer(DefaultBodyLimit::max(self.config.max_request_body))
             .with_state(self.clone())
+    }
+
+    /// The Pusher settings (key, secret, switches) of the app with this id.
+    pub fn app(&self, id: &str) -> Option<Arc<PusherApp>> {
+        self.apps.by_id(id).cloned()
+    }
+
+    /// Counts one HTTP API request of app `app_id` against its rate limit; refused: how long until
+    /// one would be admitted.
+    pub(crate) fn api_rate(&self, app_id: &str) -> Result<(), Duration> {
+        match self.api_rate.get(app_id) {
+            Some(window) => window.lock().try_acquire(),
+            None => Ok(()),
+        }
     }
 
     /// Publishes an event in-process, exactly as `POST /apps/{id}/events` would. Returns how many
@@ -231,7 +295,10 @@ async fn connect(
     // What may wait in tungstenite's write buffer: one batch plus the connection's outbox bound, so
     // a client that never reads (and floods pings) can't grow it without limit.
     let max_write = WRITE_BATCH.saturating_add(hub.map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024)));
-    let refusal: Option<(u16, String)> = if front.shutdown.is_cancelled() {
+    let early = request.extensions().get::<ConnectRefusal>().copied();
+    let refusal: Option<(u16, String)> = if let Some(early) = early {
+        Some((early.code, early.message.to_string()))
+    } else if front.shutdown.is_cancelled() {
         Some((codes::RECONNECT_NOW, "Server is shutting down".into()))
     } else if app.is_none() {
         Some((codes::APP_NOT_FOUND, format!("App key {key} does not exist")))

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use herald_core::{DataKind, HistoryError, HistoryOptions, Hub, Publication, SocketId};
 
-use crate::channel::{is_valid_name, Access, ChannelKind, USER_CHANNEL_PREFIX};
+use crate::channel::{is_valid_name_within, Access, ChannelKind, USER_CHANNEL_PREFIX};
 
-/// Channels one publish may name.
+/// Channels one publish may name by default (Pusher's; per app: `AppLimits::max_channels_per_publish`).
 pub const MAX_CHANNELS_PER_EVENT: usize = 100;
-/// Longest event name.
+/// Longest event name by default (Pusher's; per app: `AppLimits::max_event_name`).
 pub const MAX_EVENT_NAME: usize = 200;
 
 /// One event to publish.
@@ -35,14 +35,14 @@ pub enum PublishError {
     /// No channel was named.
     #[error("no channels given")]
     NoChannels,
-    /// More than [`MAX_CHANNELS_PER_EVENT`] channels.
-    #[error("too many channels: {0} (limit {MAX_CHANNELS_PER_EVENT})")]
+    /// More channels than the app allows per publish ([`MAX_CHANNELS_PER_EVENT`] by default).
+    #[error("too many channels: {0} (more than the app's max_channels_per_publish)")]
     TooManyChannels(usize),
     /// A channel name is not valid.
     #[error("invalid channel name {0:?}")]
     InvalidChannel(String),
-    /// The event name is empty or too long.
-    #[error("invalid event name (1 to {MAX_EVENT_NAME} characters)")]
+    /// The event name is empty or longer than the app allows ([`MAX_EVENT_NAME`] by default).
+    #[error("invalid event name (1 to max_event_name bytes; {MAX_EVENT_NAME} unless the app says otherwise)")]
     InvalidName,
     /// `data` is larger than the app allows.
     #[error("event data is {size} bytes, limit {limit}")]
@@ -78,18 +78,19 @@ pub fn validate(hub: &Hub, t: &Trigger<'_>) -> Result<(), PublishError> {
     if t.channels.is_empty() {
         return Err(PublishError::NoChannels);
     }
-    if t.channels.len() > MAX_CHANNELS_PER_EVENT {
+    let limits = &hub.app().limits;
+    if t.channels.len() > limits.max_channels_per_publish {
         return Err(PublishError::TooManyChannels(t.channels.len()));
     }
-    if t.name.is_empty() || t.name.len() > MAX_EVENT_NAME {
+    if t.name.is_empty() || t.name.len() > limits.max_event_name {
         return Err(PublishError::InvalidName);
     }
-    let limit = hub.app().limits.max_event_size;
+    let limit = limits.max_event_size;
     if t.data.len() > limit {
         return Err(PublishError::DataTooLarge { size: t.data.len(), limit });
     }
     for channel in t.channels {
-        if !is_valid_name(channel) {
+        if !is_valid_name_within(channel, limits.max_channel_name) {
             return Err(PublishError::InvalidChannel(channel.chars().take(200).collect()));
         }
         if ChannelKind::of(channel).access == Access::Encrypted {

@@ -35,6 +35,10 @@ use tracing::warn;
 
 use crate::PusherApp;
 
+/// Request headers a webhook target may not set (Herald sets them, or they frame the request).
+pub const RESERVED_HEADERS: [&str; 6] =
+    ["content-type", "content-length", "host", "transfer-encoding", "x-pusher-key", "x-pusher-signature"];
+
 /// Events queued per target before new ones are dropped.
 const QUEUE: usize = 10_000;
 /// Most events in one request.
@@ -55,6 +59,8 @@ pub struct WebhookTarget {
     pub url: String,
     /// Event names this target wants (`channel_occupied`, `member_added`, ...); empty means all.
     pub event_types: Vec<String>,
+    /// Extra request headers (e.g. an authorization for the receiver); none of [`RESERVED_HEADERS`].
+    pub headers: Vec<(String, String)>,
 }
 
 impl WebhookTarget {
@@ -143,23 +149,25 @@ async fn send_loop(
     http: HttpClient,
     shutdown: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
+    // Pusher's default is one event per request; batching is the app's opt-in.
+    let max_batch = if app.batch_webhooks { MAX_BATCH } else { 1 };
+    let mut batch = Vec::with_capacity(max_batch);
     loop {
         let n = tokio::select! {
-            n = rx.recv_many(&mut batch, MAX_BATCH) => n,
+            n = rx.recv_many(&mut batch, max_batch) => n,
             _ = shutdown.cancelled() => {
                 // Flush what is already queued, then stop.
                 rx.close();
-                rx.recv_many(&mut batch, MAX_BATCH).await
+                rx.recv_many(&mut batch, max_batch).await
             }
         };
         if n == 0 {
             return;
         }
         // Let a burst gather into one request.
-        if batch.len() < MAX_BATCH && !shutdown.is_cancelled() {
+        if batch.len() < max_batch && !shutdown.is_cancelled() {
             tokio::time::sleep(LINGER).await;
-            while batch.len() < MAX_BATCH {
+            while batch.len() < max_batch {
                 match rx.try_recv() {
                     Ok(e) => batch.push(e),
                     Err(_) => break,
@@ -228,7 +236,11 @@ async fn deliver(
     let body = Bytes::from(body);
     let mut backoff = Duration::from_millis(200);
     for attempt in 1..=ATTEMPTS {
-        let request = hyper::Request::post(&target.url)
+        let mut request = hyper::Request::post(&target.url);
+        for (name, value) in &target.headers {
+            request = request.header(name, value);
+        }
+        let request = request
             .header("content-type", "application/json")
             .header("x-pusher-key", &app.key)
             .header("x-pusher-signature", &signature)

@@ -5,9 +5,11 @@
 //! trip and no signature. Unmodified pusher-js clients connect to it as to any Pusher server.
 //!
 //! ```text
-//! cargo run -p herald-server --example embedded            # listens on 127.0.0.1:6001
-//! curl -X POST localhost:6001/orders/42/ship               # pusher-js on channel "orders" gets "order-shipped"
+//! cargo run -p herald-server --example embedded            # listens on 127.0.0.1:6050 (EMBEDDED_ADDR)
+//! curl -X POST localhost:6050/orders/42/ship               # pusher-js on channel "orders" gets "order-shipped"
 //! ```
+//!
+//! SIGTERM or Ctrl-C stops it gracefully (stop accepting, clients told to reconnect, drain).
 
 use std::time::Duration;
 
@@ -37,15 +39,29 @@ async fn main() -> anyhow::Result<()> {
 
     let app = Router::new().route("/orders/{id}/ship", post(ship)).with_state(herald.clone()).merge(herald.router());
 
-    let addr = std::env::var("EMBEDDED_ADDR").unwrap_or_else(|_| "127.0.0.1:6001".into());
+    // Not 6001, so it runs beside a `herald` started with the defaults.
+    let addr = std::env::var("EMBEDDED_ADDR").unwrap_or_else(|_| "127.0.0.1:6050".into());
     let listener = tokio::net::TcpListener::bind(&addr).await?;
     println!("embedded herald on http://{addr}");
 
     // Herald's accept loop (header/idle deadlines, socket cap, TCP_NODELAY) serving the whole app.
-    // Ctrl-C stops accepting; then Herald drains its sockets for up to 10 s.
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    herald.clone().serve_router(listener, app, ctrl_c, Duration::from_secs(10)).await?;
+    // SIGTERM (what `docker stop` and systemd send) or Ctrl-C stops accepting; then Herald drains its
+    // sockets for up to 10 s.
+    herald.clone().serve_router(listener, app, stop_signal()?, Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C (handlers registered now, before serving).
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
 use herald_ingest::SourceConfig;
+use herald_pusher::webhooks::RESERVED_HEADERS;
 use herald_pusher::{PusherApp, PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
 use serde::Deserialize;
 
+use crate::ip_limits::IpLimits;
 use crate::listener::HttpConfig;
+use crate::tls::TlsFiles;
 
 /// Command-line flags; each also reads its `HERALD_*` environment variable. Flags win over env,
 /// env wins over the config file.
@@ -29,7 +32,8 @@ pub struct Cli {
     /// Port to listen on [default: 6001].
     #[arg(long, short, env = "HERALD_PORT")]
     pub port: Option<u16>,
-    /// Id of the default app, used when the config file defines no apps [default: app-id].
+    /// Id of the default app, used when the config file defines no apps [default: 1] (numeric, as the
+    /// Python, PHP and Ruby server SDKs require).
     #[arg(long, env = "HERALD_APP_ID")]
     pub app_id: Option<String>,
     /// Key of the default app [default: app-key].
@@ -44,6 +48,32 @@ pub struct Cli {
     /// Log filter, e.g. `info` or `herald_pusher=debug` [default: info].
     #[arg(long, env = "HERALD_LOG")]
     pub log: Option<String>,
+    /// Log format: `text` (colours only on a terminal, and not with NO_COLOR) or `json` (one object a
+    /// line) [default: text].
+    #[arg(long, env = "HERALD_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds to wait for any reply to a server ping before closing with 4201 [default: 30].
+    #[arg(long, env = "HERALD_PONG_TIMEOUT")]
+    pub pong_timeout: Option<u64>,
+    /// Connections (sockets) this process accepts across all apps [default: 1000000].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Largest HTTP API request body in bytes (413 beyond) [default: 262144].
+    #[arg(long, env = "HERALD_MAX_REQUEST_BODY")]
+    pub max_request_body: Option<usize>,
+    /// Seconds shutdown waits for connections to drain [default: 10].
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+    /// Seconds (decimals allowed) a connection has to send a complete request head, the WebSocket
+    /// handshake included; also the keep-alive idle timeout [default: 10].
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT")]
+    pub header_timeout: Option<f64>,
+    /// Seconds (decimals allowed) an HTTP API request body may take to arrive (408 beyond) [default: 10].
+    #[arg(long, env = "HERALD_BODY_TIMEOUT")]
+    pub body_timeout: Option<f64>,
+    /// Seconds (decimals allowed) a connection may take to accept one batch of frames [default: 10].
+    #[arg(long, env = "HERALD_WRITE_TIMEOUT")]
+    pub write_timeout: Option<f64>,
     /// Engine: `memory` (one node) or `redis` (nodes sharing a Redis) [default: memory].
     #[arg(long, env = "HERALD_ENGINE", value_enum)]
     pub engine: Option<EngineKind>,
@@ -66,6 +96,35 @@ pub struct Cli {
     /// sharded.
     #[arg(long, env = "HERALD_REDIS_CLUSTER")]
     pub redis_cluster: bool,
+    /// Sockets one IP address may have open; beyond it WebSocket connections are refused with 4100
+    /// [default: unlimited].
+    #[arg(long, env = "HERALD_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Sockets one IP address may open per minute (sliding window); beyond it WebSocket connections
+    /// are refused with 4100 [default: unlimited].
+    #[arg(long, env = "HERALD_CONNECTS_PER_IP_PER_MINUTE")]
+    pub connects_per_ip_per_minute: Option<u32>,
+    /// PEM certificate chain: with --tls-key, Herald serves TLS (wss://, https://); SIGHUP reloads
+    /// both files without dropping connections.
+    #[arg(long, env = "HERALD_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "HERALD_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Token for `/stats` and the dashboard (`Authorization: Bearer ...`); without one they are off.
+    #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines; colours only when writing to a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// Which engine carries publications.
@@ -106,6 +165,25 @@ impl std::str::FromStr for RedisUrl {
     }
 }
 
+/// A secret from the config (the admin token); its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_string()))
+    }
+}
+
 /// A duration in seconds in the config file: an integer or a decimal (`10`, `0.5`).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(untagged)]
@@ -138,6 +216,7 @@ pub struct FileConfig {
     host: Option<IpAddr>,
     port: Option<u16>,
     log: Option<String>,
+    log_format: Option<LogFormat>,
     activity_timeout: Option<u64>,
     pong_timeout: Option<u64>,
     max_connections: Option<usize>,
@@ -153,6 +232,11 @@ pub struct FileConfig {
     redis_timeout: Option<Seconds>,
     #[serde(default)]
     redis_cluster: bool,
+    admin_token: Option<Secret>,
+    max_connections_per_ip: Option<usize>,
+    connects_per_ip_per_minute: Option<u32>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
     #[serde(default)]
     apps: Vec<FileApp>,
     /// Bus sources to relay from (`[[sources]]`, see herald-ingest).
@@ -184,6 +268,16 @@ struct FileApp {
     max_outbox_messages: Option<usize>,
     max_outbox_bytes: Option<usize>,
     max_history_channels: Option<usize>,
+    max_channel_name: Option<usize>,
+    max_event_name: Option<usize>,
+    max_channels_per_publish: Option<usize>,
+    max_connections_per_user: Option<usize>,
+    #[serde(default)]
+    require_user_authentication: bool,
+    user_auth_timeout: Option<Seconds>,
+    api_requests_per_minute: Option<u32>,
+    #[serde(default)]
+    batch_webhooks: bool,
     #[serde(default)]
     webhooks: Vec<FileWebhook>,
     #[serde(default)]
@@ -207,6 +301,9 @@ struct FileWebhook {
     url: String,
     #[serde(default)]
     event_types: Vec<String>,
+    /// Extra request headers, e.g. `headers = { Authorization = "Bearer ..." }`.
+    #[serde(default)]
+    headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Default of `redis_timeout`.
@@ -215,6 +312,10 @@ const MAX_HISTORY_SIZE: usize = 10_000;
 /// Longest keep-alive timeout accepted (a day): beyond it, deadlines would overflow the clock.
 const MAX_TIMEOUT_SECS: u64 = 86_400;
 const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The id of the app `herald` serves when its config defines none: numeric, because the Python, PHP and
+/// Ruby Pusher SDKs accept only numeric app ids (key and secret stay `app-key` / `app-secret`).
+pub const DEV_APP_ID: &str = "1";
 
 /// Webhook events Herald sends.
 const WEBHOOK_EVENTS: [&str; 7] =
@@ -276,6 +377,8 @@ pub struct Config {
     pub port: u16,
     /// Log filter.
     pub log: String,
+    /// Log format.
+    pub log_format: LogFormat,
     /// Apps served.
     pub apps: Vec<AppConfig>,
     /// Pusher front settings.
@@ -288,6 +391,34 @@ pub struct Config {
     pub engine: EngineConfig,
     /// Bus sources relayed into the engine (`[[sources]]`).
     pub sources: Vec<SourceConfig>,
+    /// The operator's token for `/stats` and the dashboard (off without one).
+    pub admin_token: Option<Secret>,
+    /// TLS certificate and key, when Herald serves TLS itself.
+    pub tls: Option<TlsFiles>,
+}
+
+impl Default for Config {
+    /// What `herald` runs with given no file, env or flags: the dev app (id [`DEV_APP_ID`]) on
+    /// 127.0.0.1:6001, in memory.
+    fn default() -> Self {
+        let mut dev = AppConfig::dev();
+        dev.app.id = DEV_APP_ID.into();
+        dev.pusher.id = DEV_APP_ID.into();
+        Config {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 6001,
+            log: "info".into(),
+            log_format: LogFormat::Text,
+            apps: vec![dev],
+            pusher: PusherConfig::default(),
+            http: HttpConfig::default(),
+            shutdown_grace: Duration::from_secs(10),
+            engine: EngineConfig::Memory,
+            admin_token: None,
+            tls: None,
+            sources: Vec::new(),
+        }
+    }
 }
 
 impl Config {
@@ -312,23 +443,18 @@ impl Config {
                 "activity_timeout must be 1 to {MAX_TIMEOUT_SECS} seconds (pusher-js requires at least 1)"
             )));
         }
-        let pong = file.pong_timeout.unwrap_or(defaults.pong_timeout.as_secs());
+        let pong = cli.pong_timeout.or(file.pong_timeout).unwrap_or(defaults.pong_timeout.as_secs());
         if pong == 0 || pong > MAX_TIMEOUT_SECS {
             return Err(ConfigError::Invalid(format!("pong_timeout must be 1 to {MAX_TIMEOUT_SECS} seconds")));
         }
-        let header_timeout = match file.header_timeout {
-            Some(s) => positive_duration("header_timeout", s.get())?,
-            None => HttpConfig::default().header_timeout,
+        let seconds = |key: &str, flag: Option<f64>, file: Option<Seconds>, default: Duration| match flag.or(file.map(Seconds::get)) {
+            Some(secs) => positive_duration(key, secs),
+            None => Ok(default),
         };
-        let write_timeout = match file.write_timeout {
-            Some(s) => positive_duration("write_timeout", s.get())?,
-            None => defaults.write_timeout,
-        };
-        let body_timeout = match file.body_timeout {
-            Some(s) => positive_duration("body_timeout", s.get())?,
-            None => defaults.body_timeout,
-        };
-        let max_connections = file.max_connections.unwrap_or(defaults.max_connections);
+        let header_timeout = seconds("header_timeout", cli.header_timeout, file.header_timeout, HttpConfig::default().header_timeout)?;
+        let write_timeout = seconds("write_timeout", cli.write_timeout, file.write_timeout, defaults.write_timeout)?;
+        let body_timeout = seconds("body_timeout", cli.body_timeout, file.body_timeout, defaults.body_timeout)?;
+        let max_connections = cli.max_connections.or(file.max_connections).unwrap_or(defaults.max_connections);
         if max_connections == 0 {
             return Err(ConfigError::Invalid("max_connections must be positive".into()));
         }
@@ -344,16 +470,35 @@ impl Config {
                 if let Some(bad) = hook.event_types.iter().find(|t| !WEBHOOK_EVENTS.contains(&t.as_str())) {
                     return Err(ConfigError::Invalid(format!("app {:?}: unknown webhook event type {bad:?}", app.id)));
                 }
+                for (name, value) in &hook.headers {
+                    let valid = axum::http::HeaderName::from_bytes(name.as_bytes()).is_ok()
+                        && axum::http::HeaderValue::from_str(value).is_ok()
+                        && !RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str());
+                    if !valid {
+                        return Err(ConfigError::Invalid(format!(
+                            "app {:?}: webhook header {name:?} is not a valid header, or one Herald sets itself ({})",
+                            app.id,
+                            RESERVED_HEADERS.join(", ")
+                        )));
+                    }
+                }
             }
-            let targets: Vec<WebhookTarget> =
-                app.webhooks.iter().map(|h| WebhookTarget { url: h.url.clone(), event_types: h.event_types.clone() }).collect();
+            let targets: Vec<WebhookTarget> = app
+                .webhooks
+                .iter()
+                .map(|h| WebhookTarget {
+                    url: h.url.clone(),
+                    event_types: h.event_types.clone(),
+                    headers: h.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                })
+                .collect();
             if !targets.is_empty() {
                 webhooks.insert(app.id.clone(), targets);
             }
         }
         let apps = if file.apps.is_empty() {
             let dev = PusherApp::dev();
-            let id = cli.app_id.clone().unwrap_or(dev.id.clone());
+            let id = cli.app_id.clone().unwrap_or_else(|| DEV_APP_ID.to_string());
             let pusher = PusherApp {
                 id: id.clone(),
                 key: cli.app_key.clone().unwrap_or(dev.key.clone()),
@@ -367,23 +512,44 @@ impl Config {
         validate_apps(&apps)?;
         herald_ingest::validate_all(&file.sources, |id| apps.iter().any(|a| a.app.id == id))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let ip = IpLimits {
+            max_connections_per_ip: cli.max_connections_per_ip.or(file.max_connections_per_ip),
+            connects_per_ip_per_minute: cli.connects_per_ip_per_minute.or(file.connects_per_ip_per_minute),
+        };
+        if ip.max_connections_per_ip == Some(0) || ip.connects_per_ip_per_minute == Some(0) {
+            return Err(ConfigError::Invalid(
+                "max_connections_per_ip and connects_per_ip_per_minute must be positive (omit them for no limit)".into(),
+            ));
+        }
+        let tls = match (cli.tls_cert.clone().or(file.tls_cert), cli.tls_key.clone().or(file.tls_key)) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid("tls_cert and tls_key go together: set both or neither".into())),
+        };
+        let admin_token = cli.admin_token.clone().or(file.admin_token);
+        if admin_token.as_ref().is_some_and(|Secret(t)| t.len() < 16 || t.trim() != t) {
+            return Err(ConfigError::Invalid("admin_token must be at least 16 characters, without surrounding spaces".into()));
+        }
         Ok(Config {
             sources: file.sources,
+            admin_token,
+            tls,
             host: cli.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(6001),
             log: cli.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+            log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
             apps,
             pusher: PusherConfig {
                 activity_timeout: Duration::from_secs(activity),
                 pong_timeout: Duration::from_secs(pong),
-                max_request_body: file.max_request_body.unwrap_or(defaults.max_request_body),
+                max_request_body: cli.max_request_body.or(file.max_request_body).unwrap_or(defaults.max_request_body),
                 max_connections,
                 body_timeout,
                 webhooks,
                 write_timeout,
             },
-            http: HttpConfig { header_timeout },
-            shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
+            http: HttpConfig { header_timeout, ip },
+            shutdown_grace: Duration::from_secs(cli.shutdown_grace.or(file.shutdown_grace).unwrap_or(10)),
             engine: match cli.engine.or(file.engine).unwrap_or(EngineKind::Memory) {
                 EngineKind::Memory => EngineConfig::Memory,
                 EngineKind::Redis => {
@@ -416,8 +582,27 @@ impl Config {
 }
 
 impl Config {
-    /// Logs the start-up line (listen address, apps, engine, Redis URL with its password masked).
+    /// Apps that still use the dev app's public secret while Herald listens beyond loopback: anyone
+    /// could sign API requests and channel auth for them.
+    pub fn exposed_dev_secrets(&self) -> Vec<&str> {
+        if self.host.is_loopback() {
+            return Vec::new();
+        }
+        let dev = PusherApp::dev().secret;
+        self.apps.iter().filter(|a| a.pusher.secret == dev).map(|a| a.app.id.as_str()).collect()
+    }
+
+    /// Logs the start-up line (listen address, apps, engine, Redis URL with its password masked), and
+    /// a warning when the dev app's public secret is served beyond loopback.
     pub fn log_started(&self, addr: SocketAddr) {
+        for app in self.exposed_dev_secrets() {
+            tracing::warn!(
+                app,
+                %addr,
+                "app uses the public development secret \"app-secret\" on a non-loopback address: anyone can publish and \
+                 authorize channels; set a secret (HERALD_APP_SECRET or [[apps]] secret)"
+            );
+        }
         let apps: Vec<&str> = self.apps.iter().map(|a| a.app.id.as_str()).collect();
         match &self.engine {
             EngineConfig::Memory => tracing::info!(%addr, ?apps, engine = "memory", "herald listening"),
@@ -453,7 +638,30 @@ impl FileApp {
                 overflow: OverflowPolicy::DisconnectSlowConsumer,
             },
             max_history_channels: positive("max_history_channels", self.max_history_channels, d.max_history_channels)?,
+            max_channel_name: positive("max_channel_name", self.max_channel_name, d.max_channel_name)?,
+            max_event_name: positive("max_event_name", self.max_event_name, d.max_event_name)?,
+            max_channels_per_publish: positive("max_channels_per_publish", self.max_channels_per_publish, d.max_channels_per_publish)?,
+            max_connections_per_user: match self.max_connections_per_user {
+                Some(n) => Some(positive("max_connections_per_user", Some(n), n)?),
+                None => None,
+            },
         };
+        let user_auth_timeout = match self.user_auth_timeout {
+            Some(s) => positive_duration(&format!("app {:?}: user_auth_timeout", self.id), s.get())?,
+            None => herald_pusher::USER_AUTH_TIMEOUT,
+        };
+        if self.api_requests_per_minute == Some(0) {
+            return Err(ConfigError::Invalid(format!(
+                "app {:?}: api_requests_per_minute must be positive (omit it for no limit)",
+                self.id
+            )));
+        }
+        if self.require_user_authentication && !self.enable_user_authentication {
+            return Err(ConfigError::Invalid(format!(
+                "app {:?}: require_user_authentication needs enable_user_authentication = true",
+                self.id
+            )));
+        }
         let mut history = Vec::with_capacity(self.history.len());
         for rule in &self.history {
             if rule.size == 0 || rule.size > MAX_HISTORY_SIZE || rule.ttl == 0 || rule.ttl > MAX_TIMEOUT_SECS {
@@ -472,6 +680,10 @@ impl FileApp {
             enable_client_messages: self.enable_client_messages,
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
+            require_user_authentication: self.require_user_authentication,
+            user_auth_timeout,
+            api_requests_per_minute: self.api_requests_per_minute,
+            batch_webhooks: self.batch_webhooks,
         };
         Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher })
     }
@@ -508,7 +720,7 @@ mod tests {
         assert_eq!((c.host.to_string().as_str(), c.port), ("127.0.0.1", 6001));
         assert_eq!(c.apps.len(), 1);
         let AppConfig { app, pusher } = &c.apps[0];
-        assert_eq!((app.id.as_str(), pusher.id.as_str()), ("app-id", "app-id"));
+        assert_eq!((app.id.as_str(), pusher.id.as_str()), (DEV_APP_ID, DEV_APP_ID));
         assert_eq!((pusher.key.as_str(), pusher.secret.as_str()), ("app-key", "app-secret"));
         assert!(app.enabled && pusher.enable_client_messages && pusher.enable_user_authentication && !pusher.enable_subscription_count);
         assert_eq!(c.pusher.activity_timeout, Duration::from_secs(120));
@@ -518,7 +730,10 @@ mod tests {
     fn webhooks_per_app_are_validated() {
         let ok = "[[apps]]\nid = \"a\"\nkey = \"k\"\nsecret = \"s\"\n[[apps.webhooks]]\nurl = \"http://h/hook\"\nevent_types = [\"member_added\"]\n";
         let c = Config::resolve(parse(ok), &Cli::default()).unwrap();
-        assert_eq!(c.pusher.webhooks["a"], vec![WebhookTarget { url: "http://h/hook".into(), event_types: vec!["member_added".into()] }]);
+        assert_eq!(
+            c.pusher.webhooks["a"],
+            vec![WebhookTarget { url: "http://h/hook".into(), event_types: vec!["member_added".into()], headers: vec![] }]
+        );
         assert!(Config::resolve(parse(&ok.replace("member_added", "nope")), &Cli::default()).is_err());
         assert!(Config::resolve(parse(&ok.replace("http://", "https://")), &Cli::default()).is_err());
     }
@@ -658,6 +873,72 @@ mod tests {
         assert!(err(&format!("{}{rule}", source.replace("batch", "x").replace("group = 'g'", "group = 'g'\nbatch = 0"))).contains("batch"));
         assert!(err(&format!("{}{rule}", source.replace("redis://127.0.0.1", "nope://x"))).contains("redis_streams.url"));
         assert!(toml::from_str::<FileConfig>(&format!("{source}{rule}unknown = 1\n")).is_err(), "unknown keys are rejected");
+    }
+
+    #[test]
+    fn dev_secret_on_a_public_address_is_flagged() {
+        let c = Config::resolve(FileConfig::default(), &Cli::default()).unwrap();
+        assert!(c.exposed_dev_secrets().is_empty(), "loopback is fine");
+        let public = Cli { host: Some("0.0.0.0".parse().unwrap()), ..Cli::default() };
+        let c = Config::resolve(FileConfig::default(), &public).unwrap();
+        assert_eq!(c.exposed_dev_secrets(), vec![DEV_APP_ID]);
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
+        tracing::subscriber::with_default(subscriber, || c.log_started("0.0.0.0:6001".parse().unwrap()));
+        let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+        assert!(log.contains("WARN") && log.contains("public development secret"), "{log}");
+        let own = Cli { app_secret: Some("a-real-secret".into()), ..public };
+        assert!(Config::resolve(FileConfig::default(), &own).unwrap().exposed_dev_secrets().is_empty());
+    }
+
+    #[test]
+    fn new_app_keys_parse_and_validate() {
+        let c = Config::resolve(
+            parse(
+                r#"
+                max_connections_per_ip = 10
+                connects_per_ip_per_minute = 100
+                [[apps]]
+                id = "1"
+                key = "k"
+                secret = "s"
+                enable_user_authentication = true
+                require_user_authentication = true
+                user_auth_timeout = 5
+                api_requests_per_minute = 600
+                batch_webhooks = true
+                max_channel_name = 50
+                max_event_name = 40
+                max_channels_per_publish = 10
+                max_connections_per_user = 3
+                [[apps.webhooks]]
+                url = "http://h/hook"
+                headers = { Authorization = "Bearer x" }
+                "#,
+            ),
+            &Cli::default(),
+        )
+        .unwrap();
+        let AppConfig { app, pusher } = &c.apps[0];
+        assert!(pusher.require_user_authentication && pusher.batch_webhooks);
+        assert_eq!((pusher.user_auth_timeout, pusher.api_requests_per_minute), (Duration::from_secs(5), Some(600)));
+        assert_eq!((app.limits.max_channel_name, app.limits.max_event_name, app.limits.max_channels_per_publish), (50, 40, 10));
+        assert_eq!(app.limits.max_connections_per_user, Some(3));
+        assert_eq!(c.pusher.webhooks["1"][0].headers, vec![("Authorization".to_string(), "Bearer x".to_string())]);
+        assert_eq!((c.http.ip.max_connections_per_ip, c.http.ip.connects_per_ip_per_minute), (Some(10), Some(100)));
+        let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
+        let app = "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n";
+        assert!(err(&format!("{app}require_user_authentication = true\nenable_user_authentication = false"))
+            .contains("require_user_authentication"));
+        assert!(err(&format!("{app}api_requests_per_minute = 0")).contains("api_requests_per_minute"));
+        assert!(err(&format!("{app}max_connections_per_user = 0")).contains("max_connections_per_user"));
+        assert!(err(&format!("{app}[[apps.webhooks]]\nurl='http://h'\nheaders = {{ X-Pusher-Signature = 'x' }}"))
+            .contains("X-Pusher-Signature"));
+        assert!(err("max_connections_per_ip = 0").contains("max_connections_per_ip"));
+        assert!(err("admin_token = 'short'").contains("admin_token"));
+        assert!(!format!("{:?}", Config::resolve(parse("admin_token = 'a-very-secret-admin-token'"), &Cli::default()).unwrap())
+            .contains("a-very-secret"));
     }
 
     #[test]

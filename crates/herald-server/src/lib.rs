@@ -4,13 +4,18 @@
 //! and graceful shutdown together. An axum application can mount [`Herald::router`] and publish
 //! in-process with [`Herald::trigger`] (see `examples/embedded.rs`).
 
+mod api_metrics;
 pub mod config;
+mod dashboard;
+mod ip_limits;
 mod listener;
 mod metrics_http;
+mod stats;
+mod tls;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::routing::get;
@@ -24,8 +29,10 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl};
+pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, LogFormat, RedisUrl, Secret, DEV_APP_ID};
+pub use ip_limits::IpLimits;
 pub use listener::HttpConfig;
+pub use tls::{Tls, TlsError, TlsFiles};
 
 /// Why [`Herald::start`] failed.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +57,12 @@ pub struct Herald {
     sockets: Arc<Semaphore>,
     /// The bus sources relaying into the engine.
     ingest: Ingest,
+    /// When this Herald was created (uptime in stats and metrics).
+    started: Instant,
+    /// The operator's token for `/stats` and the dashboard; without one they answer 404.
+    admin_token: Option<Arc<str>>,
+    /// TLS for [`Herald::serve`]'s listener, when configured.
+    tls: Option<Arc<Tls>>,
 }
 
 impl Herald {
@@ -63,7 +76,61 @@ impl Herald {
         let tasks = TaskTracker::new();
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
         let pusher = Pusher::new(engine, pusher_apps, pusher, shutdown.clone(), tasks.clone());
-        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets, ingest: Ingest::default() }
+        metrics_http::register_zero_series(pusher.engine());
+        Herald {
+            pusher,
+            shutdown,
+            tasks,
+            http: HttpConfig::default(),
+            sockets,
+            ingest: Ingest::default(),
+            started: Instant::now(),
+            admin_token: None,
+            tls: None,
+        }
+    }
+
+    /// Serves TLS (`wss://`, `https://`) with this certificate; see [`Herald::reload_tls`].
+    pub fn with_tls(mut self, tls: Arc<Tls>) -> Herald {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Reads the TLS certificate and key again: new connections use them, established ones keep
+    /// theirs. `Ok(false)` without TLS; on error the current certificate stays.
+    pub fn reload_tls(&self) -> Result<bool, TlsError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Reloads the TLS certificate on every SIGHUP until shutdown (a tracked task), logging the
+    /// outcome. Without TLS, or off Unix, does nothing.
+    pub fn reload_tls_on_hangup(&self) {
+        #[cfg(unix)]
+        if self.tls.is_some() {
+            let Ok(mut hangup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+            let (herald, shutdown) = (self.clone(), self.shutdown.clone());
+            self.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        got = hangup.recv() => if got.is_none() { return },
+                    }
+                    match herald.reload_tls() {
+                        Ok(_) => tracing::info!("TLS certificate reloaded"),
+                        Err(e) => tracing::error!(error = %e, "TLS reload failed; keeping the current certificate"),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Enables `/stats` (and the dashboard) for requests carrying `Authorization: Bearer {token}`.
+    pub fn with_admin_token(mut self, token: Option<String>) -> Herald {
+        self.admin_token = token.filter(|t| !t.is_empty()).map(Arc::from);
+        self
     }
 
     /// Replaces the HTTP server limits [`Herald::serve`] applies.
@@ -75,7 +142,9 @@ impl Herald {
     /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
     /// URL fails here, at start-up).
     pub async fn start(config: &Config) -> Result<Herald, StartError> {
-        let mut herald = Herald::new(config.apps.clone(), config.pusher.clone()).with_http(config.http.clone());
+        let mut herald = Herald::new(config.apps.clone(), config.pusher.clone())
+            .with_http(config.http.clone())
+            .with_admin_token(config.admin_token.clone().map(|t| t.0));
         if let EngineConfig::Redis(redis) = &config.engine {
             RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
         }
@@ -88,7 +157,7 @@ impl Herald {
         &self.ingest
     }
 
-    /// Every route: the Pusher protocol and API, plus `/up`, `/health` and `/metrics`.
+    /// Every route: the Pusher protocol and API, plus `/up`, `/health`, `/metrics` and `/stats`.
     ///
     /// An application that serves this router with its own `axum::serve` gets the API's own limits
     /// (body size and body deadline, signatures, the process connection cap on WebSocket sessions)
@@ -100,8 +169,12 @@ impl Herald {
             .route("/up", get(health))
             .route("/health", get(health))
             .route("/metrics", get(metrics_http::render))
+            .merge(stats::routes())
+            .merge(dashboard::routes())
             .with_state(self.clone());
-        self.pusher.router().merge(ops)
+        let engine = Arc::downgrade(self.pusher.engine());
+        let api = self.pusher.router().layer(axum::middleware::from_fn(move |req, next| api_metrics::count(engine.clone(), req, next)));
+        api.merge(ops)
     }
 
     /// Publishes in-process, as `POST /apps/{id}/events` does.
@@ -156,7 +229,7 @@ impl Herald {
                 }
             }
         });
-        listener::run(listener, router, self.http.clone(), self.sockets.clone(), token, self.tasks.clone()).await;
+        listener::run(listener, router, self.http.clone(), self.sockets.clone(), self.tls.clone(), token, self.tasks.clone()).await;
         self.drain(grace).await;
         Ok(())
     }
@@ -169,8 +242,13 @@ impl Herald {
         let asked = self.pusher.engine().close_all(Disconnect::Shutdown);
         self.tasks.close();
         tracing::info!(connections = asked, "draining");
+        let engine = self.pusher.engine();
+        let open = || engine.hubs().map(|h| h.connection_count()).sum::<usize>();
         if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
-            tracing::warn!(remaining = self.tasks.len(), "drain timed out");
+            let left = open();
+            tracing::warn!(drained = asked.saturating_sub(left), remaining = left, tasks = self.tasks.len(), "drain timed out");
+        } else {
+            tracing::info!(drained = asked, "drained");
         }
     }
 }

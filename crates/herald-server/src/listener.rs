@@ -40,6 +40,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
+use crate::ip_limits::{IpLimits, IpSlot, IpTracker};
+use crate::tls::{Stream, Tls};
+use herald_pusher::ConnectRefusal;
+
 /// Limits of Herald's HTTP server that are not part of the Pusher front.
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
@@ -47,11 +51,13 @@ pub struct HttpConfig {
     /// from the end of each response. This is also the deadline for a new socket's first request
     /// (a WebSocket upgrade included) and the idle timeout of keep-alive connections.
     pub header_timeout: Duration,
+    /// Per-IP limits on sockets (open at once, opened per minute); unlimited by default.
+    pub ip: IpLimits,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
-        HttpConfig { header_timeout: Duration::from_secs(10) }
+        HttpConfig { header_timeout: Duration::from_secs(10), ip: IpLimits::default() }
     }
 }
 
@@ -66,17 +72,18 @@ pub(crate) async fn run(
     router: Router,
     http: HttpConfig,
     cap: Arc<Semaphore>,
+    tls: Option<Arc<Tls>>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
 ) {
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(http.header_timeout).keep_alive(true).max_buf_size(MAX_BUF);
-    let service = TowerToHyperService::new(router);
+    let ips = IpTracker::new(http.ip);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     tokio::select! {
                         _ = accept_failed(e) => {}
@@ -86,15 +93,81 @@ pub(crate) async fn run(
                 }
             },
         };
-        let Some(socket) = admit(stream, &cap) else { continue };
-        let conn = builder.serve_connection(TokioIo::new(socket), service.clone()).with_upgrades();
-        tasks.spawn(serve_connection(conn, shutdown.clone()));
+        let Some(mut socket) = admit(stream, &cap) else { continue };
+        let (slot, refusal) = ips.admit(peer.ip());
+        socket._ip = slot;
+        let service = service(router.clone(), refusal);
+        match &tls {
+            None => {
+                let conn = builder.serve_connection(TokioIo::new(Stream::Plain(socket)), service).with_upgrades();
+                tasks.spawn(serve_connection(conn, shutdown.clone()));
+            }
+            Some(tls) => {
+                let (acceptor, builder, shutdown, deadline) = (tls.acceptor(), builder.clone(), shutdown.clone(), http.header_timeout);
+                tasks.spawn(async move {
+                    // The handshake has the header deadline too: a socket that never finishes it is closed.
+                    let handshake = tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        done = tokio::time::timeout(deadline, acceptor.accept(socket)) => done,
+                    };
+                    match handshake {
+                        Ok(Ok(stream)) => {
+                            let conn = builder.serve_connection(TokioIo::new(Stream::Tls(Box::new(stream))), service).with_upgrades();
+                            serve_connection(conn, shutdown).await;
+                        }
+                        Ok(Err(e)) => {
+                            metrics::counter!("herald_tls_handshake_failures_total", "reason" => "error").increment(1);
+                            debug!(error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => {
+                            metrics::counter!("herald_tls_handshake_failures_total", "reason" => "timeout").increment(1);
+                            debug!("TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        }
+    }
+}
+
+/// The router as one connection's service: its requests carry the connection's per-IP refusal, if any.
+fn service(router: Router, refusal: Option<ConnectRefusal>) -> Service {
+    TowerToHyperService::new(MapRequest { router, refusal })
+}
+
+type Service = TowerToHyperService<MapRequest>;
+
+/// Adds the connection's refusal to each request before routing it.
+#[derive(Clone)]
+pub(crate) struct MapRequest {
+    router: Router,
+    refusal: Option<ConnectRefusal>,
+}
+
+impl<B> tower_service::Service<axum::http::Request<B>> for MapRequest
+where
+    B: axum::body::HttpBody<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = <Router as tower_service::Service<axum::http::Request<B>>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        <Router as tower_service::Service<axum::http::Request<B>>>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, mut request: axum::http::Request<B>) -> Self::Future {
+        if let Some(refusal) = self.refusal {
+            request.extensions_mut().insert(refusal);
+        }
+        self.router.call(request)
     }
 }
 
 /// Serves one connection until it closes or is upgraded; on shutdown, finishes what is in flight and
 /// closes it.
-async fn serve_connection(conn: http1::UpgradeableConnection<TokioIo<Counted>, TowerToHyperService<Router>>, shutdown: CancellationToken) {
+async fn serve_connection(conn: http1::UpgradeableConnection<TokioIo<Stream>, Service>, shutdown: CancellationToken) {
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
@@ -121,7 +194,7 @@ pub(crate) fn admit(stream: TcpStream, cap: &Arc<Semaphore>) -> Option<Counted> 
         debug!(error = %e, "cannot set TCP_NODELAY");
     }
     metrics::gauge!("herald_sockets_open").increment(1.0);
-    Some(Counted { stream, _permit: permit })
+    Some(Counted { stream, _permit: permit, _ip: None })
 }
 
 /// Errors of `accept` that concern one connection only; anything else (e.g. out of file descriptors)
@@ -139,6 +212,8 @@ async fn accept_failed(e: io::Error) {
 pub(crate) struct Counted {
     stream: TcpStream,
     _permit: OwnedSemaphorePermit,
+    /// Its place in its address's count (when per-IP limits are on).
+    _ip: Option<IpSlot>,
 }
 
 impl Drop for Counted {

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use herald_server::{Cli, Config, Herald};
+use herald_server::{Cli, Config, Herald, LogFormat, Tls};
 use std::net::SocketAddr;
 
 use tokio::net::{TcpListener, TcpSocket};
@@ -11,15 +11,37 @@ use tokio::net::{TcpListener, TcpSocket};
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let config = Config::load(&cli)?;
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?).init();
+    init_logging(&config)?;
     raise_fd_limit();
     let listener =
         listen(SocketAddr::new(config.host, config.port)).with_context(|| format!("cannot listen on {}:{}", config.host, config.port))?;
+    // Signal handlers are in place before the "listening" line: a SIGTERM right after it drains.
+    let signal = shutdown_signal();
     config.log_started(listener.local_addr()?);
     // herald-redis's errors quote the URL: mask its password before the error is printed.
-    let herald = Herald::start(&config).await?;
-    herald.serve(listener, shutdown_signal(), config.shutdown_grace).await?;
+    let mut herald = Herald::start(&config).await?;
+    if let Some(files) = &config.tls {
+        herald = herald.with_tls(Tls::load(files.clone())?);
+        herald.reload_tls_on_hangup();
+    }
+    herald.serve(listener, signal, config.shutdown_grace).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// Installs the log subscriber: JSON lines, or text with colours only on a terminal (and never with
+/// `NO_COLOR` set).
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_new(&config.log).context("invalid log filter")?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => {
+            let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+            builder.with_ansi(colour).init()
+        }
+    }
     Ok(())
 }
 
@@ -45,19 +67,21 @@ fn raise_fd_limit() {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Completes on SIGTERM or Ctrl-C. The handlers are registered when this is called, not when the
+/// future is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
-    {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let ctrl_c = tokio::signal::ctrl_c();
+    async move {
+        #[cfg(unix)]
+        if let Some(mut term) = term {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
         }
+        let _ = ctrl_c.await;
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

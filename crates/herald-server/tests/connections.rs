@@ -16,7 +16,7 @@ use tokio::time::Instant;
 const SHORT: Duration = Duration::from_millis(300);
 
 fn short_http() -> HttpConfig {
-    HttpConfig { header_timeout: SHORT }
+    HttpConfig { header_timeout: SHORT, ..HttpConfig::default() }
 }
 
 async fn start_short() -> Server {
@@ -105,7 +105,8 @@ async fn unsigned_body_is_refused_before_it_is_read() {
 async fn sockets_beyond_max_connections_are_closed_at_accept() {
     let config = PusherConfig { max_connections: 3, ..PusherConfig::default() };
     // Long header timeout: the idle sockets below stay open unless the cap closes them.
-    let server = start_with(vec![AppConfig::dev()], config, HttpConfig { header_timeout: Duration::from_secs(30) }).await;
+    let server =
+        start_with(vec![AppConfig::dev()], config, HttpConfig { header_timeout: Duration::from_secs(30), ..HttpConfig::default() }).await;
     // Two WebSocket sessions and one socket that has not sent a request yet fill the cap.
     let _a = server.client().await;
     let _b = server.client().await;

@@ -84,7 +84,10 @@ async fn a_trickling_receiver_does_not_hold_back_other_targets() {
     let (slow_url, slow_requests, slow_abandoned) = trickling_receiver().await;
     let (url, mut events) = receiver().await;
     // The trickling target comes first: served one after another, it would stall the other forever.
-    let targets = vec![WebhookTarget { url: slow_url, event_types: vec![] }, WebhookTarget { url, event_types: vec![] }];
+    let targets = vec![
+        WebhookTarget { url: slow_url, event_types: vec![], headers: vec![] },
+        WebhookTarget { url, event_types: vec![], headers: vec![] },
+    ];
     let config = PusherConfig { webhooks: HashMap::from([("app-id".to_string(), targets)]), ..PusherConfig::default() };
     let server = start(vec![AppConfig::dev()], config).await;
     let mut client = server.client().await;
@@ -147,7 +150,7 @@ async fn flooding_receiver() -> (String, mpsc::UnboundedReceiver<usize>) {
 #[tokio::test]
 async fn a_flooding_response_body_is_cut_at_the_cap() {
     let (url, mut dropped) = flooding_receiver().await;
-    let targets = vec![WebhookTarget { url, event_types: vec![] }];
+    let targets = vec![WebhookTarget { url, event_types: vec![], headers: vec![] }];
     let config = PusherConfig { webhooks: HashMap::from([("app-id".to_string(), targets)]), ..PusherConfig::default() };
     let server = start(vec![AppConfig::dev()], config).await;
     let mut client = server.client().await;
@@ -172,4 +175,61 @@ async fn read_head(stream: &mut tokio::net::TcpStream) -> bool {
         }
     }
     true
+}
+
+/// A receiver that reports each request: its `x-receiver-token` header and how many events it carried.
+async fn request_receiver() -> (String, mpsc::UnboundedReceiver<(Option<String>, usize)>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let tx = tx.clone();
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let tx = tx.clone();
+                async move {
+                    let token = req.headers().get("x-receiver-token").map(|v| v.to_str().unwrap().to_string());
+                    let body = req.into_body().collect().await.unwrap().to_bytes();
+                    let payload: Value = serde_json::from_slice(&body).unwrap();
+                    let _ = tx.send((token, payload["events"].as_array().unwrap().len()));
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::new())))
+                }
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (url, rx)
+}
+
+/// Starts a Herald whose app batches webhooks or not, with one target sending a custom header, and
+/// makes 20 channel_occupied events at once; returns the events per request the receiver saw.
+async fn events_per_request(batch: bool) -> Vec<usize> {
+    let (url, mut requests) = request_receiver().await;
+    let headers = vec![("X-Receiver-Token".to_string(), "t0ken".to_string())];
+    let targets = vec![WebhookTarget { url, event_types: vec!["channel_occupied".into()], headers }];
+    let config = PusherConfig { webhooks: HashMap::from([("app-id".to_string(), targets)]), ..PusherConfig::default() };
+    let app =
+        AppConfig { pusher: herald_pusher::PusherApp { batch_webhooks: batch, ..herald_pusher::PusherApp::dev() }, ..AppConfig::dev() };
+    let server = start(vec![app], config).await;
+    let mut client = server.client().await;
+    for i in 0..20 {
+        client.send(serde_json::json!({"event":"pusher:subscribe","data":{"channel":format!("room-{i}")}})).await;
+    }
+    let mut counts = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while counts.iter().sum::<usize>() < 20 {
+        let (token, n) = tokio::time::timeout_at(deadline, requests.recv()).await.expect("20 events within 10 s").unwrap();
+        assert_eq!(token.as_deref(), Some("t0ken"), "the custom header is sent");
+        counts.push(n);
+    }
+    counts
+}
+
+#[tokio::test]
+async fn webhooks_are_one_event_per_request_unless_the_app_batches() {
+    let unbatched = events_per_request(false).await;
+    assert_eq!(unbatched, vec![1; 20], "Pusher's default: one event per request");
+    let batched = events_per_request(true).await;
+    assert!(batched.len() < 20 && batched.iter().any(|&n| n > 1), "batched: {batched:?}");
 }

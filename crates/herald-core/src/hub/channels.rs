@@ -14,6 +14,7 @@ use crate::ids::SocketId;
 use crate::outbox::Claimed;
 use crate::presence::{Member, Presence};
 use crate::publication::{DataKind, Publication};
+use crate::stats::ChannelStats;
 
 use super::{Channel, Hub, Subscribed, Subscriber};
 
@@ -56,7 +57,7 @@ impl Hub {
                     return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
                 }
                 let presence = member.as_ref().map(|_| Presence::default());
-                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None }), true)
+                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new() }), true)
             }
         };
         let ch = entry.value_mut();
@@ -82,6 +83,7 @@ impl Hub {
         }
         ch.subscribers.insert(socket, Subscriber { outbox, user });
         let subscribers = ch.subscribers.len();
+        ch.stats.subscribers(subscribers);
         let members = ch.presence.as_ref().map(Presence::snapshot);
         drop(entry);
         self.metrics.subscriptions.increment(1.0);
@@ -136,6 +138,7 @@ impl Hub {
     /// Delivers `publication` to its channel's subscribers on this node and (through the broker) on
     /// every other, except its excluded connection and device. Returns how many local subscribers got it.
     pub fn publish(&self, publication: &Publication) -> usize {
+        self.stats.published();
         self.broadcast(|| Topic::Channel(publication.channel.clone()), || Remote::Publish { publication: publication.clone() });
         self.deliver(publication)
     }
@@ -152,6 +155,7 @@ impl Hub {
         // Declared first, so the claimed outboxes are written after the map guard is gone.
         let mut claimed = Claimed::default();
         let Some(ch) = self.channels.get(&*publication.channel) else { return 0 };
+        ch.stats.published(publication.data.len());
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
         let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
         self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded, &mut claimed)

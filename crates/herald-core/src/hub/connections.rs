@@ -26,9 +26,10 @@ impl Hub {
         }
         let limit = self.app.limits.max_connections.unwrap_or(usize::MAX);
         let admitted = self.connection_count.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1));
-        if admitted.is_err() {
+        let Ok(before) = admitted else {
             return Err(ConnectError::OverQuota { limit });
-        }
+        };
+        self.stats.connected(before + 1);
         let mut id = SocketId::random();
         while self.connections.contains_key(&id) {
             id = SocketId::random();
@@ -66,6 +67,14 @@ impl Hub {
     /// Calls `f` with every connection's outbox (shard by shard; `f` must not touch the hub's maps).
     pub(crate) fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
         self.connections.iter().for_each(|c| f(&c.outbox));
+    }
+
+    /// Asks one connection to close for `reason` once it has written what is queued. Returns whether
+    /// it is registered here.
+    pub fn close_connection(&self, socket: SocketId, reason: Disconnect) -> bool {
+        let Some(outbox) = self.connections.get(&socket).map(|c| c.outbox.clone()) else { return false };
+        outbox.close(reason);
+        true
     }
 
     /// Asks every connection to close for `reason`. Returns how many.

@@ -134,6 +134,7 @@ impl Hub {
     /// history accepted it (a confirmable publish: an HTTP API can answer with it, a bus consumer can
     /// ack).
     pub async fn publish_with_history(&self, publication: &Publication, options: HistoryOptions) -> Result<StreamPosition, HistoryError> {
+        self.stats.published();
         if let Some(shared) = self.shared_history.get() {
             return shared.broadcast.append_and_broadcast(&self.app.id, publication, options).await;
         }

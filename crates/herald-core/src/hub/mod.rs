@@ -36,10 +36,12 @@ use crate::codec::{Codecs, Encoded};
 use crate::history::MemoryHistory;
 use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::ids::SocketId;
+use crate::latency::Latencies;
 use crate::outbox::{Claimed, Outbox};
 use crate::presence::{Member, Presence};
 use crate::publication::StreamPosition;
 use crate::state::ClusterState;
+use crate::stats::{ChannelStats, ChannelStatsSnapshot, HubStats};
 
 /// Hears every channel change of a hub: a front turns them into its protocol's events and webhooks.
 /// Called once per change per cluster (by the node that decided it).
@@ -97,6 +99,8 @@ struct Channel {
     presence: Option<Presence>,
     /// The position of the last publication delivered here (channels with history).
     last: Option<StreamPosition>,
+    /// Messages, bytes and peak subscribers while occupied here.
+    stats: ChannelStats,
 }
 
 impl Channel {
@@ -131,6 +135,10 @@ pub struct Hub {
     shared_idempotency: OnceLock<Arc<dyn IdempotencyStore>>,
     /// Appending to the memory history and delivering happen under this lock, in offset order.
     history_order: Mutex<()>,
+    /// Counters the stats endpoints read.
+    stats: HubStats,
+    /// Delivery latency per front.
+    latency: Latencies,
 }
 
 impl Hub {
@@ -166,12 +174,48 @@ impl Hub {
             idempotency,
             shared_idempotency: OnceLock::new(),
             history_order: Mutex::new(()),
+            stats: HubStats::default(),
+            latency: Latencies::default(),
         }
     }
 
     /// The app this hub serves.
     pub fn app(&self) -> &App {
         &self.app
+    }
+
+    /// This app's counters on this node (the stats endpoints read them; fronts add what they receive).
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// This app's delivery latency histograms, one per front: a front takes its histogram once per
+    /// connection ([`Latencies::front`]) and records into it after each written batch.
+    pub fn latency(&self) -> &Latencies {
+        &self.latency
+    }
+
+    /// An occupied channel's counters on this node.
+    pub fn channel_stats(&self, name: &str) -> Option<(ChannelInfo, ChannelStatsSnapshot)> {
+        self.channels.get(name).map(|ch| (ch.info(), ch.stats.snapshot()))
+    }
+
+    /// Occupied channels on this node and their presence users.
+    pub fn channel_count(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Signed-in users with a connection on this node.
+    pub fn user_count(&self) -> usize {
+        self.users.len()
+    }
+
+    /// The `n` occupied channels with the most subscribers on this node, most first.
+    pub fn top_channels(&self, n: usize) -> Vec<(Arc<str>, ChannelInfo, ChannelStatsSnapshot)> {
+        let mut all: Vec<_> = self.channels.iter().map(|e| (e.key().clone(), e.value().info(), e.value().stats.snapshot())).collect();
+        all.sort_by(|a, b| b.1.subscribers.cmp(&a.1.subscribers).then_with(|| a.0.cmp(&b.0)));
+        all.truncate(n);
+        all
     }
 
     /// Adds a listener for this hub's channel changes.
@@ -288,6 +332,7 @@ impl Hub {
         }
         self.metrics.messages_out.increment(delivered as u64);
         self.metrics.bytes_out.increment(bytes as u64);
+        self.stats.delivered(delivered, bytes);
         delivered
     }
 }

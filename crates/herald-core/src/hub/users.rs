@@ -18,23 +18,46 @@ impl Hub {
     pub fn sign_in(&self, socket: SocketId, user_id: &str, device: Option<&str>) -> Result<(), SignInError> {
         let user: Arc<str> = Arc::from(user_id);
         let outbox = {
-            let mut conn = self.connections.get_mut(&socket).ok_or(SignInError::UnknownConnection)?;
+            let conn = self.connections.get(&socket).ok_or(SignInError::UnknownConnection)?;
             match &conn.user {
                 Some(existing) if **existing == *user_id => return Ok(()),
                 Some(_) => return Err(SignInError::AlreadySignedIn),
-                None => conn.user = Some(user.clone()),
+                None => {}
             }
             conn.outbox.clone()
         };
+        // Checked and taken under the user's entry lock, so two racing sign-ins can't both pass.
+        let first = {
+            let mut sockets = self.users.entry(user.clone()).or_default();
+            if let Some(limit) = self.app.limits.max_connections_per_user {
+                if sockets.len() >= limit {
+                    let empty = sockets.is_empty();
+                    drop(sockets);
+                    if empty {
+                        self.users.remove_if(&user, |_, s| s.is_empty());
+                    }
+                    return Err(SignInError::TooManyConnections { limit });
+                }
+            }
+            sockets.push((socket, outbox.clone()));
+            sockets.len() == 1
+        };
+        match self.connections.get_mut(&socket) {
+            Some(mut conn) => conn.user = Some(user.clone()),
+            None => {
+                // Disconnected meanwhile (only its own task signs it in, so this is a race with a
+                // terminate): take the entry back.
+                self.users.remove_if_mut(&user, |_, s| {
+                    s.retain(|(id, _)| *id != socket);
+                    s.is_empty()
+                });
+                return Err(SignInError::UnknownConnection);
+            }
+        }
         // The device is the connection's, so its channel subscriptions (which share the outbox) see it.
         if let Some(device) = device {
             outbox.set_device(Arc::from(device));
         }
-        let first = {
-            let mut sockets = self.users.entry(user.clone()).or_default();
-            sockets.push((socket, outbox));
-            sockets.len() == 1
-        };
         if first {
             self.interest_changed(Topic::User(user));
         }
@@ -49,6 +72,7 @@ impl Hub {
     /// Queues `publication` to every connection signed in as `user_id`, on every node, except its
     /// excluded connection and device. Returns how many local connections got it.
     pub fn publish_to_user(&self, user_id: &str, publication: &Publication) -> usize {
+        self.stats.published();
         self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Publish { publication: publication.clone() });
         self.deliver_to_user(user_id, publication)
     }

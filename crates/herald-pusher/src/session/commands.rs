@@ -8,18 +8,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use herald_core::{
-    ChannelChange, Codec, DataKind, HistoryError, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, Recovery, SocketId,
-    SubscribeError, Subscribed,
+    ChannelChange, Codec, DataKind, Disconnect, HistoryError, Hub, Member, MemberJoin, Outbox, Publication, PublisherInfo, Recovery,
+    SignInError, SocketId, SubscribeError, Subscribed,
 };
 use tokio::time::Instant;
 
 use super::cluster::{self, Step};
 use crate::auth;
-use crate::channel::{is_valid_name, Access, ChannelKind, MAX_USER_ID, USER_CHANNEL_PREFIX};
+use crate::channel::{is_valid_name_within, Access, ChannelKind, MAX_USER_ID, USER_CHANNEL_PREFIX};
 use crate::codec::PusherCodec;
 use crate::codes;
 use crate::events::presence_data;
-use crate::publish::MAX_EVENT_NAME;
 use crate::wire::{self, ChannelData, Data, Incoming, SigninData, SubscribeData, UnsubscribeData};
 use crate::{Pusher, PusherApp};
 
@@ -91,6 +90,7 @@ impl Ctx {
     }
 
     pub(crate) fn error(&self, code: u16, message: &str, kind: &'static str) {
+        tracing::debug!(code, kind, reason = message, "refused: pusher:error sent");
         metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
         let data = serde_json::json!({ "code": code, "message": message });
         let raw = serde_json::value::to_raw_value(&data).expect("json");
@@ -98,6 +98,7 @@ impl Ctx {
     }
 
     pub(crate) fn subscription_error(&self, channel: &str, kind: &str, status: u16, message: &str) {
+        tracing::debug!(channel, kind, status, reason = message, "subscription refused");
         metrics::counter!("herald_errors_total", "kind" => "subscription").increment(1);
         let data = serde_json::json!({ "type": kind, "error": message, "status": status });
         let raw = serde_json::value::to_raw_value(&data).expect("json");
@@ -113,7 +114,7 @@ impl Ctx {
     pub(crate) fn answer_ping(&self, text: &str) -> bool {
         let ping = Incoming::parse(text).is_ok_and(|msg| msg.event == "pusher:ping");
         if ping {
-            count_in(text);
+            count_in(&self.hub, text);
             self.pong();
         }
         ping
@@ -121,7 +122,7 @@ impl Ctx {
 
     /// Handles one client frame. Returns the part that must wait for the cluster, if any.
     pub(crate) fn handle(&self, text: &str, client_events: &mut RateLimit) -> Option<Step> {
-        count_in(text);
+        count_in(&self.hub, text);
         let msg = match Incoming::parse(text) {
             Ok(msg) => msg,
             Err(_) => {
@@ -173,7 +174,7 @@ impl Ctx {
     /// when refused, or when it was a user channel (answered already).
     pub(crate) fn admit(&self, data: &SubscribeData) -> Option<Admitted> {
         let channel = data.channel.as_str();
-        if !is_valid_name(channel) {
+        if !is_valid_name_within(channel, self.hub.app().limits.max_channel_name) {
             self.subscription_error(channel, "InvalidChannel", 400, "Invalid channel name");
             return None;
         }
@@ -298,6 +299,13 @@ impl Ctx {
             }
         };
         if let Err(e) = self.hub.sign_in(self.id, &id, device.as_deref()) {
+            if let SignInError::TooManyConnections { .. } = e {
+                // Pusher's "over quota" code in the error frame, then close: the user already has all
+                // the connections the app allows.
+                self.error(codes::OVER_QUOTA, &format!("User {id:?} is at its connection limit"), "user_connection_limit");
+                self.outbox.close(Disconnect::Terminated);
+                return None;
+            }
             self.error(codes::TERMINATED, &e.to_string(), "signin");
             return None;
         }
@@ -323,8 +331,9 @@ impl Ctx {
         let Some(channel) = msg.channel.as_deref() else {
             return self.error(codes::GENERIC_ERROR, "Client events need a channel", "client_event");
         };
-        if msg.event.len() > MAX_EVENT_NAME {
-            let message = format!("Client event names are at most {MAX_EVENT_NAME} bytes");
+        let max_event_name = app.limits.max_event_name;
+        if msg.event.len() > max_event_name {
+            let message = format!("Client event names are at most {max_event_name} bytes");
             return self.error(codes::GENERIC_ERROR, &message, "client_event");
         }
         if !ChannelKind::of(channel).allows_client_events() {
@@ -360,7 +369,8 @@ impl Ctx {
     }
 }
 
-fn count_in(text: &str) {
+fn count_in(hub: &herald_core::Hub, text: &str) {
+    hub.stats().received(text.len());
     metrics::counter!("herald_messages_in_total").increment(1);
     metrics::counter!("herald_bytes_in_total").increment(text.len() as u64);
 }

@@ -21,6 +21,9 @@ pub(crate) struct Registered {
 impl Registered {
     /// Guards `ctx`, whose connection the hub has just registered.
     pub(crate) fn new(ctx: Ctx) -> Registered {
+        if ctx.app.require_user_authentication {
+            ctx.front.sign_in_deadlines.add(ctx.hub.clone(), ctx.id, ctx.app.user_auth_timeout);
+        }
         Registered { ctx, counted: false }
     }
 

@@ -1,0 +1,229 @@
+//! Operating Herald over real sockets: the stats endpoints (admin token), metrics hygiene (HELP/TYPE,
+//! zero series, process metrics, API responses by status, latency histograms).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_core::latency::Stamp;
+use herald_pusher::PusherConfig;
+use herald_server::{AppConfig, Herald};
+use serde_json::{json, Value};
+
+const TOKEN: &str = "an-admin-token-for-tests";
+
+async fn start_admin() -> Server {
+    serve(Herald::new(vec![AppConfig::dev()], PusherConfig::default()).with_admin_token(Some(TOKEN.into()))).await
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str, token: Option<&str>) -> (u16, Value) {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    http_raw(addr, &format!("GET {path} HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n")).await
+}
+
+/// Polls `f` until it returns `Some`, for at most 5 s.
+async fn eventually<T, F, Fut>(mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn stats_need_the_admin_token() {
+    let server = start_admin().await;
+    assert_eq!(get(server.addr, "/stats", None).await.0, 401);
+    assert_eq!(get(server.addr, "/stats", Some("wrong-token-of-some-length")).await.0, 401);
+    assert_eq!(get(server.addr, "/stats/apps/app-id", None).await.0, 401);
+    assert_eq!(get(server.addr, "/stats/apps/app-id/channels/news", Some("nope")).await.0, 401);
+    let (status, body) = get(server.addr, "/stats", Some(TOKEN)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(get(server.addr, "/stats/apps/nope", Some(TOKEN)).await.0, 404);
+
+    let off = start_dev().await;
+    assert_eq!(get(off.addr, "/stats", Some(TOKEN)).await.0, 404, "no admin token configured: no stats");
+}
+
+#[tokio::test]
+async fn stats_count_connections_messages_and_channels() {
+    let server = start_admin().await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.subscribe("news").await;
+    b.subscribe("news").await;
+    a.subscribe_presence("presence-room", "alice").await;
+    for i in 0..3 {
+        let (status, _) =
+            server.api("POST", "/apps/app-id/events", "", Some(json!({"name":"e","channel":"news","data":format!("hello {i}")}))).await;
+        assert_eq!(status, 200);
+    }
+    for _ in 0..3 {
+        a.expect("e").await;
+        b.expect("e").await;
+    }
+
+    let (status, s) = get(server.addr, "/stats", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(s["scope"], "node");
+    assert_eq!(s["connections"]["active"], 2, "{s}");
+    assert_eq!(s["connections"]["total"], 2, "{s}");
+    assert_eq!(s["channels"], 2, "{s}");
+    assert_eq!(s["messages"]["published"], 3, "{s}");
+    assert!(s["messages"]["out"].as_u64().unwrap() >= 6, "{s}");
+    assert!(s["messages"]["in"].as_u64().unwrap() >= 3, "subscribes are frames in: {s}");
+    assert!(s["bytes"]["out"].as_u64().unwrap() > 0, "{s}");
+    assert_eq!(s["engine"], "memory");
+    assert_eq!(s["apps"][0]["id"], "app-id");
+    assert!(s["latency"]["count"].is_u64(), "{s}");
+
+    let (status, c) = get(server.addr, "/stats/apps/app-id/channels/news", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(c["occupied"], true);
+    assert_eq!(c["subscribers"], 2, "{c}");
+    assert_eq!(c["peak_subscribers"], 2, "{c}");
+    assert_eq!(c["messages"], 3, "{c}");
+    assert_eq!(c["bytes"], 3 * "hello 0".len(), "{c}");
+    assert_eq!(c["counts_scope"], "node");
+
+    let (_, c) = get(server.addr, "/stats/apps/app-id/channels/presence-room", Some(TOKEN)).await;
+    assert_eq!(c["users"], 1, "{c}");
+    let (_, c) = get(server.addr, "/stats/apps/app-id/channels/empty", Some(TOKEN)).await;
+    assert_eq!((c["occupied"].clone(), c["subscribers"].clone()), (json!(false), json!(0)));
+
+    let (_, app) = get(server.addr, "/stats/apps/app-id", Some(TOKEN)).await;
+    assert_eq!(app["top_channels"][0]["channel"], "news", "{app}");
+
+    drop(b);
+    let s = eventually(|| async {
+        let (_, s) = get(server.addr, "/stats", Some(TOKEN)).await;
+        (s["connections"]["active"] == 1).then_some(s)
+    })
+    .await;
+    assert_eq!(s["connections"]["total"], 2);
+    assert_eq!(s["connections"]["peak"], 2);
+}
+
+#[tokio::test]
+async fn stats_report_latency_percentiles() {
+    let server = start_admin().await;
+    let hub = server.herald.pusher().engine().by_id("app-id").unwrap().clone();
+    let histogram = hub.latency().front("pusher");
+    for _ in 0..99 {
+        histogram.record_duration(Duration::from_micros(400));
+    }
+    histogram.record(Stamp::now());
+    let (_, s) = get(server.addr, "/stats", Some(TOKEN)).await;
+    assert_eq!(s["latency"]["count"], 100, "{s}");
+    let p50 = s["latency"]["p50_ms"].as_f64().unwrap();
+    assert!(p50 > 0.25 && p50 <= 0.5, "p50 within the 0.25-0.5 ms bucket: {s}");
+    let p99 = s["latency"]["p99_ms"].as_f64().unwrap();
+    assert!(p99 <= 0.5, "{s}");
+}
+
+#[tokio::test]
+async fn metrics_are_described_present_from_start_and_include_the_process() {
+    let server = start_admin().await;
+    let text = metrics_text(server.addr).await;
+    for name in ["herald_messages_out_total", "herald_bytes_out_total", "herald_connections", "herald_api_responses_total"] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has HELP:\n{text}");
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} has TYPE:\n{text}");
+    }
+    assert!(text.contains("herald_messages_out_total{app=\"app-id\"} "), "present from start:\n{text}");
+    assert!(text.contains("herald_webhooks_dropped_total{app=\"app-id\"} 0"), "zero from start:\n{text}");
+    assert!(text.contains("# TYPE herald_delivery_latency_seconds histogram"), "{text}");
+    assert!(text.contains("herald_delivery_latency_seconds_bucket{app=\"app-id\",front=\"pusher\",le=\"0.0001\"}"), "{text}");
+    assert!(text.contains("herald_delivery_latency_seconds_count{app=\"app-id\",front=\"pusher\"}"), "{text}");
+    for name in ["process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"] {
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name}:\n{text}");
+    }
+    assert!(text.contains("herald_uptime_seconds"), "{text}");
+    // Every sample's metric has a TYPE line.
+    for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let name = line.split(['{', ' ']).next().unwrap();
+        let base = name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count");
+        assert!(text.contains(&format!("# TYPE {name} ")) || text.contains(&format!("# TYPE {base} ")), "{name} has no TYPE line");
+    }
+}
+
+#[tokio::test]
+async fn api_responses_are_counted_by_app_and_status() {
+    let server = start_admin().await;
+    let (status, _) = server.api("POST", "/apps/app-id/events", "", Some(json!({"name":"e","channel":"c","data":"x"}))).await;
+    assert_eq!(status, 200);
+    let (status, _) = api(server.addr, "app-key", "wrong", "POST", "/apps/app-id/events", "", Some(json!({}))).await;
+    assert_eq!(status, 401);
+    let (status, _) = server.api("POST", "/apps/invented-id/events", "", Some(json!({}))).await;
+    assert_eq!(status, 404);
+    let text = metrics_text(server.addr).await;
+    let value = |series: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(series)).and_then(|v| v.trim().parse().ok()).unwrap_or_else(|| panic!("{series}:\n{text}"))
+    };
+    // Other tests in this process share the recorder: at least this test's requests are there.
+    assert!(value("herald_api_responses_total{app=\"app-id\",status=\"200\"}") >= 1.0);
+    assert!(value("herald_api_responses_total{app=\"app-id\",status=\"401\"}") >= 1.0);
+    assert!(value("herald_api_responses_total{app=\"unknown\",status=\"404\"}") >= 1.0);
+    assert!(!text.contains("invented-id"), "unknown app ids do not become labels");
+}
+
+#[tokio::test]
+async fn dashboard_is_off_without_a_token_and_its_api_needs_the_token() {
+    let off = start_dev().await;
+    let r = http_full(off.addr, "GET /dashboard HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 404);
+    let r = http_full(off.addr, "GET /dashboard/assets/dashboard.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 404);
+
+    let server = start_admin().await;
+    let r = http_full(server.addr, "GET /dashboard HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers.contains("content-security-policy: default-src 'self'"), "{}", r.headers);
+    assert!(r.body.contains("id=\"login-form\""));
+    assert!(!r.body.contains(TOKEN));
+    for path in ["/dashboard/api/apps", "/dashboard/api/stream"] {
+        assert_eq!(get(server.addr, path, None).await.0, 401, "{path}");
+        assert_eq!(get(server.addr, path, Some("wrong-token-of-some-length")).await.0, 401, "{path}");
+    }
+    let (status, apps) = get(server.addr, "/dashboard/api/apps", Some(TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(apps["apps"][0]["key"], "app-key");
+    assert!(!apps.to_string().contains("app-secret"), "secrets never reach the page");
+
+    let publish = |token: &str, body: Value| {
+        let body = body.to_string();
+        format!(
+            "POST /dashboard/api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let mut c = server.client().await;
+    c.subscribe("console").await;
+    let (status, r) = http_raw(server.addr, &publish(TOKEN, json!({"app":"app-id","channel":"console","event":"e","data":"hi"}))).await;
+    assert_eq!((status, r["delivered"].clone()), (200, json!(1)));
+    assert_eq!(c.expect("e").await["data"], "hi");
+    assert_eq!(http_raw(server.addr, &publish("wrong-token-of-some-length", json!({}))).await.0, 401);
+
+    // The stream: a `stats` event at once.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let request = format!("GET /dashboard/api/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    while !String::from_utf8_lossy(&got).contains("event: stats") {
+        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.expect("a stats event within 5 s").unwrap();
+        assert!(n > 0, "stream closed early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("content-type: text/event-stream"), "{text}");
+    assert!(text.contains("\"connections\""), "{text}");
+}
