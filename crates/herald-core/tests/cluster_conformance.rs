@@ -17,8 +17,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use cluster_suite::{next, subscriber, Cluster, Node, APP};
 use herald_core::{
-    App, DataKind, Engine, HistoryOptions, LocalCluster, LocalClusterLimits, MemberJoin, Publication, Published,
-    StreamPosition, Transition,
+    App, DataKind, Engine, HistoryOptions, LocalCluster, LocalClusterLimits, MemberJoin, Publication, Published, StreamPosition, Transition,
 };
 
 /// Nodes of one [`LocalCluster`].
@@ -37,12 +36,7 @@ impl Cluster for Local {
         let engine = Arc::new(Engine::new([App::dev()]));
         let broker = self.0.add(&engine).expect("a fresh engine joins");
         let (received, routes) = (broker.clone(), broker.clone());
-        Node {
-            engine,
-            received: Box::new(move || received.received()),
-            routes: Box::new(move || routes.routes()),
-            keep: Box::new(broker),
-        }
+        Node { engine, received: Box::new(move || received.received()), routes: Box::new(move || routes.routes()), keep: Box::new(broker) }
     }
 }
 

@@ -6,9 +6,9 @@
 //! below are what only Redis has: echoes, prefixes, streams, restarts, lost subscriber connections.
 
 mod cluster_harness;
-mod common;
 #[path = "../../herald-core/tests/suite/cluster.rs"]
 mod cluster_suite;
+mod common;
 #[path = "../../herald-core/tests/suite/broker.rs"]
 #[macro_use]
 mod broker_suite;

@@ -3,9 +3,9 @@
 //! Redis has (leases, the reaper, reconcile after lost data) is tested in `reaper.rs` and `reconcile.rs`.
 
 mod cluster_harness;
-mod common;
 #[path = "../../herald-core/tests/suite/cluster.rs"]
 mod cluster_suite;
+mod common;
 #[path = "../../herald-core/tests/suite/state.rs"]
 #[macro_use]
 mod state_suite;

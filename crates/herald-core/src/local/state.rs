@@ -39,10 +39,8 @@ struct ChannelCounts {
 
 impl ChannelCounts {
     fn info(&self) -> Option<ChannelInfo> {
-        (self.subscribers > 0).then(|| ChannelInfo {
-            subscribers: self.subscribers,
-            users: (!self.members.is_empty()).then_some(self.members.len()),
-        })
+        (self.subscribers > 0)
+            .then(|| ChannelInfo { subscribers: self.subscribers, users: (!self.members.is_empty()).then_some(self.members.len()) })
     }
 
     fn members(&self) -> Vec<Member> {

@@ -172,7 +172,9 @@ pub async fn user_delivery_excludes_a_connection_and_a_device_on_every_node(clus
     let mut progress = Publication::new("#server-to-user-alice", "progress", g.clone(), DataKind::Binary);
     progress.except = Some(watch);
     a.hub().publish_to_user("alice", &progress);
-    for (name, outbox) in [("phone on A", &phone_a_box), ("phone on B", &phone_b_box), ("laptop on A", &laptop_a_box), ("laptop on B", &laptop_b_box)] {
+    for (name, outbox) in
+        [("phone on A", &phone_a_box), ("phone on B", &phone_b_box), ("laptop on A", &laptop_a_box), ("laptop on B", &laptop_b_box)]
+    {
         assert_eq!(next(outbox, ARRIVES_MS).await.as_ref(), Some(&g), "{name}");
     }
     assert_eq!(next(&watch_box, QUIET_MS).await, None, "the excluded watch");
