@@ -75,19 +75,15 @@ fn since(now: u32, then: u32) -> u32 {
 pub(crate) fn check(outbox: &Outbox, policy: &KeepalivePolicy, idle: u32, pong: u32, now: u32, swept: &mut Swept) {
     let (seen, pinged) = outbox.activity();
     match pinged {
-        Some(at) if since(now, at) >= pong => {
-            // Re-read: activity that arrived since the first read saves the connection.
-            if outbox.activity().0 == seen {
-                outbox.close(Disconnect::NoPong);
-                swept.closed += 1;
-            }
+        // Re-read: activity that arrived since the first read saves the connection.
+        Some(at) if since(now, at) >= pong && outbox.activity().0 == seen => {
+            outbox.close(Disconnect::NoPong);
+            swept.closed += 1;
         }
         Some(_) => {}
-        None if since(now, seen) >= idle => {
-            if outbox.push(policy.ping.clone()).is_ok() {
-                outbox.mark_pinged(now);
-                swept.pinged += 1;
-            }
+        None if since(now, seen) >= idle && outbox.push(policy.ping.clone()).is_ok() => {
+            outbox.mark_pinged(now);
+            swept.pinged += 1;
         }
         None => {}
     }

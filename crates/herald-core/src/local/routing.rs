@@ -273,13 +273,12 @@ impl HistoryBroadcast for LocalBroker {
     ) -> BoxFuture<'a, Result<StreamPosition, HistoryError>> {
         let result = {
             let _in_order = self.shared.history_order.lock();
-            self.shared.history.append_now(app_id, publication, options).map(|position| {
+            self.shared.history.append_now(app_id, publication, options).inspect(|position| {
                 let mut positioned = publication.clone();
                 positioned.position = Some(position.clone());
                 let topic = Topic::Channel(publication.channel.clone());
                 let targets = self.targets(app_id, &topic, true);
                 self.deliver(targets, &topic, Remote::Publish { publication: positioned });
-                position
             })
         };
         Box::pin(std::future::ready(result))
