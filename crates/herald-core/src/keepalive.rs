@@ -21,7 +21,7 @@ use crate::outbox::{Disconnect, Outbox};
 const MAX_TIMEOUT_MS: u32 = u32::MAX / 4;
 
 /// Milliseconds since the first call in this process, wrapping: the clock of [`Outbox::touch`].
-/// Only differences of less than [`MAX_TIMEOUT_MS`] are ever compared.
+/// Only differences of less than `MAX_TIMEOUT_MS` (a quarter of the u32 range) are ever compared.
 pub fn activity_clock() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
