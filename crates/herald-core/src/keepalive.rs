@@ -21,7 +21,7 @@ use crate::outbox::{Disconnect, Outbox};
 const MAX_TIMEOUT_MS: u32 = u32::MAX / 4;
 
 /// Milliseconds since the first call in this process, wrapping: the clock of [`Outbox::touch`].
-/// Only differences of less than [`MAX_TIMEOUT_MS`] are ever compared.
+/// Only differences of less than `MAX_TIMEOUT_MS` (a quarter of the u32 range) are ever compared.
 pub fn activity_clock() -> u32 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
@@ -75,19 +75,15 @@ fn since(now: u32, then: u32) -> u32 {
 pub(crate) fn check(outbox: &Outbox, policy: &KeepalivePolicy, idle: u32, pong: u32, now: u32, swept: &mut Swept) {
     let (seen, pinged) = outbox.activity();
     match pinged {
-        Some(at) if since(now, at) >= pong => {
-            // Re-read: activity that arrived since the first read saves the connection.
-            if outbox.activity().0 == seen {
-                outbox.close(Disconnect::NoPong);
-                swept.closed += 1;
-            }
+        // Re-read: activity that arrived since the first read saves the connection.
+        Some(at) if since(now, at) >= pong && outbox.activity().0 == seen => {
+            outbox.close(Disconnect::NoPong);
+            swept.closed += 1;
         }
         Some(_) => {}
-        None if since(now, seen) >= idle => {
-            if outbox.push(policy.ping.clone()).is_ok() {
-                outbox.mark_pinged(now);
-                swept.pinged += 1;
-            }
+        None if since(now, seen) >= idle && outbox.push(policy.ping.clone()).is_ok() => {
+            outbox.mark_pinged(now);
+            swept.pinged += 1;
         }
         None => {}
     }

@@ -28,6 +28,7 @@ mod idempotency;
 mod ids;
 mod keepalive;
 pub mod latency;
+mod local;
 mod outbox;
 mod presence;
 mod publication;
@@ -46,6 +47,7 @@ pub use hub::{ChannelInfo, ConfirmError, Departure, EngineListener, Hub, Publish
 pub use idempotency::{Idempotency, IdempotencyError, IdempotencyLimits, IdempotencyStore, MAX_IDEMPOTENCY_KEY};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use keepalive::{activity_clock, KeepalivePolicy, Swept};
+pub use local::{LocalBroker, LocalCluster, LocalClusterLimits, LocalState};
 pub use outbox::{Direct, DirectWrite, Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;
 pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
