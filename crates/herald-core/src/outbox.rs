@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 
 use crate::codec::CodecId;
 use crate::keepalive::activity_clock;
+use crate::latency::Stamp;
 
 /// Queue slots an outbox keeps after draining; a larger capacity left by a burst is released.
 const KEEP_CAPACITY: usize = 16;
@@ -82,7 +83,8 @@ pub enum Direct {
 /// A front's non-blocking writer for one connection's socket ([`Outbox::set_direct`]).
 pub trait DirectWrite: Send + Sync + 'static {
     /// Writes `frame` now if the socket can take it without waiting. Never blocks.
-    fn write_now(&self, frame: &Bytes) -> Direct;
+    /// `stamp` is when the engine accepted the publication (for the delivery latency histogram).
+    fn write_now(&self, frame: &Bytes, stamp: Option<Stamp>) -> Direct;
 }
 
 /// Who holds an outbox's write token.
@@ -139,7 +141,8 @@ struct Inner {
 }
 
 struct State {
-    frames: VecDeque<Bytes>,
+    /// Frames, each with when its publication was accepted (`None`: replies, not measured).
+    frames: VecDeque<(Bytes, Option<Stamp>)>,
     bytes: usize,
     closed: Option<Disconnect>,
     writer: Writer,
@@ -210,7 +213,13 @@ impl Outbox {
 
     /// Queues one frame, applying the overflow policy if a bound would be exceeded.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
-        self.enqueue(frame, false).map(|_| ())
+        self.enqueue(frame, None, false).map(|_| ())
+    }
+
+    /// Like [`Outbox::push`], for a frame of a publication accepted at `stamp` (its delivery latency
+    /// is recorded when it is written).
+    pub fn push_stamped(&self, frame: Bytes, stamp: Stamp) -> Result<(), PushError> {
+        self.enqueue(frame, Some(stamp), false).map(|_| ())
     }
 
     /// Lets delivery write to this connection's socket through `direct` when the connection is idle.
@@ -221,12 +230,12 @@ impl Outbox {
 
     /// Like [`Outbox::push`], but an idle outbox with a direct writer is claimed instead of woken: the
     /// caller must hand it to [`Claimed`], which writes it once the caller holds no engine lock.
-    pub(crate) fn push_claiming(&self, frame: Bytes) -> Result<bool, PushError> {
-        self.enqueue(frame, true)
+    pub(crate) fn push_claiming(&self, frame: Bytes, stamp: Option<Stamp>) -> Result<bool, PushError> {
+        self.enqueue(frame, stamp, true)
     }
 
     /// Queues `frame`; returns whether the caller claimed the write token (only when `claim`).
-    fn enqueue(&self, frame: Bytes, claim: bool) -> Result<bool, PushError> {
+    fn enqueue(&self, frame: Bytes, stamp: Option<Stamp>, claim: bool) -> Result<bool, PushError> {
         let mut state = self.inner.state.lock();
         if state.closed.is_some() {
             return Err(PushError::Closed);
@@ -247,7 +256,7 @@ impl Outbox {
         }
         let was_empty = state.frames.is_empty();
         state.bytes += frame.len();
-        state.frames.push_back(frame);
+        state.frames.push_back((frame, stamp));
         if claim && was_empty && state.writer == Writer::Nobody && !state.flush && self.inner.direct.get().is_some() {
             state.writer = Writer::Publisher;
             return Ok(true);
@@ -271,9 +280,9 @@ impl Outbox {
             let frame = {
                 let mut state = self.inner.state.lock();
                 match state.frames.pop_front() {
-                    Some(frame) => {
-                        state.bytes -= frame.len();
-                        frame
+                    Some(queued) => {
+                        state.bytes -= queued.0.len();
+                        queued
                     }
                     None => {
                         state.writer = Writer::Nobody;
@@ -287,12 +296,12 @@ impl Outbox {
                     }
                 }
             };
-            match direct.write_now(&frame) {
+            match direct.write_now(&frame.0, frame.1) {
                 Direct::Flushed => {}
                 Direct::Buffered => must_flush = true,
                 Direct::Refused => {
                     let mut state = self.inner.state.lock();
-                    state.bytes += frame.len();
+                    state.bytes += frame.0.len();
                     state.frames.push_front(frame);
                     state.writer = Writer::Nobody;
                     state.flush |= must_flush;
@@ -335,12 +344,24 @@ impl Outbox {
     /// the write token: call [`Outbox::written`] once they are written. `Frames` with nothing in `out`
     /// means: just flush. Only the connection's own task calls this.
     pub async fn drain(&self, out: &mut Vec<Bytes>) -> Drained {
+        self.drain_stamped(out, None).await
+    }
+
+    /// Like [`Outbox::drain`], also collecting the stamps of the frames that have one, so the writer can
+    /// record their delivery latency once they are written.
+    pub async fn drain_stamped(&self, out: &mut Vec<Bytes>, stamps: Option<&mut Vec<Stamp>>) -> Drained {
         loop {
             {
                 let mut state = self.inner.state.lock();
                 if state.writer != Writer::Publisher {
                     if !state.frames.is_empty() || state.flush {
-                        out.extend(state.frames.drain(..));
+                        match stamps {
+                            Some(stamps) => out.extend(state.frames.drain(..).map(|(frame, stamp)| {
+                                stamps.extend(stamp);
+                                frame
+                            })),
+                            None => out.extend(state.frames.drain(..).map(|(frame, _)| frame)),
+                        }
                         state.bytes = 0;
                         state.flush = false;
                         state.writer = Writer::Session;
@@ -480,7 +501,7 @@ mod tests {
     }
 
     impl DirectWrite for Wire {
-        fn write_now(&self, frame: &Bytes) -> Direct {
+        fn write_now(&self, frame: &Bytes, _stamp: Option<Stamp>) -> Direct {
             let answer = self.answer.lock().unwrap_or(Direct::Flushed);
             if answer != Direct::Refused {
                 self.taken.lock().push(frame.clone());
@@ -497,7 +518,7 @@ mod tests {
     }
 
     fn claim_and_write(outbox: &Outbox, frame: &'static str) -> bool {
-        let claimed = outbox.push_claiming(Bytes::from(frame)).unwrap();
+        let claimed = outbox.push_claiming(Bytes::from(frame), None).unwrap();
         if claimed {
             let mut c = Claimed::default();
             c.add(outbox);
@@ -520,9 +541,9 @@ mod tests {
     async fn a_refused_frame_stays_queued_in_order_for_the_task() {
         let (outbox, wire) = direct_outbox();
         *wire.answer.lock() = Some(Direct::Refused);
-        assert!(outbox.push_claiming(Bytes::from("a")).unwrap());
+        assert!(outbox.push_claiming(Bytes::from("a"), None).unwrap());
         // Queued behind the claim: neither claimed again nor a reason to wake the task yet.
-        assert!(!outbox.push_claiming(Bytes::from("b")).unwrap());
+        assert!(!outbox.push_claiming(Bytes::from("b"), None).unwrap());
         drop({
             let mut c = Claimed::default();
             c.add(&outbox);
@@ -539,7 +560,7 @@ mod tests {
         let (outbox, wire) = direct_outbox();
         *wire.answer.lock() = Some(Direct::Buffered);
         assert!(claim_and_write(&outbox, "a"));
-        assert!(!outbox.push_claiming(Bytes::from("b")).unwrap(), "the socket has unflushed bytes: no direct write");
+        assert!(!outbox.push_claiming(Bytes::from("b"), None).unwrap(), "the socket has unflushed bytes: no direct write");
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
         assert_eq!(out, vec![Bytes::from("b")], "flush, and write what came after");
@@ -556,7 +577,7 @@ mod tests {
     async fn a_closed_outbox_takes_no_claims() {
         let (outbox, _wire) = direct_outbox();
         outbox.close(Disconnect::Ended);
-        assert_eq!(outbox.push_claiming(Bytes::from("a")), Err(PushError::Closed));
+        assert_eq!(outbox.push_claiming(Bytes::from("a"), None), Err(PushError::Closed));
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::Ended));
     }
@@ -601,7 +622,7 @@ mod tests {
                             *wire.answer.lock() = Some(if i % 2 == 0 { Direct::Refused } else { Direct::Flushed });
                         }
                         let frame = Bytes::from(format!("{p}:{i}"));
-                        if outbox.push_claiming(frame).unwrap() {
+                        if outbox.push_claiming(frame, None).unwrap() {
                             let mut c = Claimed::default();
                             c.add(&outbox);
                         }
@@ -614,7 +635,7 @@ mod tests {
         done.store(true, Ordering::Relaxed);
         task.join().unwrap();
         // Anything still queued (the task may have stopped first) is written last.
-        let rest: Vec<Bytes> = outbox.inner.state.lock().frames.drain(..).collect();
+        let rest: Vec<Bytes> = outbox.inner.state.lock().frames.drain(..).map(|(frame, _)| frame).collect();
         wire.taken.lock().extend(rest);
         let taken = wire.taken.lock();
         assert_eq!(taken.len(), publishers * each, "every frame exactly once");

@@ -326,7 +326,8 @@ async fn connect(
         match opened {
             Ok(session) => {
                 let span = session.span();
-                Either::Left(session.serve(session::share(socket)).instrument(span))
+                let socket = session.share(socket);
+                Either::Left(session.serve(socket).instrument(span))
             }
             // Boxed: a refusal is rare, and inline it would size every session's task.
             Err((code, message)) => Either::Right(Box::pin(async move { session::refuse(socket, code, &message).await })),

@@ -113,6 +113,32 @@ async fn stats_count_connections_messages_and_channels() {
 }
 
 #[tokio::test]
+async fn deliveries_over_sockets_are_timed_directly_written_or_batched() {
+    let server = start_admin().await;
+    let hub = server.herald.pusher().engine().by_id("app-id").unwrap().clone();
+    let histogram = hub.latency().front("pusher");
+    let before = histogram.snapshot().count();
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.subscribe("timed").await;
+    b.subscribe("timed").await;
+    for i in 0..20 {
+        let (status, _) =
+            server.api("POST", "/apps/app-id/events", "", Some(json!({"name":"tick","channel":"timed","data":format!("{i}")}))).await;
+        assert_eq!(status, 200);
+    }
+    for c in [&mut a, &mut b] {
+        for _ in 0..20 {
+            c.expect("tick").await;
+        }
+    }
+    // Each of the 40 frames is recorded once, whichever task wrote it.
+    eventually(|| async { (histogram.snapshot().count() - before == 40).then_some(()) }).await;
+    let (_, s) = get(server.addr, "/stats", Some(TOKEN)).await;
+    assert!(s["latency"]["count"].as_u64().unwrap() >= 40, "{s}");
+}
+
+#[tokio::test]
 async fn stats_report_latency_percentiles() {
     let server = start_admin().await;
     let hub = server.herald.pusher().engine().by_id("app-id").unwrap().clone();

@@ -36,7 +36,7 @@ use crate::codec::{Codecs, Encoded};
 use crate::history::MemoryHistory;
 use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::ids::SocketId;
-use crate::latency::Latencies;
+use crate::latency::{Latencies, Stamp};
 use crate::outbox::{Claimed, Outbox};
 use crate::presence::{Member, Presence};
 use crate::publication::StreamPosition;
@@ -316,13 +316,20 @@ impl Hub {
         F: Fn(&dyn crate::codec::Codec) -> Option<Bytes>,
     {
         let (mut delivered, mut bytes) = (0usize, 0usize);
+        // Delivery latency runs from here (once per publication on this node) to the socket write.
+        let stamp = Stamp::now();
         for (id, outbox) in targets {
             if Some(*id) == except || (except_device.is_some() && outbox.device() == except_device) {
                 continue;
             }
             let Some(frame) = encoded.frame(outbox.codec()) else { continue };
             let may_claim = claimed.len() < MAX_DIRECT_WRITES;
-            if let Ok(claim) = if may_claim { outbox.push_claiming(frame.clone()) } else { outbox.push(frame.clone()).map(|_| false) } {
+            let pushed = if may_claim {
+                outbox.push_claiming(frame.clone(), Some(stamp))
+            } else {
+                outbox.push_stamped(frame.clone(), stamp).map(|()| false)
+            };
+            if let Ok(claim) = pushed {
                 if claim {
                     claimed.add(outbox);
                 }

@@ -57,12 +57,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Sends an error frame and a close frame, for connections refused before they start.
 pub(crate) async fn refuse(socket: Socket, code: u16, message: &str) {
-    refuse_shared(&SharedSocket::new(socket), code, message).await
-}
-
-/// The socket, ready to be shared by the session and direct writes.
-pub(crate) fn share(socket: Socket) -> Arc<SharedSocket> {
-    Arc::new(SharedSocket::new(socket))
+    refuse_shared(&SharedSocket::new(socket, None), code, message).await
 }
 
 async fn refuse_shared(socket: &SharedSocket, code: u16, message: &str) {
@@ -120,6 +115,26 @@ enum Ending {
     Drop,
 }
 
+impl Ending {
+    /// The short name the stats endpoints count this ending under.
+    fn reason(&self) -> &'static str {
+        match self {
+            Ending::Echo => "client_closed",
+            Ending::Drop => "connection_lost",
+            Ending::Close(code, _) => match *code {
+                codes::OVER_CAPACITY => "slow_consumer",
+                codes::RECONNECT_NOW => "shutdown",
+                codes::PONG_TIMEOUT => "pong_timeout",
+                codes::TERMINATED => "terminated",
+                codes::MESSAGE_TOO_BIG => "message_too_big",
+                1002 | 1007 => "protocol_error",
+                1008 => "policy",
+                _ => "other",
+            },
+        }
+    }
+}
+
 /// A registered connection, ready to be served.
 pub(crate) struct Session {
     // Fields drop in order: the admission slot is freed before the registration cleans up.
@@ -146,6 +161,12 @@ pub(crate) fn open(
 }
 
 impl Session {
+    /// The socket, ready to be shared by the session and direct writes (which record delivery latency
+    /// into the app's histogram for this front).
+    pub(crate) fn share(&self, socket: Socket) -> Arc<SharedSocket> {
+        Arc::new(SharedSocket::new(socket, self.conn.hub.latency().get(crate::LATENCY_FRONT).cloned()))
+    }
+
     /// The tracing span of this connection.
     pub(crate) fn span(&self) -> tracing::Span {
         info_span!("conn", app = %self.conn.hub.app().id, socket_id = %self.conn.id)
@@ -162,6 +183,7 @@ impl Session {
         // Delivery may write to the socket itself while this session is idle.
         self.conn.outbox.set_direct(socket.clone());
         let ending = self.run(&socket).await;
+        self.conn.hub.stats().disconnected(ending.reason());
         // Nothing more goes out after this but the goodbye.
         self.conn.outbox.close(herald_core::Disconnect::Ended);
         // Free the admission slot now: the goodbye below may take a while for a slow client.
@@ -183,15 +205,20 @@ impl Session {
         // Keep-alive (pings, pong timeout) and shutdown arrive through the outbox (the front's sweep
         // queues pings and closes), so an idle session holds no timer and no shutdown future.
         let mut batch: Vec<Bytes> = Vec::new();
+        let mut stamps = Vec::new();
         let mut busy: Option<Box<Busy>> = None;
         let mut pings = (this_second(), 0u32);
 
         loop {
             tokio::select! {
-                drained = self.conn.outbox.drain(&mut batch) => match drained {
+                drained = self.conn.outbox.drain_stamped(&mut batch, Some(&mut stamps)) => match drained {
                     Drained::Frames => {
                         if !write_batch(socket, &mut batch, self.conn.front.config.write_timeout).await {
                             return Ending::Drop;
+                        }
+                        socket.written(&mut stamps);
+                        if stamps.capacity() > 64 {
+                            stamps = Vec::new();
                         }
                         self.conn.outbox.written();
                     }

@@ -13,6 +13,9 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
+use std::sync::Arc;
+
+use herald_core::latency::{LatencyHistogram, Stamp};
 use herald_core::{Direct, DirectWrite};
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, ReadBuf};
@@ -20,12 +23,23 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use crate::upgrade::Socket;
 
-/// A WebSocket that a session and delivering tasks share.
-pub(crate) struct SharedSocket(Mutex<Socket>);
+/// A WebSocket that a session and delivering tasks share, and the histogram its writes record
+/// delivery latency into.
+pub(crate) struct SharedSocket(Mutex<Socket>, Option<Arc<LatencyHistogram>>);
 
 impl SharedSocket {
-    pub(crate) fn new(socket: Socket) -> Self {
-        SharedSocket(Mutex::new(socket))
+    pub(crate) fn new(socket: Socket, latency: Option<Arc<LatencyHistogram>>) -> Self {
+        SharedSocket(Mutex::new(socket), latency)
+    }
+
+    /// Records the delivery latency of frames written now.
+    pub(crate) fn written(&self, stamps: &mut Vec<Stamp>) {
+        if let Some(histogram) = &self.1 {
+            let now = Stamp::now();
+            stamps.drain(..).for_each(|stamp| histogram.record_n(stamp, now, 1));
+        } else {
+            stamps.clear();
+        }
     }
 
     /// The next message from the client.
@@ -73,7 +87,17 @@ impl SharedSocket {
 }
 
 impl DirectWrite for SharedSocket {
-    fn write_now(&self, frame: &Bytes) -> Direct {
+    fn write_now(&self, frame: &Bytes, stamp: Option<Stamp>) -> Direct {
+        let wrote = self.write_frame(frame);
+        if let (Direct::Flushed | Direct::Buffered, Some(stamp), Some(histogram)) = (wrote, stamp, &self.1) {
+            histogram.record(stamp);
+        }
+        wrote
+    }
+}
+
+impl SharedSocket {
+    fn write_frame(&self, frame: &Bytes) -> Direct {
         // A backed-up scheduler (tasks spilled to the shared queue) means the server is saturated: let
         // connection tasks write, so frames that pile up meanwhile go out in batches (fewer syscalls)
         // instead of one write per frame from here.
