@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, Verifier};
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
 use herald_pusher::{PusherApp, PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
@@ -152,6 +153,8 @@ pub struct FileConfig {
     redis_timeout: Option<Seconds>,
     #[serde(default)]
     redis_cluster: bool,
+    centrifugo_ping_interval: Option<Seconds>,
+    centrifugo_expired_grace: Option<Seconds>,
     #[serde(default)]
     apps: Vec<FileApp>,
 }
@@ -184,6 +187,31 @@ struct FileApp {
     webhooks: Vec<FileWebhook>,
     #[serde(default)]
     history: Vec<FileHistory>,
+    /// Centrifugo front: HMAC secret for connection and subscription tokens (default: `secret`).
+    token_hmac_secret: Option<String>,
+    /// Centrifugo front: PEM public key for RS256/384/512 tokens.
+    token_rsa_public_key: Option<String>,
+    /// Centrifugo front: PEM public key for ES256/384 tokens.
+    token_ecdsa_public_key: Option<String>,
+    /// Centrifugo front: required `aud` claim.
+    token_audience: Option<String>,
+    /// Centrifugo front: required `iss` claim.
+    token_issuer: Option<String>,
+    /// Centrifugo front: server API key (default: `secret`).
+    api_key: Option<String>,
+    /// Centrifugo front: clients may connect without a token (Centrifugo's
+    /// `allow_anonymous_connect_without_token`; `allow_anonymous` for short).
+    #[serde(default, alias = "allow_anonymous")]
+    allow_anonymous_connect_without_token: bool,
+    /// Centrifugo front: subscribe every authenticated connection to `#<user>`.
+    #[serde(default)]
+    user_subscribe_to_personal: bool,
+    /// Centrifugo front: options of channels without a namespace.
+    #[serde(default)]
+    channel_options: ChannelOptions,
+    /// Centrifugo front: namespaces.
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
 }
 
 /// One `[[apps.history]]` table: channels starting with `prefix` keep `size` publications for `ttl`
@@ -254,12 +282,15 @@ pub struct AppConfig {
     pub app: App,
     /// The Pusher front's settings for it.
     pub pusher: PusherApp,
+    /// The Centrifugo front's settings for it.
+    pub centrifugo: CentrifugoApp,
 }
 
 impl AppConfig {
-    /// The development app: `app-id` / `app-key` / `app-secret` ([`App::dev`], [`PusherApp::dev`]).
+    /// The development app: `app-id` / `app-key` / `app-secret` ([`App::dev`], [`PusherApp::dev`],
+    /// [`CentrifugoApp::dev`]).
     pub fn dev() -> Self {
-        AppConfig { app: App::dev(), pusher: PusherApp::dev() }
+        AppConfig { app: App::dev(), pusher: PusherApp::dev(), centrifugo: CentrifugoApp::dev() }
     }
 }
 
@@ -276,6 +307,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Pusher front settings.
     pub pusher: PusherConfig,
+    /// Centrifugo front settings.
+    pub centrifugo: CentrifugoConfig,
     /// HTTP server limits (header deadline).
     pub http: HttpConfig,
     /// How long shutdown waits for connections to drain.
@@ -354,7 +387,8 @@ impl Config {
                 secret: cli.app_secret.clone().unwrap_or(dev.secret.clone()),
                 ..dev
             };
-            vec![AppConfig { app: App { id, ..App::dev() }, pusher }]
+            let centrifugo = CentrifugoApp::with_secret(id.clone(), pusher.secret.clone());
+            vec![AppConfig { app: App { id, ..App::dev() }, pusher, centrifugo }]
         } else {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
@@ -372,6 +406,19 @@ impl Config {
                 body_timeout,
                 webhooks,
                 write_timeout,
+            },
+            centrifugo: CentrifugoConfig {
+                ping_interval: match file.centrifugo_ping_interval {
+                    Some(s) => positive_duration("centrifugo_ping_interval", s.get())?,
+                    None => CentrifugoConfig::default().ping_interval,
+                },
+                expired_grace: match file.centrifugo_expired_grace {
+                    Some(s) => positive_duration("centrifugo_expired_grace", s.get())?,
+                    None => CentrifugoConfig::default().expired_grace,
+                },
+                max_connections,
+                write_timeout,
+                ..CentrifugoConfig::default()
             },
             http: HttpConfig { header_timeout },
             shutdown_grace: Duration::from_secs(file.shutdown_grace.unwrap_or(10)),
@@ -456,6 +503,30 @@ impl FileApp {
             let options = HistoryOptions { size: rule.size, ttl: Duration::from_secs(rule.ttl) };
             history.push(HistoryRule { prefix: rule.prefix.clone(), options });
         }
+        let invalid = |what: String| ConfigError::Invalid(format!("app {:?}: {what}", self.id));
+        self.channel_options.validate().map_err(|e| invalid(format!("channel_options: {e}")))?;
+        let mut names = std::collections::HashSet::new();
+        for ns in &self.namespaces {
+            let valid = !ns.name.is_empty() && ns.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid || !names.insert(ns.name.as_str()) {
+                return Err(invalid(format!("namespace name {:?} must be unique, non-empty, letters, digits, - _ .", ns.name)));
+            }
+            ns.options.validate().map_err(|e| invalid(format!("namespace {:?}: {e}", ns.name)))?;
+        }
+        let centrifugo = CentrifugoApp {
+            id: self.id.clone(),
+            token_hmac_secret: Some(self.token_hmac_secret.clone().unwrap_or_else(|| self.secret.clone())),
+            token_rsa_public_key: self.token_rsa_public_key.clone(),
+            token_ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            token_audience: self.token_audience.clone(),
+            token_issuer: self.token_issuer.clone(),
+            api_key: Some(self.api_key.clone().unwrap_or_else(|| self.secret.clone())),
+            allow_anonymous_connect_without_token: self.allow_anonymous_connect_without_token,
+            user_subscribe_to_personal: self.user_subscribe_to_personal,
+            channel_options: self.channel_options.clone(),
+            namespaces: self.namespaces.clone(),
+        };
+        Verifier::new(&centrifugo).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let pusher = PusherApp {
             id: self.id.clone(),
             key: self.key,
@@ -464,7 +535,7 @@ impl FileApp {
             enable_user_authentication: self.enable_user_authentication,
             enable_subscription_count: self.enable_subscription_count,
         };
-        Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher })
+        Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher, centrifugo })
     }
 }
 
@@ -498,7 +569,7 @@ mod tests {
         let c = Config::resolve(FileConfig::default(), &Cli::default()).unwrap();
         assert_eq!((c.host.to_string().as_str(), c.port), ("127.0.0.1", 6001));
         assert_eq!(c.apps.len(), 1);
-        let AppConfig { app, pusher } = &c.apps[0];
+        let AppConfig { app, pusher, .. } = &c.apps[0];
         assert_eq!((app.id.as_str(), pusher.id.as_str()), ("app-id", "app-id"));
         assert_eq!((pusher.key.as_str(), pusher.secret.as_str()), ("app-key", "app-secret"));
         assert!(app.enabled && pusher.enable_client_messages && pusher.enable_user_authentication && !pusher.enable_subscription_count);
@@ -553,7 +624,7 @@ mod tests {
             "#,
         );
         let c = Config::resolve(file, &Cli::default()).unwrap();
-        let AppConfig { app, pusher } = &c.apps[0];
+        let AppConfig { app, pusher, .. } = &c.apps[0];
         assert_eq!((app.id.as_str(), pusher.id.as_str(), pusher.key.as_str(), pusher.secret.as_str()), ("1", "1", "k1", "s1"));
         assert!(app.enabled && pusher.enable_client_messages && !pusher.enable_user_authentication && pusher.enable_subscription_count);
         assert_eq!(app.limits.max_presence_members, 5);

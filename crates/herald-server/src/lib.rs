@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use herald_centrifugo::{Centrifugo, CentrifugoConfig};
 use herald_core::{Disconnect, Engine};
 use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
 use herald_redis::{RedisBroker, RedisBrokerError};
@@ -30,6 +31,7 @@ pub use listener::HttpConfig;
 #[derive(Clone)]
 pub struct Herald {
     pusher: Arc<Pusher>,
+    centrifugo: Arc<Centrifugo>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     http: HttpConfig,
@@ -39,16 +41,36 @@ pub struct Herald {
 
 impl Herald {
     /// A Herald serving `apps` with the in-memory engine and the default [`HttpConfig`]: each
-    /// [`AppConfig`]'s engine app goes to the engine, its Pusher settings to the Pusher front.
+    /// [`AppConfig`]'s engine app goes to the engine, its Pusher settings to the Pusher front, its
+    /// Centrifugo settings to the Centrifugo front (with [`CentrifugoConfig`]'s defaults, sharing the
+    /// Pusher front's connection cap and write timeout).
     pub fn new(apps: Vec<AppConfig>, pusher: PusherConfig) -> Herald {
+        let centrifugo = CentrifugoConfig {
+            max_connections: pusher.max_connections,
+            write_timeout: pusher.write_timeout,
+            ..CentrifugoConfig::default()
+        };
+        Herald::with_fronts(apps, pusher, centrifugo)
+    }
+
+    /// A Herald serving `apps` with both fronts' settings given.
+    pub fn with_fronts(apps: Vec<AppConfig>, pusher: PusherConfig, centrifugo: CentrifugoConfig) -> Herald {
         metrics_http::install();
-        let (apps, pusher_apps): (Vec<_>, Vec<_>) = apps.into_iter().map(|a| (a.app, a.pusher)).unzip();
-        let engine = Arc::new(Engine::new(apps));
+        let mut engine_apps = Vec::with_capacity(apps.len());
+        let mut pusher_apps = Vec::with_capacity(apps.len());
+        let mut centrifugo_apps = Vec::with_capacity(apps.len());
+        for a in apps {
+            engine_apps.push(a.app);
+            pusher_apps.push(a.pusher);
+            centrifugo_apps.push(a.centrifugo);
+        }
+        let engine = Arc::new(Engine::new(engine_apps));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
-        let pusher = Pusher::new(engine, pusher_apps, pusher, shutdown.clone(), tasks.clone());
-        Herald { pusher, shutdown, tasks, http: HttpConfig::default(), sockets }
+        let pusher = Pusher::new(engine.clone(), pusher_apps, pusher, shutdown.clone(), tasks.clone());
+        let centrifugo = Centrifugo::new(engine, centrifugo_apps, centrifugo, shutdown.clone(), tasks.clone());
+        Herald { pusher, centrifugo, shutdown, tasks, http: HttpConfig::default(), sockets }
     }
 
     /// Replaces the HTTP server limits [`Herald::serve`] applies.
@@ -60,14 +82,15 @@ impl Herald {
     /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
     /// URL fails here, at start-up).
     pub async fn start(config: &Config) -> Result<Herald, RedisBrokerError> {
-        let herald = Herald::new(config.apps.clone(), config.pusher.clone()).with_http(config.http.clone());
+        let herald =
+            Herald::with_fronts(config.apps.clone(), config.pusher.clone(), config.centrifugo.clone()).with_http(config.http.clone());
         if let EngineConfig::Redis(redis) = &config.engine {
             RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
         }
         Ok(herald)
     }
 
-    /// Every route: the Pusher protocol and API, plus `/up`, `/health` and `/metrics`.
+    /// Every route: the Pusher protocol and API, the Centrifugo client protocol, plus `/up`, `/health` and `/metrics`.
     ///
     /// An application that serves this router with its own `axum::serve` gets the API's own limits
     /// (body size and body deadline, signatures, the process connection cap on WebSocket sessions)
@@ -80,7 +103,7 @@ impl Herald {
             .route("/health", get(health))
             .route("/metrics", get(metrics_http::render))
             .with_state(self.clone());
-        self.pusher.router().merge(ops)
+        self.pusher.router().merge(self.centrifugo.router()).merge(ops)
     }
 
     /// Publishes in-process, as `POST /apps/{id}/events` does.
@@ -91,6 +114,11 @@ impl Herald {
     /// The Pusher front (for its engine and API).
     pub fn pusher(&self) -> &Arc<Pusher> {
         &self.pusher
+    }
+
+    /// The Centrifugo front.
+    pub fn centrifugo(&self) -> &Arc<Centrifugo> {
+        &self.centrifugo
     }
 
     /// The token that, when cancelled, starts a graceful shutdown.
