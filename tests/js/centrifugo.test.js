@@ -9,6 +9,7 @@ import { connToken, connected, centrifuge, disconnectCentrifuges, jwt, now, raw,
 const CENTRIFUGO_CONFIG = `
 log = "warn"
 centrifugo_ping_interval = 1
+centrifugo_expired_grace = 1
 [[apps]]
 id = "app-id"
 key = "app-key"
@@ -212,4 +213,120 @@ test('a malformed frame closes with 3501 bad request; others are unaffected', as
   assert.deepEqual(await r.waitClosed(), { code: 3501, reason: 'bad request' });
   await sub.publish({ still: 'fine' });
   await eventually(() => sub.publications.length === 1);
+});
+
+/** Cuts a centrifuge-js client's socket without a close handshake (as a network loss would). */
+function cut(client) {
+  client._transport._transport.terminate();
+}
+
+test('recovery: publications made while a client was away arrive on reconnect, in order, recovered', async () => {
+  const c = await connected(herald, 'kim');
+  const sub = await subscribed(c, 'hist:stream');
+  const subscribedEvents = [];
+  sub.on('subscribed', (ctx) => subscribedEvents.push(ctx));
+  // Pusher channel names have no ':'; another centrifuge-js client publishes.
+  const publisher = await subscribed(await connected(herald, 'kim-pub'), 'hist:stream');
+  await publisher.publish({ n: 1 });
+  await eventually(() => sub.publications.length === 1);
+  const away = new Promise((resolve) => c.once('connecting', resolve));
+  cut(c);
+  await away;
+  for (let n = 2; n <= 5; n++) await publisher.publish({ n });
+  await eventually(() => subscribedEvents.length === 1, { message: 'resubscribed' });
+  assert.equal(subscribedEvents[0].wasRecovering, true);
+  assert.equal(subscribedEvents[0].recovered, true);
+  await eventually(() => assert.deepEqual(sub.publications.map((p) => p.data.n), [1, 2, 3, 4, 5]));
+  assert.deepEqual(sub.publications.map((p) => p.offset), [1, 2, 3, 4, 5]);
+});
+
+test('recovery from an unknown epoch answers recovered false', async () => {
+  const r = await raw(herald);
+  r.send(JSON.stringify({ id: 1, connect: { token: connToken('lee') } }));
+  await r.reply(1);
+  r.send(JSON.stringify({ id: 2, subscribe: { channel: 'hist:epoch', recover: true, offset: 3, epoch: 'not-the-epoch' } }));
+  const reply = (await r.reply(2)).subscribe;
+  assert.equal(reply.recoverable, true);
+  assert.equal(reply.was_recovering, true);
+  assert.equal(reply.recovered, undefined, 'false is omitted, as protobuf JSON does');
+  assert.equal(typeof reply.epoch, 'string');
+  r.ws.close();
+});
+
+test('history: limit, since and reverse; refused where the channel has none', async () => {
+  const c = await connected(herald, 'mia');
+  const sub = await subscribed(c, 'hist:h');
+  for (let n = 1; n <= 4; n++) await sub.publish({ n });
+  await eventually(() => sub.publications.length === 4);
+  const all = await sub.history({ limit: -1 });
+  assert.deepEqual(all.publications.map((p) => p.data.n), [1, 2, 3, 4]);
+  assert.equal(all.offset, 4);
+  const latest = await sub.history({ limit: 2, reverse: true });
+  assert.deepEqual(latest.publications.map((p) => p.data.n), [4, 3]);
+  const since = await sub.history({ limit: 10, since: { offset: 2, epoch: all.epoch } });
+  assert.deepEqual(since.publications.map((p) => p.data.n), [3, 4]);
+  await assert.rejects(sub.history({ limit: 10, since: { offset: 1, epoch: 'other' } }), (e) => e.code === 112);
+  const plain = await subscribed(c, 'plain');
+  await assert.rejects(plain.history({ limit: 1 }), (e) => e.code === 108);
+});
+
+test('token refresh: getToken before expiry keeps the connection; without refresh it closes with 3005', async () => {
+  let refreshed = 0;
+  const c = centrifuge(herald, {
+    token: connToken('ned', { exp: now() + 3 }),
+    getToken: async () => {
+      refreshed++;
+      return connToken('ned');
+    },
+  });
+  const disconnects = [];
+  c.on('disconnected', (ctx) => disconnects.push(ctx));
+  await new Promise((resolve) => {
+    c.once('connected', resolve);
+    c.connect();
+  });
+  await eventually(() => refreshed >= 1, { timeout: 8000, message: 'refreshed' });
+  const sub = await subscribed(c, 'after-refresh');
+  await sdk(herald).trigger('after-refresh', 'e', { ok: 1 });
+  await eventually(() => sub.publications.length === 1);
+  assert.equal(c.state, 'connected');
+
+  const r = await raw(herald);
+  r.send(JSON.stringify({ id: 1, connect: { token: connToken('olga', { exp: now() + 1 }) } }));
+  const reply = (await r.reply(1)).connect;
+  assert.equal(reply.expires, true);
+  assert.ok(reply.ttl <= 1);
+  // The pings are answered, so only the expiry can close it.
+  r.ws.on('message', (m) => m.toString() === '{}' && r.send('{}'));
+  assert.deepEqual(await r.waitClosed(6000), { code: 3005, reason: 'connection expired' });
+});
+
+test('subscription tokens: sub_refresh extends one; a token for another channel is an invalid token', async () => {
+  const r = await raw(herald);
+  r.send(JSON.stringify({ id: 1, connect: { token: connToken('pia') } }));
+  await r.reply(1);
+  r.send(JSON.stringify({ id: 2, subscribe: { channel: 'private-x', token: subToken('pia', 'private-x', { exp: now() + 60 }) } }));
+  const sub = (await r.reply(2)).subscribe;
+  assert.equal(sub.expires, true);
+  r.send(JSON.stringify({ id: 3, sub_refresh: { channel: 'private-x', token: subToken('pia', 'private-x', { exp: now() + 120 }) } }));
+  const refreshed = (await r.reply(3)).sub_refresh;
+  assert.ok(refreshed.expires && refreshed.ttl > 60);
+  r.send(JSON.stringify({ id: 4, rpc: { method: 'm', data: {} } }));
+  assert.equal((await r.reply(4)).error.code, 108);
+  r.send(JSON.stringify({ id: 5, subscribe: { channel: 'private-y', token: subToken('pia', 'private-x') } }));
+  assert.deepEqual(await r.waitClosed(), { code: 3500, reason: 'invalid token' });
+});
+
+test('join and leave pushes between centrifuge-js clients', async () => {
+  const a = await connected(herald, 'quinn');
+  const sa = await subscribed(a, 'room-jl', { joinLeave: true });
+  const joins = [];
+  const leaves = [];
+  sa.on('join', (ctx) => joins.push(ctx.info.user));
+  sa.on('leave', (ctx) => leaves.push(ctx.info.user));
+  const b = await connected(herald, 'rhea');
+  await subscribed(b, 'room-jl');
+  await eventually(() => joins.includes('rhea'));
+  b.disconnect();
+  await eventually(() => leaves.includes('rhea'));
 });

@@ -503,6 +503,17 @@ impl FileApp {
             let options = HistoryOptions { size: rule.size, ttl: Duration::from_secs(rule.ttl) };
             history.push(HistoryRule { prefix: rule.prefix.clone(), options });
         }
+        // Centrifugo namespaces with history become engine history rules too, so a publication to
+        // such a channel keeps its history whichever front or API publishes it; the options of
+        // channels without a namespace come last (the fallback).
+        for ns in &self.namespaces {
+            if let Some(options) = ns.options.history() {
+                history.push(HistoryRule { prefix: format!("{}:", ns.name), options });
+            }
+        }
+        if let Some(options) = self.channel_options.history() {
+            history.push(HistoryRule { prefix: String::new(), options });
+        }
         let invalid = |what: String| ConfigError::Invalid(format!("app {:?}: {what}", self.id));
         self.channel_options.validate().map_err(|e| invalid(format!("channel_options: {e}")))?;
         let mut names = std::collections::HashSet::new();
