@@ -3,6 +3,7 @@
 // for protocol-level checks.
 import crypto from 'node:crypto';
 import { Centrifuge } from 'centrifuge';
+import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
 import WebSocket from 'ws';
 import { eventually } from './harness.js';
 
@@ -44,7 +45,8 @@ const clients = new Set();
 /** A centrifuge-js client (not yet connected). */
 export function centrifuge(herald, options = {}, app) {
   const { protobuf, ...rest } = options;
-  const c = new Centrifuge(wsUrl(herald, app), { websocket: WebSocket, minReconnectDelay: 50, maxReconnectDelay: 300, ...rest });
+  const Client = protobuf ? CentrifugeProtobuf : Centrifuge;
+  const c = new Client(wsUrl(herald, app), { websocket: WebSocket, minReconnectDelay: 50, maxReconnectDelay: 300, ...rest });
   clients.add(c);
   return c;
 }

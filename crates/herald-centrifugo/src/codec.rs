@@ -10,8 +10,8 @@ use bytes::Bytes;
 use herald_core::{ChannelEvent, Codec, DataKind, Publication};
 
 use crate::codes;
-use crate::json;
 use crate::protocol::{ClientInfo, Pub, Push};
+use crate::{json, protobuf};
 
 /// The prefix with which user deliveries travel in the engine (the Pusher front's).
 pub const ENGINE_USER_PREFIX: &str = "#server-to-user-";
@@ -75,6 +75,20 @@ impl Codec for JsonCodec {
 
     fn event(&self, channel: &str, event: &ChannelEvent) -> Option<Bytes> {
         Some(json::encode_push(&client_channel(channel), &event_push(event)?))
+    }
+}
+
+/// Protobuf frames (binary WebSocket messages, varint-delimited). Every payload goes as bytes.
+#[derive(Debug, Default)]
+pub struct ProtobufCodec;
+
+impl Codec for ProtobufCodec {
+    fn publication(&self, p: &Publication) -> Option<Bytes> {
+        Some(protobuf::encode_push(&client_channel(&p.channel), &Push::Pub(to_pub(p))))
+    }
+
+    fn event(&self, channel: &str, event: &ChannelEvent) -> Option<Bytes> {
+        Some(protobuf::encode_push(&client_channel(channel), &event_push(event)?))
     }
 }
 

@@ -14,6 +14,7 @@ pub mod codec;
 pub mod codes;
 pub mod json;
 pub mod options;
+pub mod protobuf;
 pub mod protocol;
 mod session;
 pub mod token;
@@ -35,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use app::CentrifugoApp;
-pub use codec::JsonCodec;
+pub use codec::{JsonCodec, ProtobufCodec};
 pub use options::{ChannelOptions, Namespace};
 pub use token::{KeyError, TokenError, Verifier};
 
@@ -83,6 +84,44 @@ pub struct Centrifugo {
     admission: Arc<Semaphore>,
     /// The codec JSON connections are registered with.
     json: CodecId,
+    /// The codec protobuf connections are registered with.
+    protobuf: CodecId,
+}
+
+/// The encoding of one connection, chosen by its WebSocket subprotocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Encoding {
+    /// JSON text frames.
+    Json,
+    /// Varint-delimited protobuf in binary frames (`centrifuge-protobuf`).
+    Protobuf,
+}
+
+impl Encoding {
+    pub(crate) fn reply(self, id: u32, reply: &protocol::Reply) -> bytes::Bytes {
+        match self {
+            Encoding::Json => json::encode_reply(id, reply),
+            Encoding::Protobuf => protobuf::encode_reply(id, reply),
+        }
+    }
+
+    pub(crate) fn ping(self) -> bytes::Bytes {
+        bytes::Bytes::from_static(match self {
+            Encoding::Json => json::PING,
+            Encoding::Protobuf => protobuf::PING,
+        })
+    }
+
+    /// The commands of one frame (text for JSON, binary for protobuf).
+    pub(crate) fn decode(self, frame: &[u8]) -> (Vec<protocol::Command>, Option<json::DecodeError>) {
+        match self {
+            Encoding::Json => match std::str::from_utf8(frame) {
+                Ok(text) => json::decode_frame(text),
+                Err(_) => (Vec::new(), Some(json::DecodeError::Invalid("not UTF-8".into()))),
+            },
+            Encoding::Protobuf => protobuf::decode_frame(frame),
+        }
+    }
 }
 
 impl Centrifugo {
@@ -110,7 +149,8 @@ impl Centrifugo {
         }
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let json = engine.register_codec(Arc::new(JsonCodec)).expect("the engine has room for the Centrifugo JSON codec");
-        Arc::new(Centrifugo { engine, apps: Arc::new(Apps::new(ready)), config, shutdown, tasks, admission, json })
+        let protobuf = engine.register_codec(Arc::new(ProtobufCodec)).expect("the engine has room for the Centrifugo protobuf codec");
+        Arc::new(Centrifugo { engine, apps: Arc::new(Apps::new(ready)), config, shutdown, tasks, admission, json, protobuf })
     }
 
     /// The engine this front serves.
@@ -151,8 +191,6 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
         Some(codes::SHUTDOWN)
     } else if app.is_none() {
         Some((3503, "unknown app"))
-    } else if protobuf {
-        Some(codes::INAPPROPRIATE_PROTOCOL)
     } else {
         None
     };
@@ -167,7 +205,9 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
     upgrade.accept(config, &tasks, move |socket| {
         let opened = match (refusal, app, permit) {
             (Some(refusal), _, _) => Err(refusal),
-            (None, Some((hub, app)), Some(permit)) => session::open(front, hub, app, permit),
+            (None, Some((hub, app)), Some(permit)) => {
+                session::open(front, hub, app, permit, if protobuf { Encoding::Protobuf } else { Encoding::Json })
+            }
             (None, _, _) => Err(codes::CONNECTION_LIMIT),
         };
         match opened {

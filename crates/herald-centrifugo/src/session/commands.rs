@@ -76,8 +76,7 @@ fn ttl(expire_at: Option<u64>) -> (bool, u32) {
 /// Handles one frame's commands in order. A bad frame closes the connection with 3501.
 pub(crate) async fn handle(ctx: Ctx, mut state: Box<State>, frame: Bytes) -> Handled {
     metrics::counter!("herald_messages_in_total", "app" => ctx.hub.app().id.clone()).increment(1);
-    let Ok(text) = std::str::from_utf8(&frame) else { return (state, Some(Ending::Close(codes::BAD_REQUEST_DISCONNECT))) };
-    let (commands, error) = json::decode_frame(text);
+    let (commands, error) = ctx.encoding.decode(&frame);
     for command in commands {
         if let Err(ending) = command_of(&ctx, &mut state, command).await {
             return (state, Some(ending));
@@ -104,7 +103,7 @@ fn debug_error(kind: &'static str, e: &dyn std::fmt::Display) {
 
 fn reply(ctx: &Ctx, id: u32, reply: &Reply) {
     if id != 0 {
-        ctx.send(json::encode_reply(id, reply));
+        ctx.send(ctx.encoding.reply(id, reply));
     }
 }
 
@@ -349,7 +348,9 @@ async fn publish(ctx: &Ctx, state: &State, id: u32, channel: &str, data: Bytes) 
     if data.len() > ctx.hub.app().limits.max_event_size {
         return error(ctx, id, codes::LIMIT_EXCEEDED);
     }
-    let mut publication = Publication::new(channel, "", data, DataKind::Json);
+    // Protobuf clients publish bytes: JSON ones reach JSON clients too, others only binary clients.
+    let kind = if json::is_json(&data) { DataKind::Json } else { DataKind::Binary };
+    let mut publication = Publication::new(channel, "", data, kind);
     if !state.user.is_empty() {
         publication.publisher = Some(PublisherInfo { user_id: state.user.clone(), info: state.info.clone().unwrap_or_default() });
     }

@@ -31,9 +31,8 @@ use tracing::{debug, info_span};
 
 use crate::app::ReadyApp;
 use crate::codes::{self, DisconnectCode};
-use crate::json;
 use crate::upgrade::Socket;
-use crate::Centrifugo;
+use crate::{Centrifugo, Encoding};
 
 pub(crate) use commands::State;
 
@@ -53,6 +52,7 @@ pub(crate) struct Ctx {
     pub(crate) app: Arc<ReadyApp>,
     pub(crate) id: SocketId,
     pub(crate) outbox: Outbox,
+    pub(crate) encoding: Encoding,
 }
 
 impl Ctx {
@@ -119,9 +119,14 @@ pub(crate) fn open(
     hub: Arc<Hub>,
     app: Arc<ReadyApp>,
     admission: OwnedSemaphorePermit,
+    encoding: Encoding,
 ) -> Result<Session, DisconnectCode> {
-    let (id, outbox) = hub.connect_with(front.json).map_err(|e| codes::connect_error(&e))?;
-    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox } } })
+    let codec = match encoding {
+        Encoding::Json => front.json,
+        Encoding::Protobuf => front.protobuf,
+    };
+    let (id, outbox) = hub.connect_with(codec).map_err(|e| codes::connect_error(&e))?;
+    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding } } })
 }
 
 impl Session {
@@ -158,7 +163,7 @@ impl Session {
                 _ = &mut cancelled => return Ending::Close(codes::SHUTDOWN),
                 drained = ctx.outbox.drain(&mut batch) => match drained {
                     Drained::Frames => {
-                        if !write_batch(socket, &mut batch, config.write_timeout).await {
+                        if !write_batch(socket, &mut batch, config.write_timeout, ctx.encoding).await {
                             return Ending::Drop;
                         }
                     }
@@ -178,8 +183,9 @@ impl Session {
                 incoming = socket.next(), if busy.as_ref().is_none_or(|b| b.waiting.len() < MAX_WAITING) => {
                     heard = true;
                     let frame = match incoming {
-                        Some(Ok(Message::Text(t))) => Bytes::from(t),
-                        Some(Ok(Message::Binary(_))) => return Ending::Close(codes::BAD_REQUEST_DISCONNECT),
+                        Some(Ok(Message::Text(t))) if ctx.encoding == Encoding::Json => Bytes::from(t),
+                        Some(Ok(Message::Binary(b))) if ctx.encoding == Encoding::Protobuf => b,
+                        Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ending::Close(codes::BAD_REQUEST_DISCONNECT),
                         Some(Ok(Message::Ping(_))) => {
                             if pings.0.elapsed() >= Duration::from_secs(1) {
                                 pings = (Instant::now(), 0);
@@ -222,7 +228,7 @@ impl Session {
                         }
                         heard = false;
                         s.next_ping = now + config.ping_interval;
-                        ctx.send(Bytes::from_static(json::PING));
+                        ctx.send(ctx.encoding.ping());
                     }
                 },
             }
@@ -246,10 +252,14 @@ fn protocol_error(e: WsError) -> Ending {
 
 /// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
 /// did not take the bytes in time (counted as a slow consumer).
-async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
+async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration, encoding: Encoding) -> bool {
     let written = {
         let mut write = std::pin::pin!(async {
             for frame in batch.drain(..) {
+                if encoding == Encoding::Protobuf {
+                    socket.feed(Message::Binary(frame)).await?;
+                    continue;
+                }
                 match Utf8Bytes::try_from(frame) {
                     Ok(text) => socket.feed(Message::Text(text)).await?,
                     Err(_) => metrics::counter!("herald_errors_total", "kind" => "invalid_outgoing_frame").increment(1),
