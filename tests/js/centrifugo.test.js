@@ -4,6 +4,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, disconnectAll, eventually, next, sdk, startBackend, startHerald, subscribe } from './harness.js';
+import WebSocket from 'ws';
 import { connToken, connected, centrifuge, disconnectCentrifuges, jwt, now, raw, subToken, subscribed } from './centrifugo-harness.js';
 
 const CENTRIFUGO_CONFIG = `
@@ -329,4 +330,37 @@ test('join and leave pushes between centrifuge-js clients', async () => {
   await eventually(() => joins.includes('rhea'));
   b.disconnect();
   await eventually(() => leaves.includes('rhea'));
+});
+
+test('uni_websocket: a plain WebSocket sends its connect request and receives pushes only', async () => {
+  const token = connToken('uma', { channels: ['uni-news'] });
+  const received = [];
+  const ws = new WebSocket(`ws://127.0.0.1:${herald.port}/connection/uni_websocket`);
+  ws.on('message', (m) => received.push(JSON.parse(m.toString())));
+  await new Promise((resolve) => ws.once('open', resolve));
+  ws.send(JSON.stringify({ token, name: 'plain' }));
+  await eventually(() => received.some((m) => m.connect), { message: 'connect push' });
+  const connect = received.find((m) => m.connect).connect;
+  assert.deepEqual(Object.keys(connect.subs).sort(), ['#uma', 'uni-news']);
+  await sdk(herald).trigger('uni-news', 'e', { n: 1 });
+  await sdk(herald).sendToUser('uma', 'note', { n: 2 });
+  await eventually(() => received.filter((m) => m.pub).length === 2, { message: 'two pushes' });
+  assert.deepEqual(
+    received.filter((m) => m.pub).map((m) => [m.channel, m.pub.data.n]),
+    [
+      ['uni-news', 1],
+      ['#uma', 2],
+    ],
+  );
+  ws.close();
+
+  // The connect request as the cf_connect URL parameter; a bad token closes with 3500.
+  const url = (t) => `ws://127.0.0.1:${herald.port}/connection/uni_websocket?cf_connect=${encodeURIComponent(JSON.stringify({ token: t }))}`;
+  const ok = new WebSocket(url(connToken('uma')));
+  const first = await new Promise((resolve) => ok.once('message', (m) => resolve(JSON.parse(m.toString()))));
+  assert.equal(typeof first.connect.client, 'string');
+  ok.close();
+  const bad = new WebSocket(url('not-a-token'));
+  const closed = await new Promise((resolve) => bad.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  assert.deepEqual(closed, { code: 3500, reason: 'invalid token' });
 });

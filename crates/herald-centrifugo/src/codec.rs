@@ -78,6 +78,27 @@ impl Codec for JsonCodec {
     }
 }
 
+/// JSON frames of unidirectional WebSocket connections: the push objects without the `push` wrapper.
+#[derive(Debug, Default)]
+pub struct UniJsonCodec;
+
+impl Codec for UniJsonCodec {
+    fn publication(&self, p: &Publication) -> Option<Bytes> {
+        if p.kind == DataKind::Binary && !json::is_json(&p.data) {
+            return None;
+        }
+        Some(json::encode_uni_push(&client_channel(&p.channel), &Push::Pub(to_pub(p))))
+    }
+
+    fn event(&self, channel: &str, event: &ChannelEvent) -> Option<Bytes> {
+        // A unidirectional client can't subscribe again: a gap has no push for it.
+        match event {
+            ChannelEvent::Gap { .. } => None,
+            other => Some(json::encode_uni_push(&client_channel(channel), &event_push(other)?)),
+        }
+    }
+}
+
 /// Protobuf frames (binary WebSocket messages, varint-delimited). Every payload goes as bytes.
 #[derive(Debug, Default)]
 pub struct ProtobufCodec;

@@ -8,7 +8,9 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::protocol::{ClientInfo, Command, ConnectRequest, HistoryRequest, Method, Pub, Push, Reply, SubscribeRequest, SubscribeResult};
+use crate::protocol::{
+    ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, Method, Pub, Push, Reply, SubscribeRequest, SubscribeResult,
+};
 
 /// Most commands one frame may carry.
 pub const MAX_COMMANDS_PER_FRAME: usize = 128;
@@ -377,6 +379,22 @@ fn subscribe_obj(r: &SubscribeResult) -> Obj<'_> {
     o
 }
 
+fn connect_obj(c: &ConnectResult) -> Obj<'_> {
+    let subs = c.subs.iter().map(|(ch, s)| (ch.as_str(), subscribe_obj(s))).collect::<Vec<_>>();
+    let mut o = Obj::new()
+        .str("client", &c.client)
+        .str("version", &c.version)
+        .bool("expires", c.expires)
+        .u64("ttl", u64::from(c.ttl))
+        .u64("ping", u64::from(c.ping))
+        .bool("pong", c.pong)
+        .json("data", c.data.as_deref());
+    if !subs.is_empty() {
+        o = o.field("subs", Field::Map(subs));
+    }
+    o
+}
+
 fn to_bytes(value: &impl Serialize) -> Bytes {
     // Serialising these types can't fail: every key is a string and every payload is checked JSON.
     Bytes::from(serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec()))
@@ -392,21 +410,7 @@ pub fn encode_reply(id: u32, reply: &Reply) -> Bytes {
                 .bool("temporary", e.temporary);
             ("error", err)
         }
-        Reply::Connect(c) => {
-            let subs = c.subs.iter().map(|(ch, s)| (ch.as_str(), subscribe_obj(s))).collect::<Vec<_>>();
-            let mut o = Obj::new()
-                .str("client", &c.client)
-                .str("version", &c.version)
-                .bool("expires", c.expires)
-                .u64("ttl", u64::from(c.ttl))
-                .u64("ping", u64::from(c.ping))
-                .bool("pong", c.pong)
-                .json("data", c.data.as_deref());
-            if !subs.is_empty() {
-                o = o.field("subs", Field::Map(subs));
-            }
-            ("connect", o)
-        }
+        Reply::Connect(c) => ("connect", connect_obj(c)),
         Reply::Subscribe(s) => ("subscribe", subscribe_obj(s)),
         Reply::Unsubscribe => ("unsubscribe", Obj::new()),
         Reply::Publish => ("publish", Obj::new()),
@@ -431,8 +435,7 @@ pub fn encode_reply(id: u32, reply: &Reply) -> Bytes {
     to_bytes(&o.field(key, Field::Obj(body)))
 }
 
-/// One push on `channel` as JSON: `{"push":{"channel":...,"pub":{...}}}`.
-pub fn encode_push(channel: &str, push: &Push) -> Bytes {
+fn push_obj<'a>(channel: &'a str, push: &'a Push) -> Obj<'a> {
     let (key, body) = match push {
         Push::Pub(p) => ("pub", pub_obj(p)),
         Push::Join(info) => ("join", Obj::new().field("info", Field::Info(info))),
@@ -447,8 +450,35 @@ pub fn encode_push(channel: &str, push: &Push) -> Bytes {
         ),
         Push::Message { data } => ("message", Obj::new().field("data", Field::Json(data))),
     };
-    let push = Obj::new().str("channel", channel).field(key, Field::Obj(body));
-    to_bytes(&Obj::new().field("push", Field::Obj(push)))
+    Obj::new().str("channel", channel).field(key, Field::Obj(body))
+}
+
+/// One push on `channel` as JSON: `{"push":{"channel":...,"pub":{...}}}`.
+pub fn encode_push(channel: &str, push: &Push) -> Bytes {
+    to_bytes(&Obj::new().field("push", Field::Obj(push_obj(channel, push))))
+}
+
+/// One push as a unidirectional connection gets it: the push object itself,
+/// `{"channel":...,"pub":{...}}`.
+pub fn encode_uni_push(channel: &str, push: &Push) -> Bytes {
+    to_bytes(&push_obj(channel, push))
+}
+
+/// The connect push of a unidirectional connection: `{"connect":{...}}`.
+pub fn encode_uni_connect(result: &ConnectResult) -> Bytes {
+    to_bytes(&Obj::new().field("connect", Field::Obj(connect_obj(result))))
+}
+
+/// Reads the connect request a unidirectional client sends first (or passes as `cf_connect`).
+pub fn decode_connect_request(text: &str) -> Result<ConnectRequest, DecodeError> {
+    let c: RawConnect<'_> = serde_json::from_str(text).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    Ok(ConnectRequest {
+        token: c.token,
+        data: data(c.data),
+        subs: c.subs.into_iter().map(|(ch, s)| (ch, s.into())).collect(),
+        name: c.name,
+        version: c.version,
+    })
 }
 
 /// The server's ping (and a client's pong): an empty object.
@@ -500,6 +530,4 @@ mod tests {
         let c = Reply::Connect(ConnectResult { client: "1.2".into(), version: "v".into(), ping: 25, pong: true, ..Default::default() });
         assert_eq!(&encode_reply(1, &c)[..], br#"{"id":1,"connect":{"client":"1.2","version":"v","ping":25,"pong":true}}"#);
     }
-
-    use crate::protocol::ConnectResult;
 }

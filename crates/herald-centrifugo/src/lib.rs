@@ -23,7 +23,7 @@ mod upgrade;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
@@ -36,7 +36,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 pub use app::CentrifugoApp;
-pub use codec::{JsonCodec, ProtobufCodec};
+pub use codec::{JsonCodec, ProtobufCodec, UniJsonCodec};
 pub use options::{ChannelOptions, Namespace};
 pub use token::{KeyError, TokenError, Verifier};
 
@@ -86,6 +86,8 @@ pub struct Centrifugo {
     json: CodecId,
     /// The codec protobuf connections are registered with.
     protobuf: CodecId,
+    /// The codec unidirectional (JSON) connections are registered with.
+    uni: CodecId,
 }
 
 /// The encoding of one connection, chosen by its WebSocket subprotocol.
@@ -95,19 +97,25 @@ pub(crate) enum Encoding {
     Json,
     /// Varint-delimited protobuf in binary frames (`centrifuge-protobuf`).
     Protobuf,
+    /// A unidirectional connection: a connect request in, JSON pushes out.
+    UniJson,
 }
 
 impl Encoding {
-    pub(crate) fn reply(self, id: u32, reply: &protocol::Reply) -> bytes::Bytes {
-        match self {
-            Encoding::Json => json::encode_reply(id, reply),
-            Encoding::Protobuf => protobuf::encode_reply(id, reply),
+    /// A reply's frame; `None` where this encoding has none (a unidirectional client gets only its
+    /// connect result).
+    pub(crate) fn reply(self, id: u32, reply: &protocol::Reply) -> Option<bytes::Bytes> {
+        match (self, reply) {
+            (Encoding::Json, _) => Some(json::encode_reply(id, reply)),
+            (Encoding::Protobuf, _) => Some(protobuf::encode_reply(id, reply)),
+            (Encoding::UniJson, protocol::Reply::Connect(result)) => Some(json::encode_uni_connect(result)),
+            (Encoding::UniJson, _) => None,
         }
     }
 
     pub(crate) fn ping(self) -> bytes::Bytes {
         bytes::Bytes::from_static(match self {
-            Encoding::Json => json::PING,
+            Encoding::Json | Encoding::UniJson => json::PING,
             Encoding::Protobuf => protobuf::PING,
         })
     }
@@ -120,6 +128,13 @@ impl Encoding {
                 Err(_) => (Vec::new(), Some(json::DecodeError::Invalid("not UTF-8".into()))),
             },
             Encoding::Protobuf => protobuf::decode_frame(frame),
+            Encoding::UniJson => match std::str::from_utf8(frame).map_err(|_| json::DecodeError::Invalid("not UTF-8".into())) {
+                Ok(text) => match json::decode_connect_request(text) {
+                    Ok(connect) => (vec![protocol::Command { id: 1, method: protocol::Method::Connect(connect) }], None),
+                    Err(e) => (Vec::new(), Some(e)),
+                },
+                Err(e) => (Vec::new(), Some(e)),
+            },
         }
     }
 }
@@ -150,7 +165,8 @@ impl Centrifugo {
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         let json = engine.register_codec(Arc::new(JsonCodec)).expect("the engine has room for the Centrifugo JSON codec");
         let protobuf = engine.register_codec(Arc::new(ProtobufCodec)).expect("the engine has room for the Centrifugo protobuf codec");
-        Arc::new(Centrifugo { engine, apps: Arc::new(Apps::new(ready)), config, shutdown, tasks, admission, json, protobuf })
+        let uni = engine.register_codec(Arc::new(UniJsonCodec)).expect("the engine has room for the Centrifugo unidirectional codec");
+        Arc::new(Centrifugo { engine, apps: Arc::new(Apps::new(ready)), config, shutdown, tasks, admission, json, protobuf, uni })
     }
 
     /// The engine this front serves.
@@ -158,32 +174,56 @@ impl Centrifugo {
         &self.engine
     }
 
-    /// The routes: `GET /connection/websocket` (the default app: the first configured) and
-    /// `GET /apps/{id}/connection/websocket`.
+    /// The routes: `GET /connection/websocket` and `GET /connection/uni_websocket` (the default
+    /// app: the first configured) and their per-app forms `GET /apps/{id}/connection/...`.
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/connection/websocket", get(connect_default))
             .route("/apps/{id}/connection/websocket", get(connect_app))
+            .route("/connection/uni_websocket", get(uni_default))
+            .route("/apps/{id}/connection/uni_websocket", get(uni_app))
             .with_state(self.clone())
     }
 }
 
+/// The `cf_connect` URL parameter of a unidirectional connection: its connect request.
+#[derive(serde::Deserialize)]
+struct UniQuery {
+    cf_connect: Option<String>,
+}
+
 async fn connect_default(State(front): State<Arc<Centrifugo>>, request: Request) -> Response {
     let app = front.apps.default_app().cloned();
-    connect(front, app, request)
+    connect(front, app, request, None)
 }
 
 async fn connect_app(State(front): State<Arc<Centrifugo>>, Path(id): Path<String>, request: Request) -> Response {
     let app = front.apps.by_id(&id).cloned();
-    connect(front, app, request)
+    connect(front, app, request, None)
 }
 
-fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Request) -> Response {
+async fn uni_default(State(front): State<Arc<Centrifugo>>, Query(q): Query<UniQuery>, request: Request) -> Response {
+    let app = front.apps.default_app().cloned();
+    connect(front, app, request, Some(q.cf_connect))
+}
+
+async fn uni_app(State(front): State<Arc<Centrifugo>>, Path(id): Path<String>, Query(q): Query<UniQuery>, request: Request) -> Response {
+    let app = front.apps.by_id(&id).cloned();
+    connect(front, app, request, Some(q.cf_connect))
+}
+
+/// Upgrades a connection; `uni` is `Some` for a unidirectional one (with its `cf_connect`, if any).
+fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Request, uni: Option<Option<String>>) -> Response {
     let upgrade = match WsUpgrade::from_request(&mut request) {
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
-    let protobuf = upgrade.protobuf;
+    let encoding = match (&uni, upgrade.protobuf) {
+        (Some(_), _) => Encoding::UniJson,
+        (None, true) => Encoding::Protobuf,
+        (None, false) => Encoding::Json,
+    };
+    let initial = uni.flatten().map(bytes::Bytes::from);
     let app = app.and_then(|app| Some((front.engine.by_id(&app.settings.id)?.clone(), app)));
     let max_frame = front.config.max_frame;
     let max_write = WRITE_BATCH.saturating_add(app.as_ref().map_or(64 * 1024, |(h, _)| h.app().limits.outbox.max_bytes.max(64 * 1024)));
@@ -205,9 +245,7 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
     upgrade.accept(config, &tasks, move |socket| {
         let opened = match (refusal, app, permit) {
             (Some(refusal), _, _) => Err(refusal),
-            (None, Some((hub, app)), Some(permit)) => {
-                session::open(front, hub, app, permit, if protobuf { Encoding::Protobuf } else { Encoding::Json })
-            }
+            (None, Some((hub, app)), Some(permit)) => session::open(front, hub, app, permit, encoding, initial),
             (None, _, _) => Err(codes::CONNECTION_LIMIT),
         };
         match opened {

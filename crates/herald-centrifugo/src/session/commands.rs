@@ -20,7 +20,7 @@ use crate::protocol::{
     ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, Method, Reply, SubscribeRequest, SubscribeResult,
 };
 use crate::token::{now_unix, TokenError};
-use crate::VERSION;
+use crate::{Encoding, VERSION};
 
 /// Most publications a recovery or a history call returns.
 const MAX_RECOVERED: usize = 1000;
@@ -76,6 +76,11 @@ fn ttl(expire_at: Option<u64>) -> (bool, u32) {
 /// Handles one frame's commands in order. A bad frame closes the connection with 3501.
 pub(crate) async fn handle(ctx: Ctx, mut state: Box<State>, frame: Bytes) -> Handled {
     metrics::counter!("herald_messages_in_total", "app" => ctx.hub.app().id.clone()).increment(1);
+    let uni = ctx.encoding == Encoding::UniJson;
+    if uni && state.connected {
+        // A unidirectional client's later frames (pongs, or anything) change nothing.
+        return (state, None);
+    }
     let (commands, error) = ctx.encoding.decode(&frame);
     for command in commands {
         if let Err(ending) = command_of(&ctx, &mut state, command).await {
@@ -83,6 +88,8 @@ pub(crate) async fn handle(ctx: Ctx, mut state: Box<State>, frame: Bytes) -> Han
         }
     }
     let ending = match error {
+        // A unidirectional client has no replies: a refused connect closes it.
+        None if uni && !state.connected => Some(Ending::Close(codes::INVALID_TOKEN)),
         None => None,
         Some(DecodeError::UnknownMethod { id }) => {
             reply(&ctx, id, &Reply::Error(codes::METHOD_NOT_FOUND));
@@ -102,9 +109,7 @@ fn debug_error(kind: &'static str, e: &dyn std::fmt::Display) {
 }
 
 fn reply(ctx: &Ctx, id: u32, reply: &Reply) {
-    if id != 0 {
-        ctx.send(ctx.encoding.reply(id, reply));
-    }
+    ctx.reply(id, reply);
 }
 
 fn error(ctx: &Ctx, id: u32, code: ErrorCode) {

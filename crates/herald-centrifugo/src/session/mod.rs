@@ -59,6 +59,15 @@ impl Ctx {
     pub(crate) fn send(&self, frame: Bytes) {
         let _ = self.outbox.push(frame);
     }
+
+    /// Queues the reply to command `id` (if it has one and this encoding carries it).
+    pub(crate) fn reply(&self, id: u32, reply: &crate::protocol::Reply) {
+        if id != 0 {
+            if let Some(frame) = self.encoding.reply(id, reply) {
+                self.send(frame);
+            }
+        }
+    }
 }
 
 /// Closes a connection refused before it starts, with a reason (so terminal codes stay terminal).
@@ -111,6 +120,8 @@ impl Drop for Registered {
 pub(crate) struct Session {
     admission: Option<OwnedSemaphorePermit>,
     conn: Registered,
+    /// A frame to handle before reading any (a unidirectional connection's `cf_connect`).
+    initial: Option<Bytes>,
 }
 
 /// Registers a new connection with its app's hub. Refused: the disconnect to close with.
@@ -120,13 +131,15 @@ pub(crate) fn open(
     app: Arc<ReadyApp>,
     admission: OwnedSemaphorePermit,
     encoding: Encoding,
+    initial: Option<Bytes>,
 ) -> Result<Session, DisconnectCode> {
     let codec = match encoding {
         Encoding::Json => front.json,
         Encoding::Protobuf => front.protobuf,
+        Encoding::UniJson => front.uni,
     };
     let (id, outbox) = hub.connect_with(codec).map_err(|e| codes::connect_error(&e))?;
-    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding } } })
+    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding } }, initial })
 }
 
 impl Session {
@@ -152,6 +165,10 @@ impl Session {
         let mut state: Option<Box<State>> = Some(Box::default());
         let mut batch: Vec<Bytes> = Vec::new();
         let mut busy: Option<Box<Busy>> = None;
+        if let Some(frame) = self.initial.take() {
+            let s = state.take().unwrap_or_default();
+            busy = Some(Box::new(Busy { work: Box::pin(commands::handle(ctx.clone(), s, frame)), waiting: VecDeque::new() }));
+        }
         let mut heard = true;
         let mut pings = (Instant::now(), 0u32);
         let opened = Instant::now();
@@ -183,7 +200,7 @@ impl Session {
                 incoming = socket.next(), if busy.as_ref().is_none_or(|b| b.waiting.len() < MAX_WAITING) => {
                     heard = true;
                     let frame = match incoming {
-                        Some(Ok(Message::Text(t))) if ctx.encoding == Encoding::Json => Bytes::from(t),
+                        Some(Ok(Message::Text(t))) if ctx.encoding != Encoding::Protobuf => Bytes::from(t),
                         Some(Ok(Message::Binary(b))) if ctx.encoding == Encoding::Protobuf => b,
                         Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ending::Close(codes::BAD_REQUEST_DISCONNECT),
                         Some(Ok(Message::Ping(_))) => {
