@@ -22,10 +22,12 @@ test('public channel: SDK trigger reaches every subscriber; socket_id excludes t
   const ca = await subscribe(a, 'scores');
   const cb = await subscribe(b, 'scores');
   const gotA = collect(ca, 'goal');
+  // Listen first: the event may arrive before the HTTP response does.
+  const gotB = next(cb, 'goal');
   const res = await api.trigger('scores', 'goal', { team: 'home' }, { socket_id: a.connection.socket_id });
   assert.equal(res.status, 200);
   assert.deepEqual(await res.json(), {});
-  assert.deepEqual(await next(cb, 'goal'), { team: 'home' });
+  assert.deepEqual(await gotB, { team: 'home' });
   // A later publish without exclusion reaches `a` behind anything queued to it before.
   const marker = next(ca, 'marker');
   await api.trigger('scores', 'marker', {});

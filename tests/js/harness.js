@@ -1,7 +1,7 @@
 // Test harness: starts a real `herald` process and a backend whose auth endpoints use the `pusher`
 // server SDK (authorizeChannel / authenticateUser), as a real application would.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import http from 'node:http';
 import net from 'node:net';
 import fs from 'node:fs';
@@ -224,7 +224,9 @@ export async function startBackend(herald, app = APPS.main, routes = {}) {
       const who = channel.startsWith('presence-') ? { user_id: user, user_info: { name } } : undefined;
       reply = (channel.includes('forged') ? forger : signer).authorizeChannel(socketId, channel, who);
     } else if (req.url === '/pusher/user-auth') {
-      reply = signer.authenticateUser(socketId, { id: user, name });
+      // `x-device-id` names the client's device: Herald excludes it from messages that originate there.
+      const device = req.headers['x-device-id'];
+      reply = signer.authenticateUser(socketId, device ? { id: user, name, device_id: device } : { id: user, name });
     } else {
       res.writeHead(404).end();
       return;
@@ -244,9 +246,10 @@ export async function startBackend(herald, app = APPS.main, routes = {}) {
 }
 
 /** Options every pusher-js client here uses (unmodified pusher-js, pointed at herald). */
-export function clientOptions(herald, backend, user, { userName, ...extra } = {}) {
+export function clientOptions(herald, backend, user, { userName, device, ...extra } = {}) {
   const headers = user ? { 'x-user-id': user } : {};
   if (userName) headers['x-user-name'] = userName;
+  if (device) headers['x-device-id'] = device;
   return {
     cluster: 'mt1',
     wsHost: '127.0.0.1',
@@ -412,3 +415,69 @@ export async function rawClient(herald, { key = APPS.main.key, protocol = 7 } = 
 }
 
 export { PusherJs, WebSocket };
+
+/** A PostgreSQL program: on PATH, else in Debian's /usr/lib/postgresql/<version>/bin. */
+function pgBin(name) {
+  for (const dir of (process.env.PATH || '').split(':')) {
+    if (dir && fs.existsSync(path.join(dir, name))) return path.join(dir, name);
+  }
+  const root = '/usr/lib/postgresql';
+  const versions = fs.existsSync(root) ? fs.readdirSync(root).sort((a, b) => Number(b) - Number(a)) : [];
+  for (const v of versions) {
+    const p = path.join(root, v, 'bin', name);
+    if (fs.existsSync(p)) return p;
+  }
+  throw new Error(`${name} not found: install PostgreSQL (Debian: apt-get install postgresql)`);
+}
+
+/**
+ * A PostgreSQL cluster of the test's own: initdb in a temp dir and pg_ctl on a free port (never a shared
+ * server). As root, it runs as the `postgres` user (PostgreSQL refuses root). `sql(text)` runs psql.
+ */
+export async function startPostgres() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-pg-'));
+  const asPostgres = process.getuid?.() === 0;
+  if (asPostgres) {
+    const ids = spawnSync('id', ['-u', 'postgres'], { encoding: 'utf8' });
+    const gid = spawnSync('id', ['-g', 'postgres'], { encoding: 'utf8' });
+    fs.chownSync(dir, Number(ids.stdout.trim()), Number(gid.stdout.trim()));
+  }
+  const run = (program, args) => {
+    const [cmd, all] = asPostgres ? ['runuser', ['-u', 'postgres', '--', pgBin(program), ...args]] : [pgBin(program), args];
+    const r = spawnSync(cmd, all, { encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${program} ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const data = path.join(dir, 'data');
+  run('initdb', ['-D', data, '-A', 'trust', '-U', 'herald', '--no-sync', '-E', 'UTF8']);
+  let port;
+  for (let attempt = 0; ; attempt++) {
+    port = await freePort();
+    try {
+      run('pg_ctl', ['-D', data, '-l', path.join(dir, 'log'), '-w', '-t', '30', '-o', `-p ${port} -k ${dir} -c listen_addresses=127.0.0.1 -c fsync=off`, 'start']);
+      break;
+    } catch (e) {
+      if (attempt >= 4) throw e;
+    }
+  }
+  return {
+    port,
+    url: `host=127.0.0.1 port=${port} user=herald dbname=postgres`,
+    /** Runs `text` with psql; its output (unaligned, tuples only). */
+    sql(text) {
+      const r = spawnSync(pgBin('psql'), ['-h', '127.0.0.1', '-p', String(port), '-U', 'herald', '-d', 'postgres', '-v', 'ON_ERROR_STOP=1', '-qAt', '-c', text], {
+        encoding: 'utf8',
+      });
+      if (r.status !== 0) throw new Error(`psql: ${r.stderr}`);
+      return r.stdout.trim();
+    },
+    stop() {
+      try {
+        run('pg_ctl', ['-D', data, '-m', 'immediate', '-w', 'stop']);
+      } catch {
+        // already stopped
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

@@ -116,6 +116,7 @@ pub fn disconnect(reason: Disconnect) -> DisconnectCode {
         Disconnect::SlowConsumer => SLOW,
         Disconnect::Terminated => FORCE_NO_RECONNECT,
         Disconnect::Shutdown => SHUTDOWN,
+        Disconnect::NoPong => NO_PONG,
         _ => FORCE_RECONNECT,
     }
 }

@@ -13,8 +13,10 @@
 use std::sync::Arc;
 
 use crate::change::ChannelEvent;
+use crate::idempotency::IdempotencyError;
 use crate::ids::SocketId;
 use crate::publication::Publication;
+use crate::state::BoxFuture;
 
 /// What a cross-node message is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -107,4 +109,19 @@ pub trait Broker: Send + Sync + 'static {
     fn healthy(&self) -> bool;
     /// The backend's name, e.g. `redis`.
     fn name(&self) -> &'static str;
+    /// Sends `message` like [`Broker::publish`] only if `key` was not seen for `app_id` within the
+    /// idempotency window: recording the key and sending are one atomic step on the backend, resolved
+    /// once the backend did both (`Ok(true)`: sent; `Ok(false)`: a repeat, nothing sent). A crash can
+    /// then never record a key without its publication, which a bus consumer's redelivery would take
+    /// for a repeat and lose. `None` (the default): this broker can't, and the caller checks the key
+    /// and publishes separately.
+    fn publish_once<'a>(
+        &'a self,
+        _app_id: &'a str,
+        _topic: &'a Topic,
+        _message: Remote,
+        _key: &'a str,
+    ) -> Option<BoxFuture<'a, Result<bool, IdempotencyError>>> {
+        None
+    }
 }

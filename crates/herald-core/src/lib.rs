@@ -26,6 +26,7 @@ mod history;
 mod hub;
 mod idempotency;
 mod ids;
+mod keepalive;
 mod outbox;
 mod presence;
 mod publication;
@@ -41,7 +42,8 @@ pub use history::{HistoryBroadcast, HistoryClock, HistoryError, HistoryOptions, 
 pub use hub::{ChannelInfo, ConfirmError, Departure, EngineListener, Hub, Published, Subscribed, CLUSTER_WAIT};
 pub use idempotency::{Idempotency, IdempotencyError, IdempotencyLimits, IdempotencyStore, MAX_IDEMPOTENCY_KEY};
 pub use ids::{ParseSocketIdError, SocketId};
-pub use outbox::{Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
+pub use keepalive::{activity_clock, KeepalivePolicy, Swept};
+pub use outbox::{Direct, DirectWrite, Disconnect, Drained, Outbox, OutboxLimits, OverflowPolicy, PushError};
 pub use presence::Member;
 pub use publication::{DataKind, Publication, PublisherInfo, StreamPosition};
 pub use state::{BoxFuture, ClusterState, Joined, Left, StateError};

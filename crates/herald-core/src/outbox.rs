@@ -4,8 +4,16 @@
 //! flush per batch, not per frame). The queue is bounded in frames *and* bytes. When a push would exceed
 //! either bound, the [`OverflowPolicy`] decides; today the only policy is to disconnect the slow consumer,
 //! so a publisher never waits for, and other subscribers never suffer from, one slow socket.
+//!
+//! Direct writes: a front may give the outbox a [`DirectWrite`] for its socket. Delivery to a connection
+//! that is idle (nothing queued, its task not writing) then *claims* the outbox and, once it has let go
+//! of the engine's maps, writes the frame to the socket itself, without waking the connection's task
+//! (no wake-up, no task poll, no run-queue wait per delivery). One writer at a time holds the outbox's
+//! write token (the claiming publisher or the connection's task), so frames reach the socket in queue
+//! order; whatever the socket does not take at once is left to the connection's task.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
@@ -13,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::codec::CodecId;
+use crate::keepalive::activity_clock;
 
 /// Queue slots an outbox keeps after draining; a larger capacity left by a burst is released.
 const KEEP_CAPACITY: usize = 16;
@@ -53,6 +62,37 @@ pub enum Disconnect {
     Terminated,
     /// The server is shutting down; reconnect elsewhere now.
     Shutdown,
+    /// The client did not answer a keep-alive ping in time ([`crate::KeepalivePolicy`]).
+    NoPong,
+    /// The connection's session is ending (the client closed, or the socket failed): take nothing more.
+    Ended,
+}
+
+/// What [`DirectWrite::write_now`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direct {
+    /// Handed to the kernel.
+    Flushed,
+    /// Taken in order, but (partly) still in the socket's own buffer: the connection's task must flush.
+    Buffered,
+    /// Not taken (the socket is busy or full): the connection's task writes it.
+    Refused,
+}
+
+/// A front's non-blocking writer for one connection's socket ([`Outbox::set_direct`]).
+pub trait DirectWrite: Send + Sync + 'static {
+    /// Writes `frame` now if the socket can take it without waiting. Never blocks.
+    fn write_now(&self, frame: &Bytes) -> Direct;
+}
+
+/// Who holds an outbox's write token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Writer {
+    Nobody,
+    /// The connection's task, between [`Outbox::drain`] and [`Outbox::written`].
+    Session,
+    /// A delivering task that claimed the idle outbox ([`Claimed`]).
+    Publisher,
 }
 
 /// Why a push failed.
@@ -90,12 +130,21 @@ struct Inner {
     codec: CodecId,
     /// The device the connection signed in from, once it did.
     device: OnceLock<Arc<str>>,
+    /// When the client last sent anything ([`activity_clock`]).
+    seen: AtomicU32,
+    /// When a keep-alive ping was queued and not yet answered (0: none).
+    pinged: AtomicU32,
+    /// The front's direct writer, once the connection's task installed it.
+    direct: OnceLock<Arc<dyn DirectWrite>>,
 }
 
 struct State {
     frames: VecDeque<Bytes>,
     bytes: usize,
     closed: Option<Disconnect>,
+    writer: Writer,
+    /// A direct write left bytes in the socket's buffer: the connection's task must flush.
+    flush: bool,
 }
 
 impl Outbox {
@@ -110,11 +159,14 @@ impl Outbox {
     pub fn with_codec(limits: OutboxLimits, codec: CodecId) -> Self {
         Outbox {
             inner: Arc::new(Inner {
-                state: Mutex::new(State { frames: VecDeque::new(), bytes: 0, closed: None }),
+                state: Mutex::new(State { frames: VecDeque::new(), bytes: 0, closed: None, writer: Writer::Nobody, flush: false }),
                 ready: Notify::new(),
                 limits,
                 codec,
                 device: OnceLock::new(),
+                seen: AtomicU32::new(activity_clock()),
+                pinged: AtomicU32::new(0),
+                direct: OnceLock::new(),
             }),
         }
     }
@@ -134,8 +186,47 @@ impl Outbox {
         let _ = self.inner.device.set(device);
     }
 
+    /// Notes that the client sent something (any frame): it is alive, and a pending ping is answered.
+    pub fn touch(&self) {
+        self.touch_at(activity_clock());
+    }
+
+    pub(crate) fn touch_at(&self, now: u32) {
+        self.inner.seen.store(now, Ordering::Relaxed);
+        if self.inner.pinged.load(Ordering::Relaxed) != 0 {
+            self.inner.pinged.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Last activity and the unanswered ping, if any.
+    pub(crate) fn activity(&self) -> (u32, Option<u32>) {
+        let pinged = self.inner.pinged.load(Ordering::Relaxed);
+        (self.inner.seen.load(Ordering::Relaxed), (pinged != 0).then_some(pinged))
+    }
+
+    pub(crate) fn mark_pinged(&self, now: u32) {
+        self.inner.pinged.store(now.max(1), Ordering::Relaxed);
+    }
+
     /// Queues one frame, applying the overflow policy if a bound would be exceeded.
     pub fn push(&self, frame: Bytes) -> Result<(), PushError> {
+        self.enqueue(frame, false).map(|_| ())
+    }
+
+    /// Lets delivery write to this connection's socket through `direct` when the connection is idle.
+    /// Only the first call takes effect.
+    pub fn set_direct(&self, direct: Arc<dyn DirectWrite>) {
+        let _ = self.inner.direct.set(direct);
+    }
+
+    /// Like [`Outbox::push`], but an idle outbox with a direct writer is claimed instead of woken: the
+    /// caller must hand it to [`Claimed`], which writes it once the caller holds no engine lock.
+    pub(crate) fn push_claiming(&self, frame: Bytes) -> Result<bool, PushError> {
+        self.enqueue(frame, true)
+    }
+
+    /// Queues `frame`; returns whether the caller claimed the write token (only when `claim`).
+    fn enqueue(&self, frame: Bytes, claim: bool) -> Result<bool, PushError> {
         let mut state = self.inner.state.lock();
         if state.closed.is_some() {
             return Err(PushError::Closed);
@@ -157,11 +248,60 @@ impl Outbox {
         let was_empty = state.frames.is_empty();
         state.bytes += frame.len();
         state.frames.push_back(frame);
+        if claim && was_empty && state.writer == Writer::Nobody && !state.flush && self.inner.direct.get().is_some() {
+            state.writer = Writer::Publisher;
+            return Ok(true);
+        }
+        // A claiming publisher writes what is queued behind its frame too; nobody else needs waking.
+        let wake = was_empty && state.writer != Writer::Publisher;
         drop(state);
-        if was_empty {
+        if wake {
             self.inner.ready.notify_one();
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// Writes what a claim queued (and whatever was queued behind it) through the direct writer, then
+    /// returns the token. What the socket refuses stays queued, and the connection's task is woken for
+    /// it (and for a flush, or a close requested meanwhile).
+    fn write_claimed(&self) {
+        let Some(direct) = self.inner.direct.get() else { return };
+        let mut must_flush = false;
+        loop {
+            let frame = {
+                let mut state = self.inner.state.lock();
+                match state.frames.pop_front() {
+                    Some(frame) => {
+                        state.bytes -= frame.len();
+                        frame
+                    }
+                    None => {
+                        state.writer = Writer::Nobody;
+                        state.flush |= must_flush;
+                        let wake = state.flush || state.closed.is_some();
+                        drop(state);
+                        if wake {
+                            self.inner.ready.notify_one();
+                        }
+                        return;
+                    }
+                }
+            };
+            match direct.write_now(&frame) {
+                Direct::Flushed => {}
+                Direct::Buffered => must_flush = true,
+                Direct::Refused => {
+                    let mut state = self.inner.state.lock();
+                    state.bytes += frame.len();
+                    state.frames.push_front(frame);
+                    state.writer = Writer::Nobody;
+                    state.flush |= must_flush;
+                    drop(state);
+                    self.inner.ready.notify_one();
+                    return;
+                }
+            }
+        }
     }
 
     /// Asks the connection to close once it has written what is already queued. The first reason wins.
@@ -190,26 +330,65 @@ impl Outbox {
         self.inner.state.lock().frames.is_empty()
     }
 
-    /// Waits until frames are queued or a close is requested. Moves every queued frame into `out`
-    /// (one lock, so the writer can flush once per batch). Only the connection's own task calls this.
+    /// Waits until frames are queued (or a direct write left bytes to flush), or a close is requested.
+    /// Moves every queued frame into `out` (one lock, so the writer can flush once per batch) and takes
+    /// the write token: call [`Outbox::written`] once they are written. `Frames` with nothing in `out`
+    /// means: just flush. Only the connection's own task calls this.
     pub async fn drain(&self, out: &mut Vec<Bytes>) -> Drained {
         loop {
             {
                 let mut state = self.inner.state.lock();
-                if !state.frames.is_empty() {
-                    out.extend(state.frames.drain(..));
-                    state.bytes = 0;
-                    // A burst grew the queue; an idle connection should not keep that capacity.
-                    if state.frames.capacity() > KEEP_CAPACITY {
-                        state.frames = VecDeque::new();
+                if state.writer != Writer::Publisher {
+                    if !state.frames.is_empty() || state.flush {
+                        out.extend(state.frames.drain(..));
+                        state.bytes = 0;
+                        state.flush = false;
+                        state.writer = Writer::Session;
+                        // A burst grew the queue; an idle connection should not keep that capacity.
+                        if state.frames.capacity() > KEEP_CAPACITY {
+                            state.frames = VecDeque::new();
+                        }
+                        return Drained::Frames;
                     }
-                    return Drained::Frames;
-                }
-                if let Some(reason) = state.closed {
-                    return Drained::Closed(reason);
+                    if let Some(reason) = state.closed {
+                        return Drained::Closed(reason);
+                    }
                 }
             }
             self.inner.ready.notified().await;
+        }
+    }
+
+    /// The connection's task wrote (and flushed) what [`Outbox::drain`] gave it: delivery may write
+    /// directly again.
+    pub fn written(&self) {
+        let mut state = self.inner.state.lock();
+        if state.writer == Writer::Session {
+            state.writer = Writer::Nobody;
+        }
+    }
+}
+
+/// Outboxes a delivery claimed ([`Outbox::push_claiming`]); written when this is dropped, which the
+/// delivering code does after releasing the engine's maps. A drop guard, so a claim is never left
+/// holding an outbox's write token.
+#[derive(Default)]
+pub(crate) struct Claimed(Vec<Outbox>);
+
+impl Claimed {
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub(crate) fn add(&mut self, outbox: &Outbox) {
+        self.0.push(outbox.clone());
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        for outbox in self.0.drain(..) {
+            outbox.write_claimed();
         }
     }
 }
@@ -291,5 +470,161 @@ mod tests {
         assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
         assert_eq!(out, vec![Bytes::from("hello")]);
         task.await.unwrap();
+    }
+
+    /// A socket stand-in that records what it takes, refusing or buffering on request.
+    #[derive(Default)]
+    struct Wire {
+        taken: Mutex<Vec<Bytes>>,
+        answer: Mutex<Option<Direct>>,
+    }
+
+    impl DirectWrite for Wire {
+        fn write_now(&self, frame: &Bytes) -> Direct {
+            let answer = self.answer.lock().unwrap_or(Direct::Flushed);
+            if answer != Direct::Refused {
+                self.taken.lock().push(frame.clone());
+            }
+            answer
+        }
+    }
+
+    fn direct_outbox() -> (Outbox, Arc<Wire>) {
+        let outbox = Outbox::new(limits(100, 10_000));
+        let wire = Arc::new(Wire::default());
+        outbox.set_direct(wire.clone());
+        (outbox, wire)
+    }
+
+    fn claim_and_write(outbox: &Outbox, frame: &'static str) -> bool {
+        let claimed = outbox.push_claiming(Bytes::from(frame)).unwrap();
+        if claimed {
+            let mut c = Claimed::default();
+            c.add(outbox);
+        }
+        claimed
+    }
+
+    #[tokio::test]
+    async fn an_idle_outbox_is_written_directly_without_waking_its_task() {
+        let (outbox, wire) = direct_outbox();
+        assert!(claim_and_write(&outbox, "a"));
+        assert_eq!(*wire.taken.lock(), vec![Bytes::from("a")]);
+        assert_eq!(outbox.len(), (0, 0));
+        let mut out = Vec::new();
+        let woke = tokio::time::timeout(std::time::Duration::from_millis(20), outbox.drain(&mut out)).await;
+        assert!(woke.is_err(), "nothing for the connection's task to do");
+    }
+
+    #[tokio::test]
+    async fn a_refused_frame_stays_queued_in_order_for_the_task() {
+        let (outbox, wire) = direct_outbox();
+        *wire.answer.lock() = Some(Direct::Refused);
+        assert!(outbox.push_claiming(Bytes::from("a")).unwrap());
+        // Queued behind the claim: neither claimed again nor a reason to wake the task yet.
+        assert!(!outbox.push_claiming(Bytes::from("b")).unwrap());
+        drop({
+            let mut c = Claimed::default();
+            c.add(&outbox);
+            c
+        });
+        assert!(wire.taken.lock().is_empty());
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(out, vec![Bytes::from("a"), Bytes::from("b")]);
+    }
+
+    #[tokio::test]
+    async fn a_buffered_write_asks_the_task_to_flush_and_blocks_claims_until_it_did() {
+        let (outbox, wire) = direct_outbox();
+        *wire.answer.lock() = Some(Direct::Buffered);
+        assert!(claim_and_write(&outbox, "a"));
+        assert!(!outbox.push_claiming(Bytes::from("b")).unwrap(), "the socket has unflushed bytes: no direct write");
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        assert_eq!(out, vec![Bytes::from("b")], "flush, and write what came after");
+        *wire.answer.lock() = None;
+        assert!(!claim_and_write(&outbox, "c"), "the task holds the write token until written()");
+        out.clear();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Frames);
+        outbox.written();
+        assert!(claim_and_write(&outbox, "d"));
+        assert_eq!(*wire.taken.lock(), vec![Bytes::from("a"), Bytes::from("d")]);
+    }
+
+    #[tokio::test]
+    async fn a_closed_outbox_takes_no_claims() {
+        let (outbox, _wire) = direct_outbox();
+        outbox.close(Disconnect::Ended);
+        assert_eq!(outbox.push_claiming(Bytes::from("a")), Err(PushError::Closed));
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::Ended));
+    }
+
+    /// Publishers on several threads claim and write directly while the connection's task drains and
+    /// writes the rest: every frame reaches the wire exactly once and each publisher's frames stay in order.
+    #[test]
+    fn direct_and_task_writes_keep_each_publishers_order() {
+        let outbox = Outbox::new(limits(100_000, 1 << 30));
+        let wire = Arc::new(Wire::default());
+        outbox.set_direct(wire.clone());
+        let (publishers, each) = (4usize, 20_000usize);
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let task = {
+            let (outbox, wire, done) = (outbox.clone(), wire.clone(), done.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+                rt.block_on(async {
+                    let mut out = Vec::new();
+                    loop {
+                        let drained = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.drain(&mut out)).await;
+                        match drained {
+                            Ok(Drained::Frames) => {
+                                wire.taken.lock().extend(out.drain(..));
+                                outbox.written();
+                            }
+                            Ok(Drained::Closed(_)) => return,
+                            Err(_) if done.load(Ordering::Relaxed) => return,
+                            Err(_) => {}
+                        }
+                    }
+                })
+            })
+        };
+        let threads: Vec<_> = (0..publishers)
+            .map(|p| {
+                let (outbox, wire) = (outbox.clone(), wire.clone());
+                std::thread::spawn(move || {
+                    for i in 0..each {
+                        if i % 7 == 0 {
+                            // Now and then the socket is full.
+                            *wire.answer.lock() = Some(if i % 2 == 0 { Direct::Refused } else { Direct::Flushed });
+                        }
+                        let frame = Bytes::from(format!("{p}:{i}"));
+                        if outbox.push_claiming(frame).unwrap() {
+                            let mut c = Claimed::default();
+                            c.add(&outbox);
+                        }
+                    }
+                })
+            })
+            .collect();
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        *wire.answer.lock() = None;
+        done.store(true, Ordering::Relaxed);
+        task.join().unwrap();
+        // Anything still queued (the task may have stopped first) is written last.
+        let rest: Vec<Bytes> = outbox.inner.state.lock().frames.drain(..).collect();
+        wire.taken.lock().extend(rest);
+        let taken = wire.taken.lock();
+        assert_eq!(taken.len(), publishers * each, "every frame exactly once");
+        let mut next = vec![0usize; publishers];
+        for frame in taken.iter() {
+            let text = std::str::from_utf8(frame).unwrap();
+            let (p, i) = text.split_once(':').unwrap();
+            let (p, i): (usize, usize) = (p.parse().unwrap(), i.parse().unwrap());
+            assert_eq!(i, next[p], "publisher {p}'s frames in order");
+            next[p] += 1;
+        }
     }
 }

@@ -50,6 +50,7 @@ pub fn disconnect(reason: Disconnect) -> (u16, &'static str) {
         Disconnect::SlowConsumer => (OVER_CAPACITY, "Over capacity: client too slow to read its messages"),
         Disconnect::Terminated => (TERMINATED, "Connection terminated by the server"),
         Disconnect::Shutdown => (RECONNECT_NOW, "Server is shutting down, reconnect"),
+        Disconnect::NoPong => (PONG_TIMEOUT, "Pong reply not received in time"),
         _ => (RECONNECT_NOW, "Reconnect"),
     }
 }

@@ -30,7 +30,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use futures_util::future::Either;
-use herald_core::{CodecId, Engine};
+use herald_core::{CodecId, Engine, KeepalivePolicy};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
@@ -132,6 +132,13 @@ impl Pusher {
         engine.listen(announcer.clone());
         let codec = engine.register_codec(Arc::new(PusherCodec)).expect("the engine has room for the Pusher codec");
         tasks.spawn(flush_counts(announcer.clone(), Arc::downgrade(&engine), shutdown.clone()));
+        let keepalive = KeepalivePolicy {
+            codec,
+            idle: config.activity_timeout,
+            pong_timeout: config.pong_timeout,
+            ping: wire::frame_json("pusher:ping", None, &serde_json::json!({})),
+        };
+        tasks.spawn(keep_alive(keepalive, Arc::downgrade(&engine), shutdown.clone()));
         Arc::new(Pusher { engine, apps, config, shutdown, tasks, admission, announcer, codec })
     }
 
@@ -167,6 +174,33 @@ async fn flush_counts(announcer: Arc<Announcer>, engine: std::sync::Weak<Engine>
         }
         let Some(engine) = engine.upgrade() else { return };
         announcer.flush(&engine);
+    }
+}
+
+/// Pings idle Pusher connections and closes those that don't answer (one sweep for all of them, see
+/// [`herald_core::KeepalivePolicy`]); at shutdown, asks every connection to close (4200), so sessions
+/// need no timer and no shutdown future of their own.
+async fn keep_alive(policy: KeepalivePolicy, engine: std::sync::Weak<Engine>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(policy.sweep_interval());
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                if let Some(engine) = engine.upgrade() {
+                    engine.close_all(herald_core::Disconnect::Shutdown);
+                }
+                return;
+            }
+            _ = tick.tick() => {}
+        }
+        let Some(engine) = engine.upgrade() else { return };
+        let now = herald_core::activity_clock();
+        for hub in engine.hubs() {
+            let swept = hub.keepalive(&policy, now);
+            if swept.closed > 0 {
+                metrics::counter!("herald_pong_timeouts_total", "app" => hub.app().id.to_string()).increment(swept.closed as u64);
+            }
+        }
     }
 }
 
@@ -225,9 +259,10 @@ async fn connect(
         match opened {
             Ok(session) => {
                 let span = session.span();
-                Either::Left(session.serve(socket).instrument(span))
+                Either::Left(session.serve(session::share(socket)).instrument(span))
             }
-            Err((code, message)) => Either::Right(async move { session::refuse(socket, code, &message).await }),
+            // Boxed: a refusal is rare, and inline it would size every session's task.
+            Err((code, message)) => Either::Right(Box::pin(async move { session::refuse(socket, code, &message).await })),
         }
     })
 }

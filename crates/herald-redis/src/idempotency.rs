@@ -34,6 +34,23 @@ if over > 0 then return 2 end
 return 1
 "#;
 
+/// [`SEEN`], and for a key not seen, `PUBLISH ARGV[4] ARGV[5]` in the same script: the key is never
+/// recorded without its publication (see [`herald_core::Broker::publish_once`]).
+const SEEN_THEN_PUBLISH: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
+if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1) end
+redis.call('PEXPIRE', KEYS[1], window)
+redis.call('PUBLISH', ARGV[4], ARGV[5])
+if over > 0 then return 2 end
+return 1
+"#;
+
 /// Recently seen idempotency keys of every app, in Redis.
 pub struct RedisIdempotency<C = ConnectionManager> {
     conn: C,
@@ -41,6 +58,7 @@ pub struct RedisIdempotency<C = ConnectionManager> {
     limits: IdempotencyLimits,
     deadline: Deadline,
     seen: Script,
+    seen_then_publish: Script,
 }
 
 impl<C: Conn> RedisIdempotency<C> {
@@ -52,7 +70,41 @@ impl<C: Conn> RedisIdempotency<C> {
             limits,
             deadline: Deadline::Own(timeout.max(Duration::from_millis(10))),
             seen: Script::new(SEEN),
+            seen_then_publish: Script::new(SEEN_THEN_PUBLISH),
         }
+    }
+
+    /// Like [`RedisIdempotency::first_seen`], and for a key not seen also publishes `payload` on the
+    /// Redis channel `channel`, in the same script (the key is never recorded without its publication).
+    /// With `max_keys_per_app` 0 it publishes and answers true.
+    pub async fn first_seen_then_publish(&self, app_id: &str, key: &str, channel: &str, payload: &[u8]) -> Result<bool, IdempotencyError> {
+        if key.len() > MAX_IDEMPOTENCY_KEY {
+            return Err(IdempotencyError::KeyTooLong { len: key.len(), max: MAX_IDEMPOTENCY_KEY });
+        }
+        let mut conn = self.conn.clone();
+        if self.limits.max_keys_per_app == 0 {
+            let publish = redis::cmd("PUBLISH").arg(channel).arg(payload).to_owned();
+            let sent: redis::RedisResult<i64> = self.deadline.run(publish.query_async(&mut conn)).await;
+            return sent.map(|_| true).map_err(|e| IdempotencyError::Unavailable(e.to_string()));
+        }
+        let mut invocation = self.seen_then_publish.prepare_invoke();
+        let window = u64::try_from(self.limits.window.as_millis()).unwrap_or(u64::MAX).clamp(1, i64::MAX as u64 / 2);
+        invocation
+            .key(format!("{}:idem", app_tag(&self.prefix, app_id)))
+            .arg(key)
+            .arg(window)
+            .arg(self.limits.max_keys_per_app)
+            .arg(channel)
+            .arg(payload);
+        // Not retried: after a lost answer the key is recorded and the message sent.
+        let answer: i64 = self.deadline.run(invocation.invoke_async(&mut conn)).await.map_err(|e| {
+            let why = if is_link_failure(&e) { e.to_string() } else { format!("unexpected answer: {e}") };
+            IdempotencyError::Unavailable(why)
+        })?;
+        if answer == 2 {
+            metrics::counter!("herald_idempotency_evicted_total", "app" => app_id.to_owned()).increment(1);
+        }
+        Ok(answer != 0)
     }
 
     /// True if `key` was not seen for `app_id` within the window (the publish goes on), remembering it;

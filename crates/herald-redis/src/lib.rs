@@ -58,7 +58,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Broker, Engine, Publication, Remote, StreamPosition, Topic};
+use herald_core::{BoxFuture, Broker, Engine, Publication, Remote, StreamPosition, Topic};
 use parking_lot::Mutex;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -107,6 +107,8 @@ pub struct RedisBroker {
     subscriptions: AtomicUsize,
     push_loss: Arc<subscriber::PushLoss>,
     stats: RedisStats,
+    /// Set once attached to a single Redis: [`Broker::publish_once`].
+    publish_once: std::sync::OnceLock<PublishOnce>,
 }
 
 impl RedisBroker {
@@ -136,6 +138,7 @@ impl RedisBroker {
             subscriptions: AtomicUsize::new(0),
             push_loss: Arc::default(),
             stats: RedisStats::default(),
+            publish_once: std::sync::OnceLock::new(),
         });
         let started = async {
             if config.cluster {
@@ -196,7 +199,16 @@ impl RedisBroker {
         let broadcast = history::Broadcast { history: history.clone(), broker: self.clone(), sharded: config.cluster };
         engine.attach_history(history, Arc::new(broadcast));
         let limits = herald_core::IdempotencyLimits::default();
-        engine.attach_idempotency(Arc::new(RedisIdempotency::new(conn.clone(), self.prefix.clone(), limits, config.timeout)));
+        let idempotency = Arc::new(RedisIdempotency::new(conn.clone(), self.prefix.clone(), limits, config.timeout));
+        engine.attach_idempotency(idempotency.clone());
+        if !config.cluster {
+            // On a Redis Cluster nodes listen with SSUBSCRIBE, which a script's PUBLISH would not reach.
+            let once: PublishOnce = Arc::new(move |app, key, channel, payload| {
+                let idempotency = idempotency.clone();
+                Box::pin(async move { idempotency.first_seen_then_publish(&app, &key, &channel, &payload).await })
+            });
+            let _ = self.publish_once.set(once);
+        }
         tasks.spawn(lease::lease_loop(conn.clone(), registry.clone(), lease, self.health.clone(), shutdown.clone()));
         tasks.spawn(reconcile::reconcile_loop(
             conn.clone(),
@@ -332,4 +344,21 @@ impl Broker for RedisBroker {
     fn name(&self) -> &'static str {
         "redis"
     }
+
+    /// One script records the key in the app's idempotency set and PUBLISHes the envelope (a single
+    /// Redis; `None` on a Redis Cluster).
+    fn publish_once<'a>(
+        &'a self,
+        app_id: &'a str,
+        topic: &'a Topic,
+        message: Remote,
+        key: &'a str,
+    ) -> Option<BoxFuture<'a, Result<bool, IdempotencyError>>> {
+        let once = self.publish_once.get()?.clone();
+        let payload = envelope::encode(self.node, &message);
+        Some(once(app_id.to_owned(), key.to_owned(), self.key(app_id, topic), payload))
+    }
 }
+
+/// Records an idempotency key and publishes in one script: app, key, Redis channel, payload.
+type PublishOnce = Arc<dyn Fn(String, String, String, Bytes) -> BoxFuture<'static, Result<bool, IdempotencyError>> + Send + Sync>;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, Verifier};
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
+use herald_ingest::SourceConfig;
 use herald_pusher::{PusherApp, PusherConfig, WebhookTarget};
 use herald_redis::{redact, RedisConfig};
 use serde::Deserialize;
@@ -157,6 +158,9 @@ pub struct FileConfig {
     centrifugo_expired_grace: Option<Seconds>,
     #[serde(default)]
     apps: Vec<FileApp>,
+    /// Bus sources to relay from (`[[sources]]`, see herald-ingest).
+    #[serde(default)]
+    sources: Vec<SourceConfig>,
 }
 
 /// One `[[apps]]` table.
@@ -315,6 +319,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The engine.
     pub engine: EngineConfig,
+    /// Bus sources relayed into the engine (`[[sources]]`).
+    pub sources: Vec<SourceConfig>,
 }
 
 impl Config {
@@ -393,7 +399,10 @@ impl Config {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
         validate_apps(&apps)?;
+        herald_ingest::validate_all(&file.sources, |id| apps.iter().any(|a| a.app.id == id))
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         Ok(Config {
+            sources: file.sources,
             host: cli.host.or(file.host).unwrap_or(IpAddr::from([127, 0, 0, 1])),
             port: cli.port.or(file.port).unwrap_or(6001),
             log: cli.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
@@ -711,6 +720,26 @@ mod tests {
         let text = format!("{e:#}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("***@127.0.0.1"), "still says which URL: {text}");
+    }
+
+    #[test]
+    fn the_shipped_relay_example_loads_and_bad_sources_fail_clearly() {
+        let path = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/relay/seed-sync.toml"));
+        let c = Config::load(&Cli { config: Some(path), ..Cli::default() }).unwrap();
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!((c.sources[0].name.as_str(), c.sources[0].app.as_str()), ("sync", "app-id"));
+        assert_eq!(c.sources[0].rules.len(), 3);
+        let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
+        let source =
+            "[[sources]]\nname = 's'\napp = 'app-id'\n[sources.redis_streams]\nurl = 'redis://127.0.0.1'\nstreams = ['x']\ngroup = 'g'\n";
+        let rule = "[[sources.rules]]\nuser = '{u}'\nevent = 'e'\n";
+        assert!(Config::resolve(parse(&format!("{source}{rule}")), &Cli::default()).is_ok());
+        assert!(err(source).contains("no [[sources.rules]]"));
+        assert!(err(&format!("{}{rule}", source.replace("app-id", "nope"))).contains("no app"));
+        assert!(err(&format!("{source}[[sources.rules]]\nuser = '{{u'\nevent = 'e'\n")).contains("rule 1"));
+        assert!(err(&format!("{}{rule}", source.replace("batch", "x").replace("group = 'g'", "group = 'g'\nbatch = 0"))).contains("batch"));
+        assert!(err(&format!("{}{rule}", source.replace("redis://127.0.0.1", "nope://x"))).contains("redis_streams.url"));
+        assert!(toml::from_str::<FileConfig>(&format!("{source}{rule}unknown = 1\n")).is_err(), "unknown keys are rejected");
     }
 
     #[test]

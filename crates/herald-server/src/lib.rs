@@ -17,6 +17,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use herald_centrifugo::{Centrifugo, CentrifugoConfig};
 use herald_core::{Disconnect, Engine};
+use herald_ingest::{Ingest, IngestConfigError};
 use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
 use herald_redis::{RedisBroker, RedisBrokerError};
 use tokio::net::TcpListener;
@@ -26,6 +27,18 @@ use tokio_util::task::TaskTracker;
 
 pub use config::{AppConfig, Cli, Config, ConfigError, EngineConfig, EngineKind, RedisUrl};
 pub use listener::HttpConfig;
+
+/// Why [`Herald::start`] failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// The Redis engine could not start.
+    #[error(transparent)]
+    Redis(#[from] RedisBrokerError),
+    /// A bus source is misconfigured.
+    #[error("invalid source config: {0}")]
+    Ingest(#[from] IngestConfigError),
+}
 
 /// A running Herald: engine, fronts, and the shutdown signal every task watches.
 #[derive(Clone)]
@@ -37,6 +50,8 @@ pub struct Herald {
     http: HttpConfig,
     /// One permit per open socket accepted by [`Herald::serve`], WebSocket sessions included.
     sockets: Arc<Semaphore>,
+    /// The bus sources relaying into the engine.
+    ingest: Ingest,
 }
 
 impl Herald {
@@ -70,7 +85,7 @@ impl Herald {
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
         let pusher = Pusher::new(engine.clone(), pusher_apps, pusher, shutdown.clone(), tasks.clone());
         let centrifugo = Centrifugo::new(engine, centrifugo_apps, centrifugo, shutdown.clone(), tasks.clone());
-        Herald { pusher, centrifugo, shutdown, tasks, http: HttpConfig::default(), sockets }
+        Herald { pusher, centrifugo, shutdown, tasks, http: HttpConfig::default(), sockets, ingest: Ingest::default() }
     }
 
     /// Replaces the HTTP server limits [`Herald::serve`] applies.
@@ -81,16 +96,23 @@ impl Herald {
 
     /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
     /// URL fails here, at start-up).
-    pub async fn start(config: &Config) -> Result<Herald, RedisBrokerError> {
-        let herald =
+    pub async fn start(config: &Config) -> Result<Herald, StartError> {
+        let mut herald =
             Herald::with_fronts(config.apps.clone(), config.pusher.clone(), config.centrifugo.clone()).with_http(config.http.clone());
         if let EngineConfig::Redis(redis) = &config.engine {
             RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
         }
+        herald.ingest = Ingest::start(&config.sources, herald.pusher.engine(), &herald.shutdown, &herald.tasks)?;
         Ok(herald)
     }
 
-    /// Every route: the Pusher protocol and API, the Centrifugo client protocol, plus `/up`, `/health` and `/metrics`.
+    /// The bus sources relaying into the engine.
+    pub fn ingest(&self) -> &Ingest {
+        &self.ingest
+    }
+
+    /// Every route: the Pusher protocol and API, the Centrifugo client protocol, plus `/up`, `/health`
+    /// and `/metrics`.
     ///
     /// An application that serves this router with its own `axum::serve` gets the API's own limits
     /// (body size and body deadline, signatures, the process connection cap on WebSocket sessions)
@@ -187,9 +209,10 @@ async fn health(State(herald): State<Herald>) -> Json<serde_json::Value> {
     let connections: usize = engine.hubs().map(|h| h.connection_count()).sum();
     let broker = engine.broker();
     let backend_up = broker.is_none_or(|b| b.healthy());
+    let sources_up = herald.ingest.healthy();
     let status = if herald.shutdown.is_cancelled() {
         "draining"
-    } else if !backend_up {
+    } else if !backend_up || !sources_up {
         "degraded"
     } else {
         "ok"
@@ -201,6 +224,15 @@ async fn health(State(herald): State<Herald>) -> Json<serde_json::Value> {
     });
     if broker.is_some() {
         body["backend"] = serde_json::json!(if backend_up { "up" } else { "down" });
+    }
+    if !herald.ingest.sources().is_empty() {
+        let sources: serde_json::Map<String, serde_json::Value> = herald
+            .ingest
+            .sources()
+            .iter()
+            .map(|s| (s.name().to_owned(), serde_json::json!({ "kind": s.kind(), "bus": if s.is_up() { "up" } else { "down" } })))
+            .collect();
+        body["sources"] = serde_json::Value::Object(sources);
     }
     Json(body)
 }

@@ -22,6 +22,7 @@ fn config(redis: &RedisServer, apps: Vec<AppConfig>, pusher: PusherConfig, timeo
         http: HttpConfig::default(),
         shutdown_grace: Duration::from_secs(5),
         engine: EngineConfig::Redis(RedisConfig { url: redis.url(), timeout, ..Default::default() }),
+        sources: Vec::new(),
     }
 }
 

@@ -195,6 +195,7 @@ async fn publish_with_info_answers_200_when_redis_is_gone() {
         http: herald_server::HttpConfig::default(),
         shutdown_grace: std::time::Duration::from_secs(5),
         engine: herald_server::EngineConfig::Redis(herald_redis::RedisConfig { url: redis.url(), ..Default::default() }),
+        sources: Vec::new(),
     };
     let server = serve(herald_server::Herald::start(&config).await.unwrap()).await;
     let mut c = server.client().await;

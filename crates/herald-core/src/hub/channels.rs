@@ -11,6 +11,7 @@ use crate::change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 use crate::codec::Encoded;
 use crate::error::SubscribeError;
 use crate::ids::SocketId;
+use crate::outbox::Claimed;
 use crate::presence::{Member, Presence};
 use crate::publication::{DataKind, Publication};
 
@@ -148,10 +149,12 @@ impl Hub {
     }
 
     pub(super) fn deliver(&self, publication: &Publication) -> usize {
+        // Declared first, so the claimed outboxes are written after the map guard is gone.
+        let mut claimed = Claimed::default();
         let Some(ch) = self.channels.get(&*publication.channel) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
         let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
-        self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded)
+        self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded, &mut claimed)
     }
 
     /// Sends an engine event to `channel`'s subscribers on every node (each front encodes its own wire
@@ -162,9 +165,10 @@ impl Hub {
     }
 
     pub(super) fn deliver_event(&self, channel: &str, event: &ChannelEvent, except: Option<SocketId>) -> usize {
+        let mut claimed = Claimed::default();
         let Some(ch) = self.channels.get(channel) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.event(channel, event));
         let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
-        self.push_all(targets, except, None, &mut encoded)
+        self.push_all(targets, except, None, &mut encoded, &mut claimed)
     }
 }

@@ -63,6 +63,11 @@ impl Hub {
         outbox.push(frame).is_ok()
     }
 
+    /// Calls `f` with every connection's outbox (shard by shard; `f` must not touch the hub's maps).
+    pub(crate) fn for_each_outbox(&self, mut f: impl FnMut(&Outbox)) {
+        self.connections.iter().for_each(|c| f(&c.outbox));
+    }
+
     /// Asks every connection to close for `reason`. Returns how many.
     pub fn close_all(&self, reason: Disconnect) -> usize {
         self.connections.iter().map(|c| c.outbox.close(reason)).count()

@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use crate::broker::{Remote, Topic};
 use crate::change::ChannelEvent;
 use crate::history::{HistoryBroadcast, HistoryError, HistoryOptions, HistoryStore, Recovery};
 use crate::idempotency::{IdempotencyError, IdempotencyStore};
@@ -63,23 +64,60 @@ impl Hub {
         history: Option<HistoryOptions>,
         idempotency_key: Option<&str>,
     ) -> Result<Published, ConfirmError> {
+        let history = history.or_else(|| self.history_options(&publication.channel));
+        if let (Some(key), None) = (idempotency_key, &history) {
+            let topic = || Topic::Channel(publication.channel.clone());
+            if let Some(sent) = self.publish_once(topic, publication, key).await {
+                if !sent? {
+                    return Ok(Published::Repeat);
+                }
+                self.deliver(publication);
+                return Ok(Published::Delivered { position: None });
+            }
+        }
         if let Some(key) = idempotency_key {
-            let store: &dyn IdempotencyStore = match self.shared_idempotency.get() {
-                Some(shared) => shared.as_ref(),
-                None => self.idempotency.as_ref(),
-            };
-            if !store.first_seen(&self.app.id, key).await? {
-                metrics::counter!("herald_publish_repeats_total", "app" => self.app.id.clone()).increment(1);
+            if !self.first_seen(key).await? {
                 return Ok(Published::Repeat);
             }
         }
-        match history.or_else(|| self.history_options(&publication.channel)) {
+        match history {
             Some(options) => Ok(Published::Delivered { position: Some(self.publish_with_history(publication, options).await?) }),
             None => {
                 self.publish(publication);
                 Ok(Published::Delivered { position: None })
             }
         }
+    }
+
+    /// True if `key` was not seen within the idempotency window (remembering it); a repeat is counted.
+    pub(super) async fn first_seen(&self, key: &str) -> Result<bool, IdempotencyError> {
+        let store: &dyn IdempotencyStore = match self.shared_idempotency.get() {
+            Some(shared) => shared.as_ref(),
+            None => self.idempotency.as_ref(),
+        };
+        let first = store.first_seen(&self.app.id, key).await?;
+        if !first {
+            metrics::counter!("herald_publish_repeats_total", "app" => self.app.id.clone()).increment(1);
+        }
+        Ok(first)
+    }
+
+    /// With a broker that can ([`crate::Broker::publish_once`]): records `key` and sends `publication`
+    /// to the other nodes in one step (`Some(Ok(false))`: a repeat, counted). Local delivery is the
+    /// caller's.
+    pub(super) async fn publish_once(
+        &self,
+        topic: impl FnOnce() -> Topic,
+        publication: &Publication,
+        key: &str,
+    ) -> Option<Result<bool, IdempotencyError>> {
+        let broker = self.broker.get()?;
+        let topic = topic();
+        let sent = broker.publish_once(&self.app.id, &topic, Remote::Publish { publication: publication.clone() }, key)?.await;
+        if matches!(sent, Ok(false)) {
+            metrics::counter!("herald_publish_repeats_total", "app" => self.app.id.clone()).increment(1);
+        }
+        Some(sent)
     }
 
     pub(crate) fn attach_history(&self, store: Arc<dyn HistoryStore>, broadcast: Arc<dyn HistoryBroadcast>) -> bool {

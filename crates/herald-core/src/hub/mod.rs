@@ -36,7 +36,7 @@ use crate::codec::{Codecs, Encoded};
 use crate::history::MemoryHistory;
 use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::ids::SocketId;
-use crate::outbox::Outbox;
+use crate::outbox::{Claimed, Outbox};
 use crate::presence::{Member, Presence};
 use crate::publication::StreamPosition;
 use crate::state::ClusterState;
@@ -74,6 +74,11 @@ pub struct ChannelInfo {
     /// Distinct users (presence channels only).
     pub users: Option<usize>,
 }
+
+/// Idle subscribers one delivery writes to itself (direct writes, see [`Outbox`]); the rest are woken
+/// and written by their own tasks, so another worker thread shares a big burst. Measured at 100k
+/// deliveries/s in 1000-subscriber bursts: 128 gave a lower p99 than both 0 and no limit.
+const MAX_DIRECT_WRITES: usize = 128;
 
 struct Conn {
     outbox: Outbox,
@@ -261,6 +266,7 @@ impl Hub {
         except: Option<SocketId>,
         except_device: Option<&str>,
         encoded: &mut Encoded<'_, F>,
+        claimed: &mut Claimed,
     ) -> usize
     where
         F: Fn(&dyn crate::codec::Codec) -> Option<Bytes>,
@@ -271,7 +277,11 @@ impl Hub {
                 continue;
             }
             let Some(frame) = encoded.frame(outbox.codec()) else { continue };
-            if outbox.push(frame.clone()).is_ok() {
+            let may_claim = claimed.len() < MAX_DIRECT_WRITES;
+            if let Ok(claim) = if may_claim { outbox.push_claiming(frame.clone()) } else { outbox.push(frame.clone()).map(|_| false) } {
+                if claim {
+                    claimed.add(outbox);
+                }
                 delivered += 1;
                 bytes += frame.len();
             }

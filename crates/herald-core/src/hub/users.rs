@@ -6,10 +6,10 @@ use crate::broker::{Remote, Topic};
 use crate::codec::Encoded;
 use crate::error::SignInError;
 use crate::ids::SocketId;
-use crate::outbox::Disconnect;
+use crate::outbox::{Claimed, Disconnect};
 use crate::publication::Publication;
 
-use super::Hub;
+use super::{ConfirmError, Hub, Published};
 
 impl Hub {
     /// Signs `socket` in as `user_id`, from `device` if the front knows it, so it receives that user's
@@ -53,7 +53,33 @@ impl Hub {
         self.deliver_to_user(user_id, publication)
     }
 
+    /// Like [`Hub::publish_to_user`], at most once per `idempotency_key` within the window (a repeat
+    /// is accepted and not delivered): for bus consumers that ack only what was accepted.
+    pub async fn publish_to_user_confirmed(
+        &self,
+        user_id: &str,
+        publication: &Publication,
+        idempotency_key: Option<&str>,
+    ) -> Result<Published, ConfirmError> {
+        if let Some(key) = idempotency_key {
+            if let Some(sent) = self.publish_once(|| Topic::User(Arc::from(user_id)), publication, key).await {
+                if !sent? {
+                    return Ok(Published::Repeat);
+                }
+                self.deliver_to_user(user_id, publication);
+                return Ok(Published::Delivered { position: None });
+            }
+            if !self.first_seen(key).await? {
+                return Ok(Published::Repeat);
+            }
+        }
+        self.publish_to_user(user_id, publication);
+        Ok(Published::Delivered { position: None })
+    }
+
     pub(super) fn deliver_to_user(&self, user_id: &str, publication: &Publication) -> usize {
+        // Declared first, so the claimed outboxes are written after the map guard is gone.
+        let mut claimed = Claimed::default();
         let Some(sockets) = self.users.get(user_id) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
         self.push_all(
@@ -61,6 +87,7 @@ impl Hub {
             publication.except,
             publication.except_device.as_deref(),
             &mut encoded,
+            &mut claimed,
         )
     }
 

@@ -277,16 +277,27 @@ impl Ctx {
         #[derive(serde::Deserialize)]
         struct UserData {
             id: serde_json::Value,
+            /// The connection's device (optional): publications that exclude it (a bus message's
+            /// origin device) skip this connection.
+            #[serde(default)]
+            device_id: Option<serde_json::Value>,
         }
-        let id = match wire::object::<UserData>(&data.user_data).map(|u| u.id) {
-            Ok(serde_json::Value::String(id)) if !id.is_empty() && id.len() <= MAX_USER_ID => id,
+        let (id, device) = match wire::object::<UserData>(&data.user_data).map(|u| (u.id, u.device_id)) {
+            Ok((serde_json::Value::String(id), device)) if !id.is_empty() && id.len() <= MAX_USER_ID => {
+                // A device id that is not a short string is ignored (the connection just has none).
+                let device = match device {
+                    Some(serde_json::Value::String(d)) if !d.is_empty() && d.len() <= MAX_USER_ID => Some(d),
+                    _ => None,
+                };
+                (id, device)
+            }
             _ => {
                 let message = format!("user_data must be an object with a string id of 1 to {MAX_USER_ID} bytes");
                 self.error(codes::TERMINATED, &message, "signin");
                 return None;
             }
         };
-        if let Err(e) = self.hub.sign_in(self.id, &id, None) {
+        if let Err(e) = self.hub.sign_in(self.id, &id, device.as_deref()) {
             self.error(codes::TERMINATED, &e.to_string(), "signin");
             return None;
         }

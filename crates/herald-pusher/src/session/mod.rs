@@ -1,4 +1,4 @@
-//! One WebSocket connection speaking Pusher v7: registration, the read/write loop, keep-alive, closing.
+//! One WebSocket connection speaking Pusher v7: registration, the read/write loop, closing.
 //!
 //! The session task owns the socket. Everything it sends, replies included, goes through the
 //! connection's [`Outbox`], so replies and fan-out keep their order and share one bound. The loop
@@ -11,23 +11,26 @@
 //! keep-alive and shutdown, and queues (bounded) the frames that arrive, to handle them in order once
 //! the step is done. Without a cluster everything is synchronous.
 //!
+//! Keep-alive and shutdown reach the session through its outbox: the front's sweep
+//! (`herald_core::KeepalivePolicy`) queues `pusher:ping` to idle clients and closes those that don't
+//! answer (4201), and shutdown closes every outbox (4200). Every frame read stamps the outbox's activity.
+//!
 //! The connection's registration is a guard ([`registration::Registered`]): whatever ends the session
 //! (close, error, shutdown, cancellation, a panic) unregisters it, and in a cluster uncounts it.
 
 mod cluster;
 mod commands;
 mod registration;
+mod socket;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::FutureExt;
 use herald_core::{Drained, Hub};
-use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -41,6 +44,7 @@ use crate::{Pusher, PusherApp};
 use cluster::Step;
 use commands::{Ctx, RateLimit};
 use registration::Registered;
+use socket::SharedSocket;
 
 /// Client frames queued while a cluster step is pending; beyond it the session stops reading (TCP
 /// pushes back) until the step is done.
@@ -52,7 +56,16 @@ const MAX_PINGS_PER_SECOND: u32 = 50;
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Sends an error frame and a close frame, for connections refused before they start.
-pub(crate) async fn refuse(mut socket: Socket, code: u16, message: &str) {
+pub(crate) async fn refuse(socket: Socket, code: u16, message: &str) {
+    refuse_shared(&SharedSocket::new(socket), code, message).await
+}
+
+/// The socket, ready to be shared by the session and direct writes.
+pub(crate) fn share(socket: Socket) -> Arc<SharedSocket> {
+    Arc::new(SharedSocket::new(socket))
+}
+
+async fn refuse_shared(socket: &SharedSocket, code: u16, message: &str) {
     let data = serde_json::json!({ "code": code, "message": message });
     metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
     let refusal = async {
@@ -63,7 +76,7 @@ pub(crate) async fn refuse(mut socket: Socket, code: u16, message: &str) {
         socket.send(close(code, message)).await
     };
     if tokio::time::timeout(CLOSE_LINGER, refusal).await.is_ok_and(|sent| sent.is_ok()) {
-        linger(&mut socket).await;
+        linger(socket).await;
     }
 }
 
@@ -139,44 +152,48 @@ impl Session {
     }
 
     /// Runs the connection to completion, then closes the socket politely (bounded).
-    pub(crate) async fn serve(mut self, mut socket: Socket) {
+    ///
+    /// Takes the socket already shared (see [`share`]): a `Socket` argument would stay in this
+    /// future's state after being moved, for the connection's whole life.
+    pub(crate) async fn serve(mut self, socket: Arc<SharedSocket>) {
         if let Err((code, message)) = Box::pin(self.conn.count_in_cluster()).await {
-            return Box::pin(refuse(socket, code, message)).await;
+            return Box::pin(refuse_shared(&socket, code, message)).await;
         }
-        let ending = self.run(&mut socket).await;
+        // Delivery may write to the socket itself while this session is idle.
+        self.conn.outbox.set_direct(socket.clone());
+        let ending = self.run(&socket).await;
+        // Nothing more goes out after this but the goodbye.
+        self.conn.outbox.close(herald_core::Disconnect::Ended);
         // Free the admission slot now: the goodbye below may take a while for a slow client.
         drop(self.admission.take());
-        Box::pin(finish(socket, ending)).await;
+        Box::pin(finish(&socket, ending)).await;
         debug!("disconnected");
     }
 
-    async fn run(&mut self, socket: &mut Socket) -> Ending {
+    async fn run(&mut self, socket: &SharedSocket) -> Ending {
+        // Shutdown closes every registered outbox (4200); one registered after that sees the token.
+        if self.conn.front.shutdown.is_cancelled() {
+            return ending(codes::disconnect(herald_core::Disconnect::Shutdown));
+        }
         let activity = self.conn.front.config.activity_timeout;
         self.conn.reply(established(&self.conn.id_text(), activity));
         debug!("connected");
 
-        // The socket is not split: each select! branch future is dropped before its handler runs, so
-        // the read branch and the write handler can both borrow it (no BiLock, less memory per socket).
-        // Created once: a fresh `cancelled()` per loop turn would re-register with the token every time.
-        let shutdown = self.conn.front.shutdown.clone();
-        let cancelled = shutdown.cancelled();
-        tokio::pin!(cancelled);
+        // The socket is not split (no BiLock): every use locks it for one poll (see `socket`).
+        // Keep-alive (pings, pong timeout) and shutdown arrive through the outbox (the front's sweep
+        // queues pings and closes), so an idle session holds no timer and no shutdown future.
         let mut batch: Vec<Bytes> = Vec::new();
         let mut busy: Option<Box<Busy>> = None;
-        let mut last_seen = Instant::now();
-        let mut awaiting_pong = false;
         let mut pings = (this_second(), 0u32);
-        let keepalive = tokio::time::sleep(activity);
-        tokio::pin!(keepalive);
 
         loop {
             tokio::select! {
-                _ = &mut cancelled => return ending(codes::disconnect(herald_core::Disconnect::Shutdown)),
                 drained = self.conn.outbox.drain(&mut batch) => match drained {
                     Drained::Frames => {
                         if !write_batch(socket, &mut batch, self.conn.front.config.write_timeout).await {
                             return Ending::Drop;
                         }
+                        self.conn.outbox.written();
                     }
                     Drained::Closed(reason) => return ending(codes::disconnect(reason)),
                 },
@@ -191,8 +208,7 @@ impl Session {
                     }
                 },
                 incoming = socket.next(), if busy.as_ref().is_none_or(|busy| busy.waiting.len() < MAX_WAITING) => {
-                    last_seen = Instant::now();
-                    awaiting_pong = false;
+                    self.conn.outbox.touch();
                     match incoming {
                         Some(Ok(Message::Text(t))) => match busy.as_mut() {
                             None => {
@@ -222,29 +238,15 @@ impl Session {
                         Some(Err(e)) => return protocol_error(e),
                     }
                 },
-                _ = &mut keepalive => {
-                    let idle_until = last_seen + activity;
-                    let now = Instant::now();
-                    if awaiting_pong {
-                        return Ending::Close(codes::PONG_TIMEOUT, "Pong reply not received in time");
-                    } else if now < idle_until {
-                        keepalive.as_mut().reset(idle_until);
-                    } else {
-                        self.conn.reply(wire::frame_json("pusher:ping", None, &serde_json::json!({})));
-                        awaiting_pong = true;
-                        keepalive.as_mut().reset(now + self.conn.front.config.pong_timeout);
-                    }
-                },
             }
         }
     }
 }
 
-/// Whole seconds since the process's first call: a 4-byte clock for per-second counters that every
+/// Whole seconds on the engine's activity clock: a 4-byte clock for per-second counters that every
 /// idle session keeps.
 fn this_second() -> u32 {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_secs() as u32
+    herald_core::activity_clock() / 1000
 }
 
 fn ending((code, reason): (u16, &'static str)) -> Ending {
@@ -268,7 +270,7 @@ fn protocol_error(e: WsError) -> Ending {
 
 /// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
 /// did not take the bytes in time (a stalled reader: counted as a slow consumer).
-async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
+async fn write_batch(socket: &SharedSocket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
     let written = {
         let mut write = std::pin::pin!(async {
             for frame in batch.drain(..) {
@@ -302,11 +304,11 @@ async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Dura
 
 /// Says goodbye: sends the close frame and reads what the client still sends until its close reply,
 /// so the close frame is not destroyed by a TCP reset; or echoes the client's close. Bounded.
-async fn finish(mut socket: Socket, ending: Ending) {
+async fn finish(socket: &SharedSocket, ending: Ending) {
     match ending {
         Ending::Close(code, reason) => {
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
-                linger(&mut socket).await;
+                linger(socket).await;
             }
         }
         Ending::Echo => {
@@ -319,7 +321,7 @@ async fn finish(mut socket: Socket, ending: Ending) {
 /// Reads (and discards) until the client's close reply or [`CLOSE_LINGER`]. Once tungstenite can no
 /// longer parse the input (the rest of an oversized or invalid frame), the raw bytes are drained until
 /// the client closes.
-async fn linger(socket: &mut Socket) {
+async fn linger(socket: &SharedSocket) {
     let drain = async {
         loop {
             match socket.next().await {
@@ -329,7 +331,7 @@ async fn linger(socket: &mut Socket) {
             }
         }
         let mut buf = vec![0u8; 4096];
-        while matches!(socket.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
+        while matches!(socket.read_raw(&mut buf).await, Ok(n) if n > 0) {}
     };
     let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }

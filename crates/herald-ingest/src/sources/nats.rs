@@ -1,0 +1,151 @@
+//! NATS JetStream: a durable pull consumer shared by every Herald node (the server hands each message
+//! to one of them), explicit acks.
+//!
+//! The loop fetches up to `batch` messages (waiting up to a second for the first), relays each and acks
+//! it only if the engine accepted it (delivered or a repeat) or it is skipped; a message the engine
+//! refuses is nak'ed with a delay and the rest of the batch is left to redeliver after `ack_wait`. A
+//! node that dies mid-batch never acks: the server redelivers its messages to a live node after
+//! `ack_wait`, and their idempotency keys (by default subject and stream sequence) keep clients from
+//! seeing them twice. The stream must exist (the backend owns it); the consumer is created if missing.
+//! NATS unreachable: the source is down on `/up`; the client reconnects by itself and the loop retries
+//! with backoff. (async-nats runs its connection in a task of its own, ended when the client is
+//! dropped at shutdown.)
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, PullConsumer};
+use async_nats::jetstream::AckKind;
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::config::{seconds, NatsConfig};
+use crate::health::SourceHealth;
+use crate::mapping::BusMessage;
+use crate::relay::Relay;
+
+/// How long a fetch waits for its first message.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    #[error("nats: {0}")]
+    Nats(String),
+    #[error("nats call timed out")]
+    Timeout,
+    #[error("engine refused a publication: {0}")]
+    Engine(herald_core::ConfirmError),
+}
+
+fn nats(e: impl std::fmt::Display) -> StepError {
+    StepError::Nats(e.to_string())
+}
+
+/// Runs the source until `shutdown`.
+pub(crate) async fn run(config: NatsConfig, relay: Relay, health: Arc<SourceHealth>, shutdown: CancellationToken) {
+    let timeout = seconds("timeout", config.timeout).unwrap_or(Duration::from_secs(5));
+    let ack_wait = seconds("ack_wait", config.ack_wait).unwrap_or(Duration::from_secs(30));
+    let mut backoff = Backoff::default();
+    let mut consumer: Option<PullConsumer> = None;
+    while !shutdown.is_cancelled() {
+        let step = async {
+            let current = match &consumer {
+                Some(c) => c.clone(),
+                None => {
+                    let c = connect(&config, timeout, ack_wait).await?;
+                    consumer = Some(c.clone());
+                    c
+                }
+            };
+            fetch(&current, &config, &relay, &health, timeout, &shutdown).await
+        };
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            result = step => result,
+        };
+        match result {
+            Ok(()) => {
+                health.up();
+                backoff.reset();
+            }
+            Err(StepError::Engine(e)) => {
+                tracing::warn!(source = relay.source(), error = %e, "engine refused a publication; retrying after backoff");
+                if !backoff.wait(&shutdown).await {
+                    break;
+                }
+            }
+            Err(e) => {
+                health.down(&e);
+                // Connect again: the stream or the consumer may have been re-created meanwhile.
+                consumer = None;
+                if !backoff.wait(&shutdown).await {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!(source = relay.source(), "nats source stopped");
+}
+
+async fn connect(config: &NatsConfig, timeout: Duration, ack_wait: Duration) -> Result<PullConsumer, StepError> {
+    let connect = async_nats::ConnectOptions::new().connection_timeout(timeout).request_timeout(Some(timeout)).connect(config.url.as_str());
+    let client = tokio::time::timeout(timeout * 2, connect).await.map_err(|_| StepError::Timeout)?.map_err(nats)?;
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(&config.stream).await.map_err(nats)?;
+    let consumer_config = pull::Config {
+        durable_name: Some(config.durable.clone()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        filter_subject: config.filter.clone().unwrap_or_default(),
+        // Bounded: at most this many messages out unacked per consumer (every node together).
+        max_ack_pending: (config.batch * 10) as i64,
+        ..Default::default()
+    };
+    stream.get_or_create_consumer(&config.durable, consumer_config).await.map_err(nats)
+}
+
+async fn fetch(
+    consumer: &PullConsumer,
+    config: &NatsConfig,
+    relay: &Relay,
+    health: &SourceHealth,
+    timeout: Duration,
+    shutdown: &CancellationToken,
+) -> Result<(), StepError> {
+    let request = consumer.fetch().max_messages(config.batch).expires(FETCH_WAIT).messages();
+    let mut messages = tokio::time::timeout(timeout, request).await.map_err(|_| StepError::Timeout)?.map_err(nats)?;
+    health.up();
+    let source = relay.source().to_owned();
+    loop {
+        let next = tokio::select! {
+            // Unacked messages of this batch are redelivered after ack_wait.
+            _ = shutdown.cancelled() => return Ok(()),
+            next = tokio::time::timeout(FETCH_WAIT + timeout, messages.next()) => next,
+        };
+        let message = match next {
+            Err(_) => return Err(StepError::Timeout),
+            Ok(None) => return Ok(()),
+            Ok(Some(message)) => message.map_err(nats)?,
+        };
+        let (id, sent_at) = match message.info() {
+            Ok(info) => {
+                if info.delivered > 1 {
+                    metrics::counter!("herald_ingest_redelivered_total", "source" => source.clone()).increment(1);
+                }
+                metrics::gauge!("herald_ingest_position", "source" => source.clone()).set(info.stream_sequence as f64);
+                let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
+                (info.stream_sequence.to_string(), UNIX_EPOCH.checked_add(Duration::from_nanos(nanos)))
+            }
+            Err(_) => (String::new(), None),
+        };
+        let bus = BusMessage { origin: message.subject.as_str(), id: &id, payload: &message.payload };
+        match relay.relay(&bus, sent_at.filter(|t| *t <= SystemTime::now())).await {
+            Ok(_) => message.ack().await.map_err(nats)?,
+            Err(e) => {
+                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return Err(StepError::Engine(e));
+            }
+        }
+    }
+}
