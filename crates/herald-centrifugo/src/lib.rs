@@ -9,6 +9,7 @@
 //! Each app's token keys, API key and channel options are this crate's [`CentrifugoApp`]; the engine
 //! knows apps only by id. Mount [`Centrifugo::router`] in an axum application.
 
+pub mod api;
 mod app;
 pub mod codec;
 pub mod codes;
@@ -175,13 +176,15 @@ impl Centrifugo {
     }
 
     /// The routes: `GET /connection/websocket` and `GET /connection/uni_websocket` (the default
-    /// app: the first configured) and their per-app forms `GET /apps/{id}/connection/...`.
+    /// app: the first configured) and their per-app forms `GET /apps/{id}/connection/...`, and the
+    /// server HTTP API `POST /api/{method}` and `POST /apps/{id}/api/{method}` ([`api`]).
     pub fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/connection/websocket", get(connect_default))
             .route("/apps/{id}/connection/websocket", get(connect_app))
             .route("/connection/uni_websocket", get(uni_default))
             .route("/apps/{id}/connection/uni_websocket", get(uni_app))
+            .merge(api::routes())
             .with_state(self.clone())
     }
 }
