@@ -349,7 +349,8 @@ impl<'a> Api<'a> {
                     return error_value(codes::UNRECOVERABLE_POSITION);
                 }
             }
-            let mut publications: Vec<Value> = if limit == 0 { Vec::new() } else { read.publications.iter().map(publication_value).collect() };
+            let mut publications: Vec<Value> =
+                if limit == 0 { Vec::new() } else { read.publications.iter().map(publication_value).collect() };
             if r.reverse {
                 publications.reverse();
             }
