@@ -23,10 +23,10 @@ trap 'rm -rf "$tmp"; [ -n "$pid" ] && kill $pid 2>/dev/null || true' EXIT
 
 start() {
   case "$1" in
-    herald) "$HERALD_BIN" --port $PORT --log warn & pid=$! ;;
-    herald-base) "${HERALD_BASE_BIN:?set HERALD_BASE_BIN}" --port $PORT --log warn & pid=$! ;;
+    herald) "$HERALD_BIN" --port $PORT --app-id 1 --log warn & pid=$! ;;
+    herald-base) "${HERALD_BASE_BIN:?set HERALD_BASE_BIN}" --port $PORT --app-id 1 --log warn & pid=$! ;;
     sockudo)
-      env SOCKUDO_DEFAULT_APP_ID=app-id SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
+      env SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \
         SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 RATE_LIMITER_ENABLED=false \
         PORT=$PORT METRICS_PORT=9603 HOST=127.0.0.1 RUST_LOG=warn "$SOCKUDO_BIN" >"$tmp/sockudo.log" 2>&1 & pid=$! ;;
   esac

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, Verifier};
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
 use herald_ingest::SourceConfig;
 use herald_pusher::webhooks::RESERVED_HEADERS;
@@ -237,6 +238,8 @@ pub struct FileConfig {
     connects_per_ip_per_minute: Option<u32>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    centrifugo_ping_interval: Option<Seconds>,
+    centrifugo_expired_grace: Option<Seconds>,
     #[serde(default)]
     apps: Vec<FileApp>,
     /// Bus sources to relay from (`[[sources]]`, see herald-ingest).
@@ -282,6 +285,31 @@ struct FileApp {
     webhooks: Vec<FileWebhook>,
     #[serde(default)]
     history: Vec<FileHistory>,
+    /// Centrifugo front: HMAC secret for connection and subscription tokens (default: `secret`).
+    token_hmac_secret: Option<String>,
+    /// Centrifugo front: PEM public key for RS256/384/512 tokens.
+    token_rsa_public_key: Option<String>,
+    /// Centrifugo front: PEM public key for ES256/384 tokens.
+    token_ecdsa_public_key: Option<String>,
+    /// Centrifugo front: required `aud` claim.
+    token_audience: Option<String>,
+    /// Centrifugo front: required `iss` claim.
+    token_issuer: Option<String>,
+    /// Centrifugo front: server API key (default: `secret`).
+    api_key: Option<String>,
+    /// Centrifugo front: clients may connect without a token (Centrifugo's
+    /// `allow_anonymous_connect_without_token`; `allow_anonymous` for short).
+    #[serde(default, alias = "allow_anonymous")]
+    allow_anonymous_connect_without_token: bool,
+    /// Centrifugo front: subscribe every authenticated connection to `#<user>`.
+    #[serde(default)]
+    user_subscribe_to_personal: bool,
+    /// Centrifugo front: options of channels without a namespace.
+    #[serde(default)]
+    channel_options: ChannelOptions,
+    /// Centrifugo front: namespaces.
+    #[serde(default)]
+    namespaces: Vec<Namespace>,
 }
 
 /// One `[[apps.history]]` table: channels starting with `prefix` keep `size` publications for `ttl`
@@ -359,12 +387,15 @@ pub struct AppConfig {
     pub app: App,
     /// The Pusher front's settings for it.
     pub pusher: PusherApp,
+    /// The Centrifugo front's settings for it.
+    pub centrifugo: CentrifugoApp,
 }
 
 impl AppConfig {
-    /// The development app: `app-id` / `app-key` / `app-secret` ([`App::dev`], [`PusherApp::dev`]).
+    /// The development app: `app-id` / `app-key` / `app-secret` ([`App::dev`], [`PusherApp::dev`],
+    /// [`CentrifugoApp::dev`]).
     pub fn dev() -> Self {
-        AppConfig { app: App::dev(), pusher: PusherApp::dev() }
+        AppConfig { app: App::dev(), pusher: PusherApp::dev(), centrifugo: CentrifugoApp::dev() }
     }
 }
 
@@ -383,6 +414,8 @@ pub struct Config {
     pub apps: Vec<AppConfig>,
     /// Pusher front settings.
     pub pusher: PusherConfig,
+    /// Centrifugo front settings.
+    pub centrifugo: CentrifugoConfig,
     /// HTTP server limits (header deadline).
     pub http: HttpConfig,
     /// How long shutdown waits for connections to drain.
@@ -417,6 +450,7 @@ impl Default for Config {
             admin_token: None,
             tls: None,
             sources: Vec::new(),
+            centrifugo: CentrifugoConfig::default(),
         }
     }
 }
@@ -505,7 +539,8 @@ impl Config {
                 secret: cli.app_secret.clone().unwrap_or(dev.secret.clone()),
                 ..dev
             };
-            vec![AppConfig { app: App { id, ..App::dev() }, pusher }]
+            let centrifugo = CentrifugoApp::with_secret(id.clone(), pusher.secret.clone());
+            vec![AppConfig { app: App { id, ..App::dev() }, pusher, centrifugo }]
         } else {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
@@ -547,6 +582,19 @@ impl Config {
                 body_timeout,
                 webhooks,
                 write_timeout,
+            },
+            centrifugo: CentrifugoConfig {
+                ping_interval: match file.centrifugo_ping_interval {
+                    Some(s) => positive_duration("centrifugo_ping_interval", s.get())?,
+                    None => CentrifugoConfig::default().ping_interval,
+                },
+                expired_grace: match file.centrifugo_expired_grace {
+                    Some(s) => positive_duration("centrifugo_expired_grace", s.get())?,
+                    None => CentrifugoConfig::default().expired_grace,
+                },
+                max_connections,
+                write_timeout,
+                ..CentrifugoConfig::default()
             },
             http: HttpConfig { header_timeout, ip },
             shutdown_grace: Duration::from_secs(cli.shutdown_grace.or(file.shutdown_grace).unwrap_or(10)),
@@ -673,6 +721,41 @@ impl FileApp {
             let options = HistoryOptions { size: rule.size, ttl: Duration::from_secs(rule.ttl) };
             history.push(HistoryRule { prefix: rule.prefix.clone(), options });
         }
+        // Centrifugo namespaces with history become engine history rules too, so a publication to
+        // such a channel keeps its history whichever front or API publishes it; the options of
+        // channels without a namespace come last (the fallback).
+        for ns in &self.namespaces {
+            if let Some(options) = ns.options.history() {
+                history.push(HistoryRule { prefix: format!("{}:", ns.name), options });
+            }
+        }
+        if let Some(options) = self.channel_options.history() {
+            history.push(HistoryRule { prefix: String::new(), options });
+        }
+        let invalid = |what: String| ConfigError::Invalid(format!("app {:?}: {what}", self.id));
+        self.channel_options.validate().map_err(|e| invalid(format!("channel_options: {e}")))?;
+        let mut names = std::collections::HashSet::new();
+        for ns in &self.namespaces {
+            let valid = !ns.name.is_empty() && ns.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+            if !valid || !names.insert(ns.name.as_str()) {
+                return Err(invalid(format!("namespace name {:?} must be unique, non-empty, letters, digits, - _ .", ns.name)));
+            }
+            ns.options.validate().map_err(|e| invalid(format!("namespace {:?}: {e}", ns.name)))?;
+        }
+        let centrifugo = CentrifugoApp {
+            id: self.id.clone(),
+            token_hmac_secret: Some(self.token_hmac_secret.clone().unwrap_or_else(|| self.secret.clone())),
+            token_rsa_public_key: self.token_rsa_public_key.clone(),
+            token_ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            token_audience: self.token_audience.clone(),
+            token_issuer: self.token_issuer.clone(),
+            api_key: Some(self.api_key.clone().unwrap_or_else(|| self.secret.clone())),
+            allow_anonymous_connect_without_token: self.allow_anonymous_connect_without_token,
+            user_subscribe_to_personal: self.user_subscribe_to_personal,
+            channel_options: self.channel_options.clone(),
+            namespaces: self.namespaces.clone(),
+        };
+        Verifier::new(&centrifugo).map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let pusher = PusherApp {
             id: self.id.clone(),
             key: self.key,
@@ -685,7 +768,7 @@ impl FileApp {
             api_requests_per_minute: self.api_requests_per_minute,
             batch_webhooks: self.batch_webhooks,
         };
-        Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher })
+        Ok(AppConfig { app: App { id: self.id, enabled: self.enabled, limits, history }, pusher, centrifugo })
     }
 }
 
@@ -719,7 +802,7 @@ mod tests {
         let c = Config::resolve(FileConfig::default(), &Cli::default()).unwrap();
         assert_eq!((c.host.to_string().as_str(), c.port), ("127.0.0.1", 6001));
         assert_eq!(c.apps.len(), 1);
-        let AppConfig { app, pusher } = &c.apps[0];
+        let AppConfig { app, pusher, .. } = &c.apps[0];
         assert_eq!((app.id.as_str(), pusher.id.as_str()), (DEV_APP_ID, DEV_APP_ID));
         assert_eq!((pusher.key.as_str(), pusher.secret.as_str()), ("app-key", "app-secret"));
         assert!(app.enabled && pusher.enable_client_messages && pusher.enable_user_authentication && !pusher.enable_subscription_count);
@@ -777,7 +860,7 @@ mod tests {
             "#,
         );
         let c = Config::resolve(file, &Cli::default()).unwrap();
-        let AppConfig { app, pusher } = &c.apps[0];
+        let AppConfig { app, pusher, .. } = &c.apps[0];
         assert_eq!((app.id.as_str(), pusher.id.as_str(), pusher.key.as_str(), pusher.secret.as_str()), ("1", "1", "k1", "s1"));
         assert!(app.enabled && pusher.enable_client_messages && !pusher.enable_user_authentication && pusher.enable_subscription_count);
         assert_eq!(app.limits.max_presence_members, 5);
@@ -920,7 +1003,7 @@ mod tests {
             &Cli::default(),
         )
         .unwrap();
-        let AppConfig { app, pusher } = &c.apps[0];
+        let AppConfig { app, pusher, .. } = &c.apps[0];
         assert!(pusher.require_user_authentication && pusher.batch_webhooks);
         assert_eq!((pusher.user_auth_timeout, pusher.api_requests_per_minute), (Duration::from_secs(5), Some(600)));
         assert_eq!((app.limits.max_channel_name, app.limits.max_event_name, app.limits.max_channels_per_publish), (50, 40, 10));

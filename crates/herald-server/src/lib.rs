@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use herald_centrifugo::{Centrifugo, CentrifugoConfig};
 use herald_core::{Disconnect, Engine};
 use herald_ingest::{Ingest, IngestConfigError};
 use herald_pusher::{Pusher, PusherConfig, Trigger, TriggerError};
@@ -50,6 +51,7 @@ pub enum StartError {
 #[derive(Clone)]
 pub struct Herald {
     pusher: Arc<Pusher>,
+    centrifugo: Arc<Centrifugo>,
     shutdown: CancellationToken,
     tasks: TaskTracker,
     http: HttpConfig,
@@ -67,18 +69,39 @@ pub struct Herald {
 
 impl Herald {
     /// A Herald serving `apps` with the in-memory engine and the default [`HttpConfig`]: each
-    /// [`AppConfig`]'s engine app goes to the engine, its Pusher settings to the Pusher front.
+    /// [`AppConfig`]'s engine app goes to the engine, its Pusher settings to the Pusher front, its
+    /// Centrifugo settings to the Centrifugo front (with [`CentrifugoConfig`]'s defaults, sharing the
+    /// Pusher front's connection cap and write timeout).
     pub fn new(apps: Vec<AppConfig>, pusher: PusherConfig) -> Herald {
+        let centrifugo = CentrifugoConfig {
+            max_connections: pusher.max_connections,
+            write_timeout: pusher.write_timeout,
+            ..CentrifugoConfig::default()
+        };
+        Herald::with_fronts(apps, pusher, centrifugo)
+    }
+
+    /// A Herald serving `apps` with both fronts' settings given.
+    pub fn with_fronts(apps: Vec<AppConfig>, pusher: PusherConfig, centrifugo: CentrifugoConfig) -> Herald {
         metrics_http::install();
-        let (apps, pusher_apps): (Vec<_>, Vec<_>) = apps.into_iter().map(|a| (a.app, a.pusher)).unzip();
-        let engine = Arc::new(Engine::new(apps));
+        let mut engine_apps = Vec::with_capacity(apps.len());
+        let mut pusher_apps = Vec::with_capacity(apps.len());
+        let mut centrifugo_apps = Vec::with_capacity(apps.len());
+        for a in apps {
+            engine_apps.push(a.app);
+            pusher_apps.push(a.pusher);
+            centrifugo_apps.push(a.centrifugo);
+        }
+        let engine = Arc::new(Engine::new(engine_apps));
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let sockets = Arc::new(Semaphore::new(pusher.max_connections.min(Semaphore::MAX_PERMITS)));
-        let pusher = Pusher::new(engine, pusher_apps, pusher, shutdown.clone(), tasks.clone());
+        let pusher = Pusher::new(engine.clone(), pusher_apps, pusher, shutdown.clone(), tasks.clone());
+        let centrifugo = Centrifugo::new(engine, centrifugo_apps, centrifugo, shutdown.clone(), tasks.clone());
         metrics_http::register_zero_series(pusher.engine());
         Herald {
             pusher,
+            centrifugo,
             shutdown,
             tasks,
             http: HttpConfig::default(),
@@ -142,7 +165,7 @@ impl Herald {
     /// A Herald from a resolved [`Config`], with its engine started (for Redis: connected, so a wrong
     /// URL fails here, at start-up).
     pub async fn start(config: &Config) -> Result<Herald, StartError> {
-        let mut herald = Herald::new(config.apps.clone(), config.pusher.clone())
+        let mut herald = Herald::with_fronts(config.apps.clone(), config.pusher.clone(), config.centrifugo.clone())
             .with_http(config.http.clone())
             .with_admin_token(config.admin_token.clone().map(|t| t.0));
         if let EngineConfig::Redis(redis) = &config.engine {
@@ -157,7 +180,8 @@ impl Herald {
         &self.ingest
     }
 
-    /// Every route: the Pusher protocol and API, plus `/up`, `/health`, `/metrics` and `/stats`.
+    /// Every route: the Pusher protocol and API, the Centrifugo client protocol, plus `/up`, `/health`,
+    /// `/metrics`, `/stats` and `/dashboard`.
     ///
     /// An application that serves this router with its own `axum::serve` gets the API's own limits
     /// (body size and body deadline, signatures, the process connection cap on WebSocket sessions)
@@ -174,7 +198,7 @@ impl Herald {
             .with_state(self.clone());
         let engine = Arc::downgrade(self.pusher.engine());
         let api = self.pusher.router().layer(axum::middleware::from_fn(move |req, next| api_metrics::count(engine.clone(), req, next)));
-        api.merge(ops)
+        api.merge(self.centrifugo.router()).merge(ops)
     }
 
     /// Publishes in-process, as `POST /apps/{id}/events` does.
@@ -185,6 +209,11 @@ impl Herald {
     /// The Pusher front (for its engine and API).
     pub fn pusher(&self) -> &Arc<Pusher> {
         &self.pusher
+    }
+
+    /// The Centrifugo front.
+    pub fn centrifugo(&self) -> &Arc<Centrifugo> {
+        &self.centrifugo
     }
 
     /// The token that, when cancelled, starts a graceful shutdown.

@@ -18,6 +18,7 @@ fn config(redis: &RedisServer, apps: Vec<AppConfig>, pusher: PusherConfig, timeo
         log: "info".into(),
         apps,
         pusher,
+        centrifugo: herald_centrifugo::CentrifugoConfig::default(),
         http: HttpConfig::default(),
         shutdown_grace: Duration::from_secs(5),
         engine: EngineConfig::Redis(RedisConfig { url: redis.url(), timeout, ..Default::default() }),

@@ -55,7 +55,7 @@ fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
     prop_assert!(config.pusher.pong_timeout >= Duration::from_secs(1));
     prop_assert!(!config.apps.is_empty());
     let (mut ids, mut keys) = (HashSet::new(), HashSet::new());
-    for AppConfig { app, pusher } in &config.apps {
+    for AppConfig { app, pusher, .. } in &config.apps {
         prop_assert!(!app.id.is_empty() && !pusher.key.is_empty() && !pusher.secret.is_empty());
         prop_assert_eq!(&app.id, &pusher.id, "the engine app and its Pusher settings name the same app");
         prop_assert!(ids.insert(&app.id), "duplicate id {:?}", app.id);

@@ -191,6 +191,7 @@ async fn publish_with_info_answers_200_when_redis_is_gone() {
         log: "info".into(),
         apps: vec![herald_server::AppConfig::dev()],
         pusher: herald_pusher::PusherConfig::default(),
+        centrifugo: herald_centrifugo::CentrifugoConfig::default(),
         http: herald_server::HttpConfig::default(),
         shutdown_grace: std::time::Duration::from_secs(5),
         engine: herald_server::EngineConfig::Redis(herald_redis::RedisConfig { url: redis.url(), ..Default::default() }),

@@ -61,7 +61,7 @@ async fn connect_rate_per_ip_is_limited() {
 }
 
 fn app_with(limits: AppLimits, pusher: PusherApp) -> AppConfig {
-    AppConfig { app: App { limits, ..App::dev() }, pusher }
+    AppConfig { app: App { limits, ..App::dev() }, pusher, centrifugo: AppConfig::dev().centrifugo }
 }
 
 #[tokio::test]

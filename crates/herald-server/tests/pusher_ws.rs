@@ -21,11 +21,13 @@ async fn refuses_unknown_app_and_bad_protocol() {
     let off = AppConfig {
         app: App { id: "off".into(), enabled: false, ..App::dev() },
         pusher: PusherApp { id: "off".into(), key: "off-key".into(), ..PusherApp::dev() },
+        centrifugo: herald_centrifugo::CentrifugoApp::with_secret("off", "app-secret"),
     };
     // Pusher settings naming an app the engine does not serve: the key is unknown.
     let ghost = AppConfig {
         app: App { id: "engine-only".into(), ..App::dev() },
         pusher: PusherApp { id: "ghost".into(), key: "ghost-key".into(), ..PusherApp::dev() },
+        centrifugo: herald_centrifugo::CentrifugoApp::with_secret("engine-only", "app-secret"),
     };
     let server = start(vec![AppConfig::dev(), off, ghost], PusherConfig::default()).await;
     for (path, code) in [

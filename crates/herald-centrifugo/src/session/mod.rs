@@ -1,0 +1,344 @@
+//! One WebSocket connection speaking the Centrifugo client protocol: registration, the read/write
+//! loop, server pings, token expiry, closing.
+//!
+//! The session task owns the socket. Everything it sends, replies included, goes through the
+//! connection's [`Outbox`](herald_core::Outbox), so replies and fan-out keep their order and share
+//! one bound. A frame's commands are handled in order by one boxed future ([`commands::handle`]),
+//! which owns the session's protocol state while it runs and gives it back when done; meanwhile the
+//! loop keeps writing, watches shutdown, and queues (bounded) frames that arrive behind it.
+//!
+//! The connection's registration is a guard ([`Registered`]): whatever ends the session (close,
+//! error, shutdown, cancellation, a panic) unregisters it, and in a cluster uncounts it.
+
+mod commands;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use herald_core::{Drained, Hub, Outbox, SocketId, CLUSTER_WAIT};
+use tokio::io::AsyncReadExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tracing::{debug, info_span};
+
+use crate::app::ReadyApp;
+use crate::codes::{self, DisconnectCode};
+use crate::upgrade::Socket;
+use crate::{Centrifugo, Encoding};
+
+pub(crate) use commands::State;
+
+/// Client frames queued while a frame's commands are being handled; beyond it the session stops
+/// reading (TCP pushes back) until they are done.
+const MAX_WAITING: usize = 32;
+/// WebSocket pings a client may send per second; a flood is closed with 1008.
+const MAX_PINGS_PER_SECOND: u32 = 50;
+/// How long the session sends its close frame for, and then reads the client's remaining input.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// What every command of one connection needs; cheap to clone into the handling future.
+#[derive(Clone)]
+pub(crate) struct Ctx {
+    pub(crate) front: Arc<Centrifugo>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) app: Arc<ReadyApp>,
+    pub(crate) id: SocketId,
+    pub(crate) outbox: Outbox,
+    pub(crate) encoding: Encoding,
+}
+
+impl Ctx {
+    pub(crate) fn send(&self, frame: Bytes) {
+        let _ = self.outbox.push(frame);
+    }
+
+    /// Queues the reply to command `id` (if it has one and this encoding carries it).
+    pub(crate) fn reply(&self, id: u32, reply: &crate::protocol::Reply) {
+        if id != 0 {
+            if let Some(frame) = self.encoding.reply(id, reply) {
+                self.send(frame);
+            }
+        }
+    }
+}
+
+/// Closes a connection refused before it starts, with a reason (so terminal codes stay terminal).
+pub(crate) async fn refuse(mut socket: Socket, (code, reason): DisconnectCode) {
+    metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
+    if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
+        linger(&mut socket).await;
+    }
+}
+
+fn close(code: u16, reason: &str) -> Message {
+    Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: Utf8Bytes::from(reason) }))
+}
+
+/// How a session ends, and what it still owes the client.
+pub(crate) enum Ending {
+    /// Send this close code and reason.
+    Close(DisconnectCode),
+    /// The client sent a close frame: echo it.
+    Echo,
+    /// The socket is broken or stuck: drop it.
+    Drop,
+}
+
+/// What a frame's handling gives back: the state, and whether the session must end.
+pub(crate) type Handled = (Box<State>, Option<Ending>);
+
+/// A frame being handled and the frames that arrived behind it.
+struct Busy {
+    work: Pin<Box<dyn Future<Output = Handled> + Send>>,
+    waiting: VecDeque<Bytes>,
+}
+
+/// A registered connection; unregistered on drop (any exit: close, error, cancellation, panic).
+pub(crate) struct Registered {
+    ctx: Ctx,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let ctx = &self.ctx;
+        let Some(departure) = ctx.hub.depart(ctx.id) else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let hub = ctx.hub.clone();
+        ctx.front.tasks.spawn_on(async move { hub.settle(departure).await }, &runtime);
+    }
+}
+
+/// A registered connection, ready to be served.
+pub(crate) struct Session {
+    admission: Option<OwnedSemaphorePermit>,
+    conn: Registered,
+    /// A frame to handle before reading any (a unidirectional connection's `cf_connect`).
+    initial: Option<Bytes>,
+}
+
+/// Registers a new connection with its app's hub. Refused: the disconnect to close with.
+pub(crate) fn open(
+    front: Arc<Centrifugo>,
+    hub: Arc<Hub>,
+    app: Arc<ReadyApp>,
+    admission: OwnedSemaphorePermit,
+    encoding: Encoding,
+    initial: Option<Bytes>,
+) -> Result<Session, DisconnectCode> {
+    let codec = match encoding {
+        Encoding::Json => front.json,
+        Encoding::Protobuf => front.protobuf,
+        Encoding::UniJson => front.uni,
+    };
+    let (id, outbox) = hub.connect_with(codec).map_err(|e| codes::connect_error(&e))?;
+    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding } }, initial })
+}
+
+impl Session {
+    /// The tracing span of this connection.
+    pub(crate) fn span(&self) -> tracing::Span {
+        info_span!("centrifugo", app = %self.conn.ctx.hub.app().id, client = %self.conn.ctx.id)
+    }
+
+    /// Runs the connection to completion, then closes the socket politely (bounded).
+    pub(crate) async fn serve(mut self, mut socket: Socket) {
+        let ending = self.run(&mut socket).await;
+        drop(self.admission.take());
+        Box::pin(finish(socket, ending)).await;
+        debug!("disconnected");
+    }
+
+    async fn run(&mut self, socket: &mut Socket) -> Ending {
+        let ctx = self.conn.ctx.clone();
+        let config = &ctx.front.config;
+        let shutdown = ctx.front.shutdown.clone();
+        let cancelled = shutdown.cancelled();
+        tokio::pin!(cancelled);
+        let mut state: Option<Box<State>> = Some(Box::default());
+        let mut batch: Vec<Bytes> = Vec::new();
+        let mut busy: Option<Box<Busy>> = None;
+        if let Some(frame) = self.initial.take() {
+            let s = state.take().unwrap_or_default();
+            busy = Some(Box::new(Busy { work: Box::pin(commands::handle(ctx.clone(), s, frame)), waiting: VecDeque::new() }));
+        }
+        let mut heard = true;
+        let mut pings = (Instant::now(), 0u32);
+        let opened = Instant::now();
+        let tick = tokio::time::sleep(config.stale_timeout.min(config.ping_interval));
+        tokio::pin!(tick);
+
+        loop {
+            tokio::select! {
+                _ = &mut cancelled => return Ending::Close(codes::SHUTDOWN),
+                drained = ctx.outbox.drain(&mut batch) => match drained {
+                    Drained::Frames => {
+                        if !write_batch(socket, &mut batch, config.write_timeout, ctx.encoding).await {
+                            return Ending::Drop;
+                        }
+                    }
+                    Drained::Closed(reason) => return Ending::Close(codes::disconnect(reason)),
+                },
+                handled = async { match busy.as_mut() { Some(b) => b.work.as_mut().await, None => std::future::pending().await } } => {
+                    let (done, ending) = handled;
+                    if let Some(ending) = ending {
+                        return ending;
+                    }
+                    let mut waiting = busy.take().map_or_else(VecDeque::new, |b| b.waiting);
+                    match waiting.pop_front() {
+                        Some(frame) => busy = Some(Box::new(Busy { work: Box::pin(commands::handle(ctx.clone(), done, frame)), waiting })),
+                        None => state = Some(done),
+                    }
+                },
+                incoming = socket.next(), if busy.as_ref().is_none_or(|b| b.waiting.len() < MAX_WAITING) => {
+                    heard = true;
+                    let frame = match incoming {
+                        Some(Ok(Message::Text(t))) if ctx.encoding != Encoding::Protobuf => Bytes::from(t),
+                        Some(Ok(Message::Binary(b))) if ctx.encoding == Encoding::Protobuf => b,
+                        Some(Ok(Message::Text(_) | Message::Binary(_))) => return Ending::Close(codes::BAD_REQUEST_DISCONNECT),
+                        Some(Ok(Message::Ping(_))) => {
+                            if pings.0.elapsed() >= Duration::from_secs(1) {
+                                pings = (Instant::now(), 0);
+                            }
+                            pings.1 += 1;
+                            if pings.1 > MAX_PINGS_PER_SECOND {
+                                metrics::counter!("herald_errors_total", "kind" => "ping_flood").increment(1);
+                                return Ending::Close((u16::from(CloseCode::Policy), "too many pings"));
+                            }
+                            continue;
+                        }
+                        Some(Ok(Message::Pong(_) | Message::Frame(_))) => continue,
+                        Some(Ok(Message::Close(_))) => return Ending::Echo,
+                        None => return Ending::Drop,
+                        Some(Err(e)) => return protocol_error(e),
+                    };
+                    match (busy.as_mut(), state.take()) {
+                        (Some(b), _) => b.waiting.push_back(frame),
+                        (None, Some(s)) => busy = Some(Box::new(Busy { work: Box::pin(commands::handle(ctx.clone(), s, frame)), waiting: VecDeque::new() })),
+                        (None, None) => return Ending::Close(codes::SERVER_ERROR),
+                    }
+                },
+                _ = &mut tick => {
+                    let now = Instant::now();
+                    tick.as_mut().reset(now + config.ping_interval.min(Duration::from_secs(1)).max(Duration::from_millis(100)));
+                    // Checks need the state; while a frame is being handled they wait for the next tick.
+                    let Some(s) = state.as_mut() else { continue };
+                    if !s.connected {
+                        if opened.elapsed() >= config.stale_timeout {
+                            return Ending::Close(codes::STALE);
+                        }
+                        continue;
+                    }
+                    if let Some(ending) = s.expired(config.expired_grace) {
+                        return ending;
+                    }
+                    if now >= s.next_ping {
+                        if !heard {
+                            return Ending::Close(codes::NO_PONG);
+                        }
+                        heard = false;
+                        s.next_ping = now + config.ping_interval;
+                        ctx.send(ctx.encoding.ping());
+                    }
+                },
+            }
+        }
+    }
+}
+
+/// The close a read error calls for: 1009 for an oversized frame, 1007 for invalid UTF-8, 3501 for
+/// any other protocol violation; a broken connection is just dropped.
+fn protocol_error(e: WsError) -> Ending {
+    debug!(error = %e, "read failed");
+    let (kind, code) = match e {
+        WsError::Capacity(_) => ("frame_too_large", codes::MESSAGE_TOO_BIG),
+        WsError::Utf8(_) => ("invalid_utf8", (u16::from(CloseCode::Invalid), "invalid UTF-8")),
+        WsError::Protocol(_) => ("websocket_protocol", codes::BAD_REQUEST_DISCONNECT),
+        _ => return Ending::Drop,
+    };
+    metrics::counter!("herald_errors_total", "kind" => kind).increment(1);
+    Ending::Close(code)
+}
+
+/// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
+/// did not take the bytes in time (counted as a slow consumer).
+async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration, encoding: Encoding) -> bool {
+    let written = {
+        let mut write = std::pin::pin!(async {
+            for frame in batch.drain(..) {
+                if encoding == Encoding::Protobuf {
+                    socket.feed(Message::Binary(frame)).await?;
+                    continue;
+                }
+                match Utf8Bytes::try_from(frame) {
+                    Ok(text) => socket.feed(Message::Text(text)).await?,
+                    Err(_) => metrics::counter!("herald_errors_total", "kind" => "invalid_outgoing_frame").increment(1),
+                }
+            }
+            socket.flush().await
+        });
+        match write.as_mut().now_or_never() {
+            Some(result) => result.is_ok(),
+            None => match Box::pin(tokio::time::timeout(deadline, write)).await {
+                Ok(result) => result.is_ok(),
+                Err(_) => {
+                    metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "write_timeout").increment(1);
+                    false
+                }
+            },
+        }
+    };
+    batch.clear();
+    if batch.capacity() > 64 {
+        *batch = Vec::new();
+    }
+    written
+}
+
+/// Sends the close frame and reads until the client's close reply, or echoes the client's close.
+async fn finish(mut socket: Socket, ending: Ending) {
+    match ending {
+        Ending::Close((code, reason)) => {
+            debug!(code, reason, "closing");
+            if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
+                linger(&mut socket).await;
+            }
+        }
+        Ending::Echo => {
+            let _ = tokio::time::timeout(CLOSE_LINGER, socket.flush()).await;
+        }
+        Ending::Drop => {}
+    }
+}
+
+/// Reads (and discards) until the client's close reply or [`CLOSE_LINGER`].
+async fn linger(socket: &mut Socket) {
+    let drain = async {
+        loop {
+            match socket.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => break,
+            }
+        }
+        let mut buf = vec![0u8; 4096];
+        while matches!(socket.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
+}
+
+/// Waits (bounded) until this node receives `user`'s deliveries from the cluster.
+pub(crate) async fn user_ready(hub: &Hub, user: &str) {
+    if let Some(mut interest) = hub.prepare_user(user) {
+        if !matches!(tokio::time::timeout(CLUSTER_WAIT, interest.ready()).await, Ok(true)) {
+            metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
+        }
+    }
+}
