@@ -175,3 +175,42 @@ async fn bad_requests_get_centrifugo_errors() {
     // The server still answers.
     assert_eq!(call(server.port, "publish", json!({"channel": "plain", "data": 1})).await, json!({"result": {}}));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_bodies_get_an_answer_for_every_method_and_the_server_stays_up() {
+    let server = start().await;
+    let key = Some(("X-API-Key", "api-key"));
+    let methods = [
+        "publish",
+        "broadcast",
+        "subscribe",
+        "unsubscribe",
+        "disconnect",
+        "refresh",
+        "presence",
+        "presence_stats",
+        "history",
+        "history_remove",
+        "channels",
+        "info",
+    ];
+    let bodies: [&[u8]; 9] = [
+        b"",
+        b"null",
+        b"[]",
+        b"\xff\xfe",
+        b"{\"channel\":7}",
+        b"{\"channel\":\"\\u0000\",\"data\":1,\"user\":\"\"}",
+        b"{\"channels\":[],\"data\":1}",
+        b"{\"channel\":\"hist:a\",\"limit\":-99999999999,\"since\":{\"offset\":18446744073709551615,\"epoch\":\"\"}}",
+        b"{\"channel\":\"plain\",\"b64data\":\"***\"}",
+    ];
+    for method in methods {
+        for body in bodies {
+            let (status, answer) = post(server.port, &format!("/api/{method}"), key, body).await;
+            assert!(status == 200 || status == 400, "{method} {:?}: {status}", String::from_utf8_lossy(body));
+            assert!(answer.get("result").is_some() || answer["error"]["code"].is_u64(), "{method}: {answer}");
+        }
+    }
+    assert_eq!(call(server.port, "publish", json!({"channel": "plain", "data": 1})).await, json!({"result": {}}));
+}
