@@ -183,6 +183,7 @@ impl Session {
                         if !write_batch(socket, &mut batch, config.write_timeout, ctx.encoding).await {
                             return Ending::Drop;
                         }
+                        ctx.outbox.written();
                     }
                     Drained::Closed(reason) => return Ending::Close(codes::disconnect(reason)),
                 },
