@@ -946,12 +946,15 @@ mod tests {
         assert_eq!((c.sources[0].name.as_str(), c.sources[0].app.as_str()), ("sync", "app-id"));
         assert_eq!(c.sources[0].rules.len(), 3);
         let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
-        let source =
-            "[[sources]]\nname = 's'\napp = 'app-id'\n[sources.redis_streams]\nurl = 'redis://127.0.0.1'\nstreams = ['x']\ngroup = 'g'\n";
+        // The default config's dev app.
+        let source = format!(
+            "[[sources]]\nname = 's'\napp = '{DEV_APP_ID}'\n[sources.redis_streams]\nurl = 'redis://127.0.0.1'\nstreams = ['x']\ngroup = 'g'\n"
+        );
+        let source = source.as_str();
         let rule = "[[sources.rules]]\nuser = '{u}'\nevent = 'e'\n";
         assert!(Config::resolve(parse(&format!("{source}{rule}")), &Cli::default()).is_ok());
         assert!(err(source).contains("no [[sources.rules]]"));
-        assert!(err(&format!("{}{rule}", source.replace("app-id", "nope"))).contains("no app"));
+        assert!(err(&format!("{}{rule}", source.replace(&format!("'{DEV_APP_ID}'"), "'nope'"))).contains("no app"));
         assert!(err(&format!("{source}[[sources.rules]]\nuser = '{{u'\nevent = 'e'\n")).contains("rule 1"));
         assert!(err(&format!("{}{rule}", source.replace("batch", "x").replace("group = 'g'", "group = 'g'\nbatch = 0"))).contains("batch"));
         assert!(err(&format!("{}{rule}", source.replace("redis://127.0.0.1", "nope://x"))).contains("redis_streams.url"));
