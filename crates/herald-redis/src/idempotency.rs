@@ -20,6 +20,10 @@ use crate::health::is_link_failure;
 use crate::history::Deadline;
 use crate::state::{app_tag, Conn};
 
+/// Records `ARGV[1]` in the app's window (`ARGV[2]` ms, at most `ARGV[3]` keys) unless it is there
+/// already; for a key not seen before and when `ARGV[4]` is given, also `PUBLISH ARGV[4] ARGV[5]` in the
+/// same script, so the key is never recorded without its publication (see
+/// [`herald_core::Broker::publish_once`]). Returns 0 seen, 1 new, 2 new and the oldest keys evicted.
 const SEEN: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -30,23 +34,7 @@ redis.call('ZADD', KEYS[1], now, ARGV[1])
 local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
 if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1) end
 redis.call('PEXPIRE', KEYS[1], window)
-if over > 0 then return 2 end
-return 1
-"#;
-
-/// [`SEEN`], and for a key not seen, `PUBLISH ARGV[4] ARGV[5]` in the same script: the key is never
-/// recorded without its publication (see [`herald_core::Broker::publish_once`]).
-const SEEN_THEN_PUBLISH: &str = r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local window = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[3])
-if over > 0 then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, over - 1) end
-redis.call('PEXPIRE', KEYS[1], window)
-redis.call('PUBLISH', ARGV[4], ARGV[5])
+if ARGV[4] then redis.call('PUBLISH', ARGV[4], ARGV[5]) end
 if over > 0 then return 2 end
 return 1
 "#;
@@ -58,7 +46,6 @@ pub struct RedisIdempotency<C = ConnectionManager> {
     limits: IdempotencyLimits,
     deadline: Deadline,
     seen: Script,
-    seen_then_publish: Script,
 }
 
 impl<C: Conn> RedisIdempotency<C> {
@@ -70,7 +57,6 @@ impl<C: Conn> RedisIdempotency<C> {
             limits,
             deadline: Deadline::Own(timeout.max(Duration::from_millis(10))),
             seen: Script::new(SEEN),
-            seen_then_publish: Script::new(SEEN_THEN_PUBLISH),
         }
     }
 
@@ -87,7 +73,7 @@ impl<C: Conn> RedisIdempotency<C> {
             let sent: redis::RedisResult<i64> = self.deadline.run(publish.query_async(&mut conn)).await;
             return sent.map(|_| true).map_err(|e| IdempotencyError::Unavailable(e.to_string()));
         }
-        let mut invocation = self.seen_then_publish.prepare_invoke();
+        let mut invocation = self.seen.prepare_invoke();
         let window = u64::try_from(self.limits.window.as_millis()).unwrap_or(u64::MAX).clamp(1, i64::MAX as u64 / 2);
         invocation
             .key(format!("{}:idem", app_tag(&self.prefix, app_id)))
