@@ -19,7 +19,6 @@ pub mod protobuf;
 pub mod protocol;
 mod session;
 pub mod token;
-mod upgrade;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +30,6 @@ use axum::Router;
 use futures_util::future::Either;
 use herald_core::{CodecId, Engine};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -42,7 +40,14 @@ pub use options::{ChannelOptions, Namespace};
 pub use token::{KeyError, TokenError, Verifier};
 
 use app::{Apps, ReadyApp};
-use upgrade::WsUpgrade;
+use herald_ws::WsUpgrade;
+
+/// The subprotocol protobuf clients ask for.
+pub const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+
+/// The front's name in the delivery latency histograms (`hub.latency().front(LATENCY_FRONT)`, the
+/// `front` label of `herald_delivery_latency_seconds`).
+pub const LATENCY_FRONT: &str = "centrifugo";
 
 /// Settings of the Centrifugo front that are not per app.
 #[derive(Debug, Clone)]
@@ -164,6 +169,13 @@ impl Centrifugo {
             }
         }
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
+        // Each served app's delivery-latency histogram for this front exists from the start (sessions
+        // look it up lock-free with `hub.latency().get(LATENCY_FRONT)` when they open).
+        for app in &ready {
+            if let Some(hub) = engine.by_id(&app.settings.id) {
+                hub.latency().front(LATENCY_FRONT);
+            }
+        }
         let json = engine.register_codec(Arc::new(JsonCodec)).expect("the engine has room for the Centrifugo JSON codec");
         let protobuf = engine.register_codec(Arc::new(ProtobufCodec)).expect("the engine has room for the Centrifugo protobuf codec");
         let uni = engine.register_codec(Arc::new(UniJsonCodec)).expect("the engine has room for the Centrifugo unidirectional codec");
@@ -217,11 +229,11 @@ async fn uni_app(State(front): State<Arc<Centrifugo>>, Path(id): Path<String>, Q
 
 /// Upgrades a connection; `uni` is `Some` for a unidirectional one (with its `cf_connect`, if any).
 fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Request, uni: Option<Option<String>>) -> Response {
-    let upgrade = match WsUpgrade::from_request(&mut request) {
+    let upgrade = match WsUpgrade::from_request(&mut request, &[PROTOBUF_SUBPROTOCOL]) {
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
-    let encoding = match (&uni, upgrade.protobuf) {
+    let encoding = match (&uni, upgrade.protocol().is_some()) {
         (Some(_), _) => Encoding::UniJson,
         (None, true) => Encoding::Protobuf,
         (None, false) => Encoding::Json,
@@ -229,7 +241,7 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
     let initial = uni.flatten().map(bytes::Bytes::from);
     let app = app.and_then(|app| Some((front.engine.by_id(&app.settings.id)?.clone(), app)));
     let max_frame = front.config.max_frame;
-    let max_write = WRITE_BATCH.saturating_add(app.as_ref().map_or(64 * 1024, |(h, _)| h.app().limits.outbox.max_bytes.max(64 * 1024)));
+    let outbox_bytes = app.as_ref().map_or(0, |(h, _)| h.app().limits.outbox.max_bytes);
     let refusal: Option<codes::DisconnectCode> = if front.shutdown.is_cancelled() {
         Some(codes::SHUTDOWN)
     } else if app.is_none() {
@@ -238,12 +250,7 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
         None
     };
     let permit = front.admission.clone().try_acquire_owned().ok();
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max_frame))
-        .max_frame_size(Some(max_frame))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BATCH)
-        .max_write_buffer_size(max_write);
+    let config = herald_ws::config(max_frame, outbox_bytes);
     let tasks = front.tasks.clone();
     upgrade.accept(config, &tasks, move |socket| {
         let opened = match (refusal, app, permit) {
@@ -254,6 +261,7 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
         match opened {
             Ok(session) => {
                 let span = session.span();
+                let socket = session.share(socket);
                 Either::Left(session.serve(socket).instrument(span))
             }
             Err(refusal) => Either::Right(session::refuse(socket, refusal)),
@@ -261,10 +269,6 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
     })
 }
 
-/// Bytes tungstenite reads at a time (and keeps per connection).
-const READ_BUFFER: usize = 256;
-/// Queued outgoing bytes after which tungstenite writes without waiting for a flush.
-const WRITE_BATCH: usize = 8192;
 
 /// The version the server reports in connect replies.
 pub const VERSION: &str = concat!("herald ", env!("CARGO_PKG_VERSION"));

@@ -18,7 +18,6 @@ pub mod codes;
 mod events;
 pub mod publish;
 mod session;
-mod upgrade;
 pub mod webhooks;
 pub mod wire;
 
@@ -34,7 +33,6 @@ use futures_util::future::Either;
 use herald_core::ratelimit::{RateLimit, SlidingWindow};
 use herald_core::{CodecId, Engine, KeepalivePolicy};
 use tokio::sync::Semaphore;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -46,7 +44,7 @@ pub use webhooks::{WebhookTarget, Webhooks};
 
 use app::Apps;
 use events::Announcer;
-use upgrade::WsUpgrade;
+use herald_ws::WsUpgrade;
 
 /// The name this front's delivery latencies are recorded under (`front` label of
 /// `herald_delivery_latency_seconds`).
@@ -284,7 +282,7 @@ async fn connect(
     Query(query): Query<HashMap<String, String>>,
     mut request: Request,
 ) -> Response {
-    let upgrade = match WsUpgrade::from_request(&mut request) {
+    let upgrade = match WsUpgrade::from_request(&mut request, &[]) {
         Ok(upgrade) => upgrade,
         Err(response) => return response,
     };
@@ -294,7 +292,7 @@ async fn connect(
     let max_message = hub.map_or(16 * 1024, |h| h.app().limits.max_event_size.saturating_mul(2).saturating_add(4096));
     // What may wait in tungstenite's write buffer: one batch plus the connection's outbox bound, so
     // a client that never reads (and floods pings) can't grow it without limit.
-    let max_write = WRITE_BATCH.saturating_add(hub.map_or(64 * 1024, |h| h.app().limits.outbox.max_bytes.max(64 * 1024)));
+    let outbox_bytes = hub.map_or(0, |h| h.app().limits.outbox.max_bytes);
     let early = request.extensions().get::<ConnectRefusal>().copied();
     let refusal: Option<(u16, String)> = if let Some(early) = early {
         Some((early.code, early.message.to_string()))
@@ -308,12 +306,7 @@ async fn connect(
     let permit = front.admission.clone().try_acquire_owned().ok();
     // A small read buffer: Pusher client frames are small, tungstenite grows it for larger ones, and
     // every idle connection keeps it (see ARCHITECTURE.md, memory per connection).
-    let config = WebSocketConfig::default()
-        .max_message_size(Some(max_message))
-        .max_frame_size(Some(max_message))
-        .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BATCH)
-        .max_write_buffer_size(max_write);
+    let config = herald_ws::config(max_message, outbox_bytes);
     let tasks = front.tasks.clone();
     upgrade.accept(config, &tasks, move |socket| {
         // Registration is synchronous and the session future is not wrapped in further async blocks:
@@ -335,10 +328,6 @@ async fn connect(
     })
 }
 
-/// Bytes tungstenite reads at a time (and keeps per connection).
-const READ_BUFFER: usize = 256;
-/// Queued outgoing bytes after which tungstenite writes without waiting for a flush.
-const WRITE_BATCH: usize = 8192;
 
 #[cfg(test)]
 mod tests {

@@ -7,6 +7,10 @@
 //! which owns the session's protocol state while it runs and gives it back when done; meanwhile the
 //! loop keeps writing, watches shutdown, and queues (bounded) frames that arrive behind it.
 //!
+//! The socket is shared ([`herald_ws::SharedSocket`]): while the session is idle, delivery writes
+//! fan-out frames to it directly (the outbox's write token decides who writes), and every frame of a
+//! publication written, by either, records its delivery latency in the app's `centrifugo` histogram.
+//!
 //! The connection's registration is a guard ([`Registered`]): whatever ends the session (close,
 //! error, shutdown, cancellation, a panic) unregisters it, and in a cluster uncounts it.
 
@@ -19,9 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
 use herald_core::{Drained, Hub, Outbox, SocketId, CLUSTER_WAIT};
-use tokio::io::AsyncReadExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -31,8 +33,8 @@ use tracing::{debug, info_span};
 
 use crate::app::ReadyApp;
 use crate::codes::{self, DisconnectCode};
-use crate::upgrade::Socket;
 use crate::{Centrifugo, Encoding};
+use herald_ws::{FrameKind, SharedSocket, Socket};
 
 pub(crate) use commands::State;
 
@@ -71,10 +73,11 @@ impl Ctx {
 }
 
 /// Closes a connection refused before it starts, with a reason (so terminal codes stay terminal).
-pub(crate) async fn refuse(mut socket: Socket, (code, reason): DisconnectCode) {
+pub(crate) async fn refuse(socket: Socket, (code, reason): DisconnectCode) {
     metrics::counter!("herald_connections_refused_total", "code" => code.to_string()).increment(1);
+    let socket = SharedSocket::new(socket, FrameKind::Text, None);
     if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
-        linger(&mut socket).await;
+        socket.linger(CLOSE_LINGER).await;
     }
 }
 
@@ -148,15 +151,30 @@ impl Session {
         info_span!("centrifugo", app = %self.conn.ctx.hub.app().id, client = %self.conn.ctx.id)
     }
 
+    /// The socket, ready to be shared by the session and direct writes (which record delivery latency
+    /// into the app's histogram for this front).
+    pub(crate) fn share(&self, socket: Socket) -> Arc<SharedSocket> {
+        let ctx = &self.conn.ctx;
+        let kind = if ctx.encoding == Encoding::Protobuf { FrameKind::Binary } else { FrameKind::Text };
+        Arc::new(SharedSocket::new(socket, kind, ctx.hub.latency().get(crate::LATENCY_FRONT).cloned()))
+    }
+
     /// Runs the connection to completion, then closes the socket politely (bounded).
-    pub(crate) async fn serve(mut self, mut socket: Socket) {
-        let ending = self.run(&mut socket).await;
+    ///
+    /// Takes the socket already shared (see [`Session::share`]): a `Socket` argument would stay in
+    /// this future's state after being moved, for the connection's whole life.
+    pub(crate) async fn serve(mut self, socket: Arc<SharedSocket>) {
+        // Delivery may write to the socket itself while this session is idle.
+        self.conn.ctx.outbox.set_direct(socket.clone());
+        let ending = self.run(&socket).await;
+        // Nothing more goes out after this but the goodbye (and no more direct writes).
+        self.conn.ctx.outbox.close(herald_core::Disconnect::Ended);
         drop(self.admission.take());
-        Box::pin(finish(socket, ending)).await;
+        Box::pin(finish(&socket, ending)).await;
         debug!("disconnected");
     }
 
-    async fn run(&mut self, socket: &mut Socket) -> Ending {
+    async fn run(&mut self, socket: &SharedSocket) -> Ending {
         let ctx = self.conn.ctx.clone();
         let config = &ctx.front.config;
         let shutdown = ctx.front.shutdown.clone();
@@ -164,6 +182,7 @@ impl Session {
         tokio::pin!(cancelled);
         let mut state: Option<Box<State>> = Some(Box::default());
         let mut batch: Vec<Bytes> = Vec::new();
+        let mut stamps = Vec::new();
         let mut busy: Option<Box<Busy>> = None;
         if let Some(frame) = self.initial.take() {
             let s = state.take().unwrap_or_default();
@@ -178,10 +197,14 @@ impl Session {
         loop {
             tokio::select! {
                 _ = &mut cancelled => return Ending::Close(codes::SHUTDOWN),
-                drained = ctx.outbox.drain(&mut batch) => match drained {
+                drained = ctx.outbox.drain_stamped(&mut batch, Some(&mut stamps)) => match drained {
                     Drained::Frames => {
-                        if !write_batch(socket, &mut batch, config.write_timeout, ctx.encoding).await {
+                        if !socket.write_batch(&mut batch, config.write_timeout).await {
                             return Ending::Drop;
+                        }
+                        socket.written(&mut stamps);
+                        if stamps.capacity() > 64 {
+                            stamps = Vec::new();
                         }
                         ctx.outbox.written();
                     }
@@ -268,48 +291,13 @@ fn protocol_error(e: WsError) -> Ending {
     Ending::Close(code)
 }
 
-/// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
-/// did not take the bytes in time (counted as a slow consumer).
-async fn write_batch(socket: &mut Socket, batch: &mut Vec<Bytes>, deadline: Duration, encoding: Encoding) -> bool {
-    let written = {
-        let mut write = std::pin::pin!(async {
-            for frame in batch.drain(..) {
-                if encoding == Encoding::Protobuf {
-                    socket.feed(Message::Binary(frame)).await?;
-                    continue;
-                }
-                match Utf8Bytes::try_from(frame) {
-                    Ok(text) => socket.feed(Message::Text(text)).await?,
-                    Err(_) => metrics::counter!("herald_errors_total", "kind" => "invalid_outgoing_frame").increment(1),
-                }
-            }
-            socket.flush().await
-        });
-        match write.as_mut().now_or_never() {
-            Some(result) => result.is_ok(),
-            None => match Box::pin(tokio::time::timeout(deadline, write)).await {
-                Ok(result) => result.is_ok(),
-                Err(_) => {
-                    metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "write_timeout").increment(1);
-                    false
-                }
-            },
-        }
-    };
-    batch.clear();
-    if batch.capacity() > 64 {
-        *batch = Vec::new();
-    }
-    written
-}
-
 /// Sends the close frame and reads until the client's close reply, or echoes the client's close.
-async fn finish(mut socket: Socket, ending: Ending) {
+async fn finish(socket: &SharedSocket, ending: Ending) {
     match ending {
         Ending::Close((code, reason)) => {
             debug!(code, reason, "closing");
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
-                linger(&mut socket).await;
+                socket.linger(CLOSE_LINGER).await;
             }
         }
         Ending::Echo => {
@@ -317,22 +305,6 @@ async fn finish(mut socket: Socket, ending: Ending) {
         }
         Ending::Drop => {}
     }
-}
-
-/// Reads (and discards) until the client's close reply or [`CLOSE_LINGER`].
-async fn linger(socket: &mut Socket) {
-    let drain = async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-                None | Some(Err(_)) => break,
-            }
-        }
-        let mut buf = vec![0u8; 4096];
-        while matches!(socket.get_mut().read(&mut buf).await, Ok(n) if n > 0) {}
-    };
-    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// Waits (bounded) until this node receives `user`'s deliveries from the cluster.

@@ -21,14 +21,12 @@
 mod cluster;
 mod commands;
 mod registration;
-mod socket;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use herald_core::{Drained, Hub};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -37,14 +35,13 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::{debug, info_span};
 
 use crate::codes;
-use crate::upgrade::Socket;
 use crate::wire::{self, Data};
 use crate::{Pusher, PusherApp};
 
 use cluster::Step;
 use commands::{Ctx, RateLimit};
 use registration::Registered;
-use socket::SharedSocket;
+use herald_ws::{text, FrameKind, SharedSocket, Socket};
 
 /// Client frames queued while a cluster step is pending; beyond it the session stops reading (TCP
 /// pushes back) until the step is done.
@@ -57,7 +54,7 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Sends an error frame and a close frame, for connections refused before they start.
 pub(crate) async fn refuse(socket: Socket, code: u16, message: &str) {
-    refuse_shared(&SharedSocket::new(socket, None), code, message).await
+    refuse_shared(&SharedSocket::new(socket, FrameKind::Text, None), code, message).await
 }
 
 async fn refuse_shared(socket: &SharedSocket, code: u16, message: &str) {
@@ -71,20 +68,7 @@ async fn refuse_shared(socket: &SharedSocket, code: u16, message: &str) {
         socket.send(close(code, message)).await
     };
     if tokio::time::timeout(CLOSE_LINGER, refusal).await.is_ok_and(|sent| sent.is_ok()) {
-        linger(socket).await;
-    }
-}
-
-/// A frame as a WebSocket text message. Frames reach the outbox already validated as UTF-8 (encoded
-/// here, or checked where they entered from another node); one that is not is dropped and counted,
-/// never a panic.
-fn text(frame: Bytes) -> Option<Message> {
-    match Utf8Bytes::try_from(frame) {
-        Ok(text) => Some(Message::Text(text)),
-        Err(_) => {
-            metrics::counter!("herald_errors_total", "kind" => "invalid_outgoing_frame").increment(1);
-            None
-        }
+        socket.linger(CLOSE_LINGER).await;
     }
 }
 
@@ -164,7 +148,7 @@ impl Session {
     /// The socket, ready to be shared by the session and direct writes (which record delivery latency
     /// into the app's histogram for this front).
     pub(crate) fn share(&self, socket: Socket) -> Arc<SharedSocket> {
-        Arc::new(SharedSocket::new(socket, self.conn.hub.latency().get(crate::LATENCY_FRONT).cloned()))
+        Arc::new(SharedSocket::new(socket, FrameKind::Text, self.conn.hub.latency().get(crate::LATENCY_FRONT).cloned()))
     }
 
     /// The tracing span of this connection.
@@ -213,7 +197,7 @@ impl Session {
             tokio::select! {
                 drained = self.conn.outbox.drain_stamped(&mut batch, Some(&mut stamps)) => match drained {
                     Drained::Frames => {
-                        if !write_batch(socket, &mut batch, self.conn.front.config.write_timeout).await {
+                        if !socket.write_batch(&mut batch, self.conn.front.config.write_timeout).await {
                             return Ending::Drop;
                         }
                         socket.written(&mut stamps);
@@ -295,47 +279,13 @@ fn protocol_error(e: WsError) -> Ending {
     Ending::Close(code, reason)
 }
 
-/// Writes a batch and flushes it once, within `deadline`. False if the socket failed or the client
-/// did not take the bytes in time (a stalled reader: counted as a slow consumer).
-async fn write_batch(socket: &SharedSocket, batch: &mut Vec<Bytes>, deadline: Duration) -> bool {
-    let written = {
-        let mut write = std::pin::pin!(async {
-            for frame in batch.drain(..) {
-                if let Some(message) = text(frame) {
-                    socket.feed(message).await?;
-                }
-            }
-            socket.flush().await
-        });
-        // Most writes complete at once (the kernel takes the bytes); only one that has to wait gets a
-        // timer, boxed, so that idle sessions don't each carry one.
-        match write.as_mut().now_or_never() {
-            Some(result) => result.is_ok(),
-            None => match Box::pin(tokio::time::timeout(deadline, write)).await {
-                Ok(result) => result.is_ok(),
-                Err(_) => {
-                    metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "write_timeout").increment(1);
-                    debug!("write timed out; dropping the connection");
-                    false
-                }
-            },
-        }
-    };
-    batch.clear();
-    // A burst may have grown the batch; idle connections should not keep it.
-    if batch.capacity() > 64 {
-        *batch = Vec::new();
-    }
-    written
-}
-
 /// Says goodbye: sends the close frame and reads what the client still sends until its close reply,
 /// so the close frame is not destroyed by a TCP reset; or echoes the client's close. Bounded.
 async fn finish(socket: &SharedSocket, ending: Ending) {
     match ending {
         Ending::Close(code, reason) => {
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
-                linger(socket).await;
+                socket.linger(CLOSE_LINGER).await;
             }
         }
         Ending::Echo => {
@@ -343,22 +293,4 @@ async fn finish(socket: &SharedSocket, ending: Ending) {
         }
         Ending::Drop => {}
     }
-}
-
-/// Reads (and discards) until the client's close reply or [`CLOSE_LINGER`]. Once tungstenite can no
-/// longer parse the input (the rest of an oversized or invalid frame), the raw bytes are drained until
-/// the client closes.
-async fn linger(socket: &SharedSocket) {
-    let drain = async {
-        loop {
-            match socket.next().await {
-                Some(Ok(Message::Close(_))) => return,
-                Some(Ok(_)) => {}
-                None | Some(Err(_)) => break,
-            }
-        }
-        let mut buf = vec![0u8; 4096];
-        while matches!(socket.read_raw(&mut buf).await, Ok(n) if n > 0) {}
-    };
-    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }

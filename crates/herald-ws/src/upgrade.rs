@@ -15,12 +15,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_util::task::TaskTracker;
 
 /// An upgraded WebSocket connection, server side.
-pub(crate) type Socket = WebSocketStream<TokioIo<Upgraded>>;
+pub type Socket = WebSocketStream<TokioIo<Upgraded>>;
 
 /// A request that asked for a WebSocket, ready to be accepted.
-pub(crate) struct WsUpgrade {
+pub struct WsUpgrade {
     key: HeaderValue,
     on_upgrade: OnUpgrade,
+    protocol: Option<&'static str>,
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -29,9 +30,13 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 impl WsUpgrade {
     /// Checks the upgrade headers (RFC 6455 section 4.2.1); a request that is not a valid upgrade gets
-    /// a 400 (or 426 for a wrong version) with a JSON body.
+    /// a 400 (405 for a method other than GET, 426 for a wrong version) with a JSON body.
+    ///
+    /// `subprotocols` are the ones the front speaks, in its order of preference: the first that the
+    /// client offers in `Sec-WebSocket-Protocol` is chosen ([`WsUpgrade::protocol`]) and named in the
+    /// 101 answer. A client offering none of them still connects, without a subprotocol.
     #[allow(clippy::result_large_err)]
-    pub(crate) fn from_request(request: &mut Request<Body>) -> Result<WsUpgrade, Response> {
+    pub fn from_request(request: &mut Request<Body>, subprotocols: &[&'static str]) -> Result<WsUpgrade, Response> {
         let refuse = |status: StatusCode, message: &str| (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
         let headers = request.headers();
         if request.method() != Method::GET {
@@ -48,15 +53,22 @@ impl WsUpgrade {
         let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
             return Err(refuse(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
         };
+        let protocol = subprotocols.iter().copied().find(|p| header_has(headers, header::SEC_WEBSOCKET_PROTOCOL, p));
         let Some(on_upgrade) = request.extensions_mut().remove::<OnUpgrade>() else {
             return Err(refuse(StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded"));
         };
-        Ok(WsUpgrade { key, on_upgrade })
+        Ok(WsUpgrade { key, on_upgrade, protocol })
     }
 
-    /// Answers 101 and, once hyper hands the connection over, runs `serve` with the socket on a task
-    /// tracked by `tasks`.
-    pub(crate) fn accept<F, Fut>(self, config: WebSocketConfig, tasks: &TaskTracker, serve: F) -> Response
+    /// The subprotocol chosen for this connection, if the client offered one the front speaks.
+    pub fn protocol(&self) -> Option<&'static str> {
+        self.protocol
+    }
+
+    /// Answers 101 (naming the chosen subprotocol, if any) and, once hyper hands the connection over,
+    /// runs `serve` with the socket on a task tracked by `tasks`. A connection that fails to upgrade
+    /// is counted (`herald_errors_total{kind="upgrade_failed"}`).
+    pub fn accept<F, Fut>(self, config: WebSocketConfig, tasks: &TaskTracker, serve: F) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
@@ -71,12 +83,14 @@ impl WsUpgrade {
             let socket = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
             serve(socket).await;
         });
-        Response::builder()
+        let mut response = Response::builder()
             .status(StatusCode::SWITCHING_PROTOCOLS)
             .header(header::CONNECTION, "upgrade")
             .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+        if let Some(protocol) = self.protocol {
+            response = response.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
+        }
+        response.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
 }
