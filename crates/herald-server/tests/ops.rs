@@ -9,7 +9,11 @@ use common::*;
 use herald_core::latency::Stamp;
 use herald_pusher::PusherConfig;
 use herald_server::{AppConfig, Herald};
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 const TOKEN: &str = "an-admin-token-for-tests";
 
@@ -138,6 +142,126 @@ async fn deliveries_over_sockets_are_timed_directly_written_or_batched() {
     assert!(s["latency"]["count"].as_u64().unwrap() >= 40, "{s}");
 }
 
+/// A Centrifugo client of the dev app with a server-side subscription to `channel` (the token's
+/// `channels` claim), JSON or protobuf, connected and subscribed when this returns.
+async fn centrifugo_subscriber(addr: std::net::SocketAddr, channel: &str, protobuf: bool) -> CfClient {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+    let claims = json!({ "sub": "timer", "exp": exp, "channels": [channel] });
+    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"app-secret")).unwrap();
+    let mut request = format!("ws://{addr}/connection/websocket").into_client_request().unwrap();
+    if protobuf {
+        request.headers_mut().insert("sec-websocket-protocol", "centrifuge-protobuf".parse().unwrap());
+    }
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(response.headers().get("sec-websocket-protocol").is_some(), protobuf);
+    let mut client = CfClient { ws, protobuf, pending: Default::default() };
+    if protobuf {
+        use herald_centrifugo::protobuf::wire;
+        use prost::Message as _;
+        let connect = wire::ConnectRequest { token, ..Default::default() };
+        let command = wire::Command { id: 1, connect: Some(connect), ..Default::default() };
+        client.ws.send(WsMessage::Binary(command.encode_length_delimited_to_vec().into())).await.unwrap();
+    } else {
+        client.ws.send(WsMessage::text(json!({ "id": 1, "connect": { "token": token } }).to_string())).await.unwrap();
+    }
+    let reply = client.next().await;
+    assert_eq!(reply["id"], 1, "connect reply: {reply}");
+    assert!(reply["connect"]["subs"][channel].is_object(), "subscribed server-side: {reply}");
+    client
+}
+
+/// A raw Centrifugo client that reads replies and pushes as JSON values (protobuf ones summarised).
+struct CfClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    protobuf: bool,
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl CfClient {
+    /// The next reply or push (5 s at most).
+    async fn next(&mut self) -> Value {
+        use herald_centrifugo::protobuf::wire;
+        use prost::Message as _;
+        loop {
+            if let Some(v) = self.pending.pop_front() {
+                return v;
+            }
+            let message = tokio::time::timeout(Duration::from_secs(5), self.ws.next()).await.expect("a frame within 5 s").unwrap().unwrap();
+            match message {
+                WsMessage::Text(text) if !self.protobuf => {
+                    self.pending.extend(text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str::<Value>(l).unwrap()));
+                }
+                WsMessage::Binary(mut bytes) if self.protobuf => {
+                    while !bytes.is_empty() {
+                        let reply = wire::Reply::decode_length_delimited(&mut bytes).unwrap();
+                        let subs: serde_json::Map<String, Value> =
+                            reply.connect.iter().flat_map(|c| c.subs.keys()).map(|k| (k.clone(), json!({}))).collect();
+                        let mut v = json!({ "id": reply.id });
+                        if reply.connect.is_some() {
+                            v["connect"] = json!({ "subs": subs });
+                        }
+                        if let Some(pb) = reply.push.as_ref().and_then(|p| p.r#pub.as_ref().map(|pb| (p, pb))) {
+                            let data: Value = serde_json::from_slice(&pb.1.data).unwrap_or(Value::Null);
+                            v["push"] = json!({ "channel": pb.0.channel, "pub": { "data": data } });
+                        }
+                        self.pending.push_back(v);
+                    }
+                }
+                WsMessage::Ping(_) | WsMessage::Pong(_) => {}
+                other => panic!("unexpected frame: {other:?}"),
+            }
+        }
+    }
+
+    /// The next publication pushed on `channel` (skipping pings).
+    async fn publication(&mut self, channel: &str) -> Value {
+        loop {
+            let v = self.next().await;
+            if v["push"]["channel"] == channel && v["push"]["pub"].is_object() {
+                return v["push"]["pub"]["data"].clone();
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn centrifugo_deliveries_are_timed_directly_written_or_batched() {
+    let server = start_admin().await;
+    let hub = server.herald.pusher().engine().by_id("app-id").unwrap().clone();
+    let histogram = hub.latency().front("centrifugo");
+    let before = histogram.snapshot().count();
+    let pusher_before = hub.latency().front("pusher").snapshot().count();
+    let mut json_client = centrifugo_subscriber(server.addr, "timed", false).await;
+    let mut protobuf_client = centrifugo_subscriber(server.addr, "timed", true).await;
+    for i in 0..20 {
+        let body = json!({ "channel": "timed", "data": { "i": i } }).to_string();
+        let request = format!(
+            "POST /api/publish HTTP/1.1\r\nHost: x\r\nX-API-Key: app-secret\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let (status, reply) = http_raw(server.addr, &request).await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for client in [&mut json_client, &mut protobuf_client] {
+        for i in 0..20 {
+            assert_eq!(client.publication("timed").await, json!({ "i": i }), "in order, each once");
+        }
+    }
+    // Each of the 40 frames is recorded once in the Centrifugo front's histogram, whichever task
+    // (a publisher's direct write or the session's batch) wrote it; none in the Pusher front's.
+    eventually(|| async { (histogram.snapshot().count() - before == 40).then_some(()) }).await;
+    assert_eq!(hub.latency().front("pusher").snapshot().count(), pusher_before);
+    let (_, s) = get(server.addr, "/stats", Some(TOKEN)).await;
+    assert!(s["latency"]["count"].as_u64().unwrap() >= 40, "{s}");
+    let text = metrics_text(server.addr).await;
+    let count = text
+        .lines()
+        .find_map(|l| l.strip_prefix("herald_delivery_latency_seconds_count{app=\"app-id\",front=\"centrifugo\"} "))
+        .unwrap_or_else(|| panic!("the centrifugo histogram in /metrics:\n{text}"));
+    assert!(count.trim().parse::<u64>().unwrap() >= 40, "{count}");
+}
+
 #[tokio::test]
 async fn stats_report_latency_percentiles() {
     let server = start_admin().await;
@@ -168,6 +292,7 @@ async fn metrics_are_described_present_from_start_and_include_the_process() {
     assert!(text.contains("# TYPE herald_delivery_latency_seconds histogram"), "{text}");
     assert!(text.contains("herald_delivery_latency_seconds_bucket{app=\"app-id\",front=\"pusher\",le=\"0.0001\"}"), "{text}");
     assert!(text.contains("herald_delivery_latency_seconds_count{app=\"app-id\",front=\"pusher\"}"), "{text}");
+    assert!(text.contains("herald_delivery_latency_seconds_count{app=\"app-id\",front=\"centrifugo\"} 0"), "{text}");
     for name in ["process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name}:\n{text}");
     }
