@@ -1,5 +1,6 @@
-//! The Pusher client side of the bench: opening connections (spread over loopback source addresses so one
-//! machine can open more than 64k), subscribing, and reading deliveries.
+//! The client side of the bench: opening connections (spread over loopback source addresses so one
+//! machine can open more than 64k), subscribing, and reading deliveries, in the Pusher protocol or
+//! the Centrifugo protocol (JSON or protobuf, see [`crate::centrifugo`]).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -13,8 +14,33 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::centrifugo::{self, Encoding, Item};
 use crate::stats::{self, Stats};
 use crate::Target;
+
+/// The client protocol the bench speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Protocol {
+    /// Pusher Channels v7 (`/app/{key}`).
+    #[default]
+    Pusher,
+    /// Centrifugo client protocol v2, JSON (`/apps/{id}/connection/websocket`).
+    CentrifugoJson,
+    /// Centrifugo client protocol v2, protobuf (the `centrifuge-protobuf` subprotocol).
+    CentrifugoProtobuf,
+}
+
+impl Protocol {
+    /// The Centrifugo encoding, for the Centrifugo protocols.
+    pub fn centrifugo(self) -> Option<Encoding> {
+        match self {
+            Protocol::Pusher => None,
+            Protocol::CentrifugoJson => Some(Encoding::Json),
+            Protocol::CentrifugoProtobuf => Some(Encoding::Protobuf),
+        }
+    }
+}
 
 /// One client WebSocket.
 pub type Ws = WebSocketStream<TcpStream>;
@@ -39,6 +65,8 @@ pub struct Connector {
     sources: Vec<Source>,
     next: AtomicUsize,
     next_server: AtomicUsize,
+    /// Numbers the Centrifugo users (`bench-{n}`) the connections authenticate as.
+    next_user: AtomicUsize,
 }
 
 impl Connector {
@@ -55,7 +83,7 @@ impl Connector {
             vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED)]
         };
         let sources = ips.into_iter().map(|ip| Source { ip, next_port: AtomicU32::new(offset) }).collect();
-        Connector { target, sources, next: AtomicUsize::new(0), next_server: AtomicUsize::new(0) }
+        Connector { target, sources, next: AtomicUsize::new(0), next_server: AtomicUsize::new(0), next_user: AtomicUsize::new(0) }
     }
 
     /// A connected TCP stream from the next source address and a free port on it.
@@ -83,8 +111,10 @@ impl Connector {
         Err(anyhow!("no free local port: {last_error:?}"))
     }
 
-    /// Opens one connection and waits for `pusher:connection_established`; returns the socket id.
-    /// `query` is appended to the upgrade URL (the ceiling server reads its channel from it).
+    /// Opens one connection and waits until it is established: `pusher:connection_established`
+    /// (returns the socket id), or the Centrifugo connect reply (returns the user the connection
+    /// authenticated as). `query` is appended to a Pusher upgrade URL (the ceiling server reads its
+    /// channel from it).
     pub async fn open(&self, query: &str) -> anyhow::Result<(Ws, String)> {
         let server = match self.target.spread.len() {
             0 => self.target.addr,
@@ -97,6 +127,9 @@ impl Connector {
         };
         let stream = self.tcp(server).await?;
         stream.set_nodelay(true)?;
+        if let Some(encoding) = self.target.protocol.centrifugo() {
+            return self.open_centrifugo(server, stream, encoding).await;
+        }
         let url = format!("ws://{server}/app/{}?protocol=7&client=herald-bench&version=0.1{query}", self.target.key);
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
         let (mut ws, _) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async_with_config(url, stream, Some(config)))
@@ -106,6 +139,72 @@ impl Connector {
         let data: serde_json::Value = serde_json::from_str(established["data"].as_str().unwrap_or("{}"))?;
         let id = data["socket_id"].as_str().ok_or_else(|| anyhow!("no socket_id"))?.to_string();
         Ok((ws, id))
+    }
+}
+
+impl Connector {
+    async fn open_centrifugo(&self, server: SocketAddr, stream: TcpStream, encoding: Encoding) -> anyhow::Result<(Ws, String)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{server}/apps/{}/connection/websocket", self.target.app_id).into_client_request()?;
+        if encoding == Encoding::Protobuf {
+            request.headers_mut().insert("sec-websocket-protocol", centrifugo::PROTOBUF_SUBPROTOCOL.parse()?);
+        }
+        let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+        let (mut ws, response) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async_with_config(request, stream, Some(config)))
+            .await
+            .context("handshake timed out")??;
+        if encoding == Encoding::Protobuf && response.headers().get("sec-websocket-protocol").is_none() {
+            bail!("the server did not accept the {} subprotocol", centrifugo::PROTOBUF_SUBPROTOCOL);
+        }
+        let user = format!("bench-{}", self.next_user.fetch_add(1, Ordering::Relaxed));
+        ws.send(centrifugo::connect(encoding, centrifugo::connection_token(&self.target.secret, &user)?)).await?;
+        expect_reply(&mut ws, encoding, 1).await.context("connect")?;
+        Ok((ws, user))
+    }
+
+    /// Subscribes connection `id` (as [`Connector::open`] returned it) to a channel and waits for the
+    /// confirmation. A Centrifugo subscription carries a subscription token, so it is allowed
+    /// whatever the channel's options.
+    pub async fn subscribe(&self, ws: &mut Ws, channel: &str, id: &str) -> anyhow::Result<()> {
+        match self.target.protocol.centrifugo() {
+            None => subscribe(ws, channel).await,
+            Some(encoding) => {
+                ws.send(centrifugo::subscribe(encoding, channel, centrifugo::subscription_token(&self.target.secret, id, channel)?)).await?;
+                expect_reply(ws, encoding, 2).await.with_context(|| format!("subscribe to {channel}"))
+            }
+        }
+    }
+}
+
+/// Reads Centrifugo frames until the reply to command `id`; answers pings on the way.
+async fn expect_reply(ws: &mut Ws, encoding: Encoding, id: u32) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + STEP_TIMEOUT;
+    loop {
+        let msg = tokio::time::timeout_at(deadline, ws.next()).await.with_context(|| format!("waiting for the reply to command {id}"))?;
+        let msg = match msg {
+            Some(Ok(Message::Close(frame))) => bail!("closed: {frame:?}"),
+            Some(Ok(msg)) => msg,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        };
+        let Some(payload) = centrifugo::payload(encoding, &msg) else { continue };
+        let mut ping = false;
+        let mut done = None;
+        for item in centrifugo::items(encoding, payload)? {
+            match item {
+                Item::Ping => ping = true,
+                Item::Reply(got, error) if got == id => done = Some(error),
+                Item::Reply(..) | Item::Push(_) => {}
+            }
+        }
+        if ping {
+            ws.send(centrifugo::pong(encoding)).await?;
+        }
+        match done {
+            Some(None) => return Ok(()),
+            Some(Some((code, message))) => bail!("server error {code}: {message}"),
+            None => {}
+        }
     }
 }
 
@@ -153,13 +252,36 @@ pub struct Received {
 }
 
 /// Reads deliveries until `stop`, recording each bench event's publish→receive latency.
-pub async fn receive(mut ws: Ws, stats: &Stats, shard: usize, stop: CancellationToken) -> Received {
+pub async fn receive(mut ws: Ws, protocol: Protocol, stats: &Stats, shard: usize, stop: CancellationToken) -> Received {
     let mut seen = Received::default();
+    let encoding = protocol.centrifugo();
     loop {
         let msg = tokio::select! {
             _ = stop.cancelled() => break,
             msg = ws.next() => msg,
         };
+        if let (Some(encoding), Some(Ok(msg))) = (encoding, &msg) {
+            if let Some(payload) = centrifugo::payload(encoding, msg) {
+                let mut ping = false;
+                // A frame that does not parse is skipped (counted as losses if it held publications).
+                for item in centrifugo::items(encoding, payload).unwrap_or_default() {
+                    match item {
+                        Item::Push(push) => {
+                            if let Some(sent) = stats::sent_at_bytes(push) {
+                                stats.record(shard, sent);
+                                seen.events += 1;
+                            }
+                        }
+                        Item::Ping => ping = true,
+                        Item::Reply(..) => {}
+                    }
+                }
+                if ping {
+                    let _ = ws.send(centrifugo::pong(encoding)).await;
+                }
+                continue;
+            }
+        }
         match msg {
             Some(Ok(Message::Text(t))) => {
                 if let Some(sent) = stats::sent_at(t.as_str()) {

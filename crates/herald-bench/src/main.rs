@@ -7,6 +7,7 @@
 //! SVG plot.
 
 mod ceiling;
+mod centrifugo;
 mod client;
 mod publisher;
 mod report;
@@ -30,8 +31,12 @@ pub struct Target {
     pub app_id: String,
     /// App key (WebSocket path, API signature).
     pub key: String,
-    /// App secret (API signature).
+    /// App secret (API signature, Centrifugo API key and JWT secret).
     pub secret: String,
+    /// The client protocol of the WebSocket connections.
+    pub protocol: client::Protocol,
+    /// The HTTP API publishes go through.
+    pub api: publisher::Api,
 }
 
 /// Options shared by every scenario.
@@ -53,6 +58,14 @@ pub struct Common {
     /// still go to --server. Comma-separated host:port list.
     #[arg(long, global = true, value_delimiter = ',')]
     pub spread: Vec<SocketAddr>,
+    /// Client protocol: Pusher, or Centrifugo's (JSON, or protobuf). Centrifugo connections
+    /// authenticate with an HS256 JWT signed with --app-secret and subscribe with subscription tokens.
+    #[arg(long, global = true, value_enum, default_value_t = client::Protocol::Pusher)]
+    pub protocol: client::Protocol,
+    /// HTTP API to publish through (default: the one of --protocol's front). The Centrifugo API key
+    /// is --app-secret (Herald's default).
+    #[arg(long, global = true, value_enum)]
+    pub publish_api: Option<publisher::Api>,
     /// PID of the server process, to read its memory (idle).
     #[arg(long, global = true)]
     pub pid: Option<u32>,
@@ -79,6 +92,8 @@ impl Common {
             app_id: self.app_id.clone(),
             key: self.app_key.clone(),
             secret: self.app_secret.clone(),
+            protocol: self.protocol,
+            api: self.publish_api.unwrap_or(if self.protocol == client::Protocol::Pusher { publisher::Api::Pusher } else { publisher::Api::Centrifugo }),
         }
     }
 

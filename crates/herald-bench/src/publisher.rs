@@ -1,5 +1,6 @@
-//! Publishing through the Pusher HTTP API (`POST /apps/{id}/events`, signed), the same way a backend
-//! SDK does, so any Pusher-compatible server can be measured.
+//! Publishing through an HTTP API the same way a backend SDK does: the Pusher API
+//! (`POST /apps/{id}/events`, signed), so any Pusher-compatible server can be measured, or the
+//! Centrifugo server API (`POST /apps/{id}/api/publish` with `X-API-Key`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,16 @@ use sha2::Sha256;
 
 use crate::Target;
 
+/// The HTTP API the bench publishes through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Api {
+    /// The Pusher HTTP API: event `bench` with the payload as its (string) data.
+    Pusher,
+    /// The Centrifugo server API: the payload as the publication's JSON data.
+    Centrifugo,
+}
+
 /// A keep-alive HTTP client that signs Pusher API requests.
 #[derive(Clone)]
 pub struct Publisher {
@@ -29,6 +40,32 @@ impl Publisher {
         connector.set_nodelay(true);
         let http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(64).build(connector);
         Publisher { target, http }
+    }
+
+    /// Publishes `data` (a JSON object) on `channel` through the target's API; returns the HTTP
+    /// status (a Centrifugo API error answered with 200 counts as a failure: 500).
+    pub async fn publish(&self, channel: &str, data: &str) -> anyhow::Result<u16> {
+        match self.target.api {
+            Api::Pusher => self.trigger(channel, data).await,
+            Api::Centrifugo => self.centrifugo_publish(channel, data).await,
+        }
+    }
+
+    async fn centrifugo_publish(&self, channel: &str, data: &str) -> anyhow::Result<u16> {
+        let body = format!(r#"{{"channel":{},"data":{data}}}"#, serde_json::Value::from(channel));
+        let uri = format!("http://{}/apps/{}/api/publish", self.target.addr, self.target.app_id);
+        let req = hyper::Request::post(uri)
+            .header("content-type", "application/json")
+            .header("x-api-key", &self.target.secret)
+            .body(Full::new(Bytes::from(body)))
+            .context("request")?;
+        let res = self.http.request(req).await.context("publish request")?;
+        let status = res.status().as_u16();
+        let body = res.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        if status == 200 && body.windows(8).any(|w| w == b"\"error\":") {
+            return Ok(500);
+        }
+        Ok(status)
     }
 
     /// Triggers event `bench` with `data` on `channel`; returns the HTTP status.

@@ -35,9 +35,15 @@ pub fn payload(size: usize) -> String {
 /// The send time in a delivered frame, if it is a bench event (the payload may arrive JSON-escaped
 /// inside the frame's `data` string, or as a raw object).
 pub fn sent_at(frame: &str) -> Option<u64> {
-    let start = frame.find("ts\\\":").map(|i| i + 5).or_else(|| frame.find("\"ts\":").map(|i| i + 5))?;
-    let digits = frame[start..].bytes().take_while(u8::is_ascii_digit).count();
-    frame[start..start + digits].parse().ok()
+    sent_at_bytes(frame.as_bytes())
+}
+
+/// [`sent_at`] for a frame's bytes (a protobuf push carries the payload's JSON as raw bytes).
+pub fn sent_at_bytes(frame: &[u8]) -> Option<u64> {
+    let find = |needle: &[u8]| frame.windows(needle.len()).position(|w| w == needle).map(|i| i + needle.len());
+    let start = find(b"ts\\\":").or_else(|| find(b"\"ts\":"))?;
+    let digits = frame[start..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[start..start + digits]).ok()?.parse().ok()
 }
 
 const SHARDS: usize = 64;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ceiling::{text_frame, Ceiling};
-use crate::client::{self, Connector};
+use crate::client::{self, Connector, Protocol};
 use crate::publisher::Publisher;
 use crate::report::Report;
 use crate::stats::{self, Stats};
@@ -56,7 +56,7 @@ enum Via {
 impl Via {
     async fn publish(&self, channel: &str, data: &str) -> bool {
         match self {
-            Via::Http(p) => matches!(p.trigger(channel, data).await, Ok(200)),
+            Via::Http(p) => matches!(p.publish(channel, data).await, Ok(200)),
             Via::Ceiling(c) => {
                 let frame = serde_json::json!({ "event": "bench", "channel": channel, "data": data }).to_string();
                 c.publish(channel, &text_frame(frame.as_bytes())).await;
@@ -80,6 +80,11 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
     let tasks = TaskTracker::new();
 
     let mut target = common.target();
+    if ceiling {
+        // The ceiling server speaks only (a minimal) Pusher.
+        target.protocol = Protocol::Pusher;
+    }
+    let protocol = target.protocol;
     let via = if ceiling {
         let c = Ceiling::start(shutdown.clone(), tasks.clone()).await?;
         target.addr = c.addr;
@@ -110,7 +115,7 @@ pub async fn run(common: &Common, args: &FanoutArgs, ceiling: bool) -> anyhow::R
     let mut readers = JoinSet::new();
     for (i, ws) in opened.sockets {
         let (stats, stop) = (stats.clone(), stop_readers.clone());
-        readers.spawn(async move { (i % channels, client::receive(ws, &stats, i, stop).await) });
+        readers.spawn(async move { (i % channels, client::receive(ws, protocol, &stats, i, stop).await) });
     }
     let stop_sampler = CancellationToken::new();
     let sampler = tokio::spawn({

@@ -1,9 +1,15 @@
 //! `idle`: many connections, each subscribed to one channel, doing nothing. Measures connect rate and
 //! the server's resident memory per connection.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::client::Connector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{self, Connector, Protocol};
+use crate::stats::Stats;
 use crate::report::Report;
 use crate::{rss, Common};
 
@@ -39,9 +45,27 @@ pub async fn run(common: &Common, args: &IdleArgs) -> anyhow::Result<Report> {
         common.quiet,
     )
     .await;
+    // Centrifugo servers ping every 25 s and close clients that don't answer: their connections
+    // read and answer while they sit (Pusher's activity timeout is longer than a run: its sockets
+    // stay unread, as before).
+    let n = opened.sockets.len();
+    let stop = CancellationToken::new();
+    let readers = TaskTracker::new();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let mut sockets = opened.sockets;
+    if common.protocol != Protocol::Pusher {
+        let stats = Arc::new(Stats::new());
+        for (i, ws) in sockets.drain(..) {
+            let (stop, stats, closed, protocol) = (stop.clone(), stats.clone(), closed.clone(), common.protocol);
+            readers.spawn(async move {
+                if client::receive(ws, protocol, &stats, i, stop).await.closed_with.is_some() {
+                    closed.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    }
     tokio::time::sleep(Duration::from_secs(args.settle)).await;
     let after = common.pid.map(rss::rss_bytes).transpose()?;
-    let n = opened.sockets.len();
     report.put("connections", n);
     report.put("failed", opened.failed);
     report.put("connect_secs", opened.elapsed.as_secs_f64());
@@ -57,6 +81,12 @@ pub async fn run(common: &Common, args: &IdleArgs) -> anyhow::Result<Report> {
     for r in &opened.reasons {
         eprintln!("failure: {r}");
     }
-    drop(opened.sockets);
+    stop.cancel();
+    readers.close();
+    readers.wait().await;
+    if common.protocol != Protocol::Pusher {
+        report.put("closed_by_server", closed.load(Ordering::Relaxed));
+    }
+    drop(sockets);
     Ok(report)
 }

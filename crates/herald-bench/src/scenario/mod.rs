@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::{self, Connector, Ws};
+use crate::client::{Connector, Ws};
 
 /// What opening many connections produced.
 pub struct Opened {
@@ -62,9 +62,9 @@ pub async fn open_many(
             let q = query(i);
             async move {
                 let t0 = Instant::now();
-                let (mut ws, _) = connector.open(&q).await?;
+                let (mut ws, id) = connector.open(&q).await?;
                 if let Some(ch) = ch {
-                    client::subscribe(&mut ws, &ch).await?;
+                    connector.subscribe(&mut ws, &ch, &id).await?;
                 }
                 anyhow::Ok((i, ws, t0.elapsed()))
             }
