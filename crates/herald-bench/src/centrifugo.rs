@@ -146,7 +146,9 @@ pub fn items(encoding: Encoding, payload: &[u8]) -> anyhow::Result<Vec<Item<'_>>
                 let v: serde_json::Value = serde_json::from_slice(line).context("a JSON reply")?;
                 match v["id"].as_u64() {
                     Some(id) => {
-                        let error = v["error"].is_object().then(|| (v["error"]["code"].as_u64().unwrap_or(0) as u32, v["error"]["message"].to_string()));
+                        let error = v["error"]
+                            .is_object()
+                            .then(|| (v["error"]["code"].as_u64().unwrap_or(0) as u32, v["error"]["message"].to_string()));
                         out.push(Item::Reply(id as u32, error));
                     }
                     None if v.as_object().is_some_and(|o| o.is_empty()) => out.push(Item::Ping),

@@ -150,9 +150,10 @@ impl Connector {
             request.headers_mut().insert("sec-websocket-protocol", centrifugo::PROTOBUF_SUBPROTOCOL.parse()?);
         }
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-        let (mut ws, response) = tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async_with_config(request, stream, Some(config)))
-            .await
-            .context("handshake timed out")??;
+        let (mut ws, response) =
+            tokio::time::timeout(STEP_TIMEOUT, tokio_tungstenite::client_async_with_config(request, stream, Some(config)))
+                .await
+                .context("handshake timed out")??;
         if encoding == Encoding::Protobuf && response.headers().get("sec-websocket-protocol").is_none() {
             bail!("the server did not accept the {} subprotocol", centrifugo::PROTOBUF_SUBPROTOCOL);
         }
@@ -169,7 +170,8 @@ impl Connector {
         match self.target.protocol.centrifugo() {
             None => subscribe(ws, channel).await,
             Some(encoding) => {
-                ws.send(centrifugo::subscribe(encoding, channel, centrifugo::subscription_token(&self.target.secret, id, channel)?)).await?;
+                ws.send(centrifugo::subscribe(encoding, channel, centrifugo::subscription_token(&self.target.secret, id, channel)?))
+                    .await?;
                 expect_reply(ws, encoding, 2).await.with_context(|| format!("subscribe to {channel}"))
             }
         }

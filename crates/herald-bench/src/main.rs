@@ -93,7 +93,11 @@ impl Common {
             key: self.app_key.clone(),
             secret: self.app_secret.clone(),
             protocol: self.protocol,
-            api: self.publish_api.unwrap_or(if self.protocol == client::Protocol::Pusher { publisher::Api::Pusher } else { publisher::Api::Centrifugo }),
+            api: self.publish_api.unwrap_or(if self.protocol == client::Protocol::Pusher {
+                publisher::Api::Pusher
+            } else {
+                publisher::Api::Centrifugo
+            }),
         }
     }
 

@@ -269,6 +269,5 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
     })
 }
 
-
 /// The version the server reports in connect replies.
 pub const VERSION: &str = concat!("herald ", env!("CARGO_PKG_VERSION"));

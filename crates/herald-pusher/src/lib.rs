@@ -328,7 +328,6 @@ async fn connect(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

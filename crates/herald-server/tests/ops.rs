@@ -6,10 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::{SinkExt, StreamExt};
 use herald_core::latency::Stamp;
 use herald_pusher::PusherConfig;
 use herald_server::{AppConfig, Herald};
-use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
@@ -148,7 +148,8 @@ async fn centrifugo_subscriber(addr: std::net::SocketAddr, channel: &str, protob
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
     let claims = json!({ "sub": "timer", "exp": exp, "channels": [channel] });
-    let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"app-secret")).unwrap();
+    let token =
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &claims, &jsonwebtoken::EncodingKey::from_secret(b"app-secret")).unwrap();
     let mut request = format!("ws://{addr}/connection/websocket").into_client_request().unwrap();
     if protobuf {
         request.headers_mut().insert("sec-websocket-protocol", "centrifuge-protobuf".parse().unwrap());

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::client::{self, Connector, Protocol};
-use crate::stats::Stats;
 use crate::report::Report;
+use crate::stats::Stats;
 use crate::{rss, Common};
 
 /// Parameters of `idle`.

@@ -40,8 +40,8 @@ use crate::{Pusher, PusherApp};
 
 use cluster::Step;
 use commands::{Ctx, RateLimit};
-use registration::Registered;
 use herald_ws::{text, FrameKind, SharedSocket, Socket};
+use registration::Registered;
 
 /// Client frames queued while a cluster step is pending; beyond it the session stops reading (TCP
 /// pushes back) until the step is done.
