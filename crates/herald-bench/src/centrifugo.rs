@@ -191,3 +191,69 @@ pub fn payload(encoding: Encoding, message: &Message) -> Option<&[u8]> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_frames_split_into_replies_pings_and_pushes() {
+        let frame = b"{\"id\":1,\"connect\":{\"client\":\"c\"}}\n{}\n{\"push\":{\"channel\":\"c\",\"pub\":{\"data\":{\"ts\":42}}}}\n{\"id\":2,\"error\":{\"code\":103,\"message\":\"permission denied\"}}";
+        let items = items(Encoding::Json, frame).unwrap();
+        assert!(matches!(items[0], Item::Reply(1, None)));
+        assert!(matches!(items[1], Item::Ping));
+        assert!(matches!(items[2], Item::Push(p) if crate::stats::sent_at_bytes(p) == Some(42)));
+        assert!(matches!(&items[3], Item::Reply(2, Some((103, _)))));
+        assert_eq!(items.len(), 4);
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Publication {
+        #[prost(bytes = "vec", tag = "4")]
+        data: Vec<u8>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct Push {
+        #[prost(string, tag = "2")]
+        channel: String,
+        #[prost(message, optional, tag = "4")]
+        publication: Option<Publication>,
+    }
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct PushReply {
+        #[prost(message, optional, tag = "4")]
+        push: Option<Push>,
+    }
+
+    #[test]
+    fn protobuf_frames_split_into_replies_pings_and_pushes() {
+        let mut frame = Vec::new();
+        frame.push(0); // an empty reply: a ping
+        let error = wire::Error { code: 109, message: "token expired".into() };
+        frame.extend(wire::Reply { id: 1, error: Some(error) }.encode_length_delimited_to_vec());
+        let data = br#"{"ts":7,"pad":"xx"}"#.to_vec();
+        let push = PushReply { push: Some(Push { channel: "c".into(), publication: Some(Publication { data }) }) };
+        frame.extend(push.encode_length_delimited_to_vec());
+        let items = items(Encoding::Protobuf, &frame).unwrap();
+        assert!(matches!(items[0], Item::Ping));
+        assert!(matches!(&items[1], Item::Reply(1, Some((109, m))) if m == "token expired"));
+        assert!(matches!(items[2], Item::Push(p) if crate::stats::sent_at_bytes(p) == Some(7)));
+        assert_eq!(items.len(), 3);
+        assert!(super::items(Encoding::Protobuf, &[5, 1]).is_err(), "a truncated reply is an error, not a panic");
+    }
+
+    #[test]
+    fn commands_encode_as_the_protocol_says() {
+        let Message::Text(connect) = connect(Encoding::Json, "t".into()) else { panic!("text") };
+        let v: serde_json::Value = serde_json::from_str(connect.as_str()).unwrap();
+        assert_eq!((v["id"].as_u64(), v["connect"]["token"].as_str()), (Some(1), Some("t")));
+        let Message::Binary(sub) = subscribe(Encoding::Protobuf, "news", "s".into()) else { panic!("binary") };
+        let command = wire::Command::decode_length_delimited(&sub[..]).unwrap();
+        assert_eq!(command.id, 2);
+        assert_eq!(command.subscribe.unwrap(), wire::SubscribeRequest { channel: "news".into(), token: "s".into() });
+        let token = subscription_token("secret", "u", "news").unwrap();
+        let key = jsonwebtoken::DecodingKey::from_secret(b"secret");
+        let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &key, &jsonwebtoken::Validation::default()).unwrap().claims;
+        assert_eq!((claims["sub"].as_str(), claims["channel"].as_str()), (Some("u"), Some("news")));
+    }
+}
