@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::codec::CodecId;
+use crate::command::{CommandInbox, Commands, UserAction};
 use crate::keepalive::activity_clock;
 use crate::latency::Stamp;
 
@@ -138,6 +139,8 @@ struct Inner {
     pinged: AtomicU32,
     /// The front's direct writer, once the connection's task installed it.
     direct: OnceLock<Arc<dyn DirectWrite>>,
+    /// User commands for the connection's task, once its front accepts them.
+    commands: OnceLock<Arc<Commands>>,
 }
 
 struct State {
@@ -170,6 +173,7 @@ impl Outbox {
                 seen: AtomicU32::new(activity_clock()),
                 pinged: AtomicU32::new(0),
                 direct: OnceLock::new(),
+                commands: OnceLock::new(),
             }),
         }
     }
@@ -311,6 +315,36 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// Makes this connection receive the user commands meant for it ([`crate::UserCommand`]); the
+    /// connection's task waits on the returned inbox. Only the first call gets one.
+    pub fn accept_commands(&self) -> Option<CommandInbox> {
+        let commands = Arc::new(Commands::default());
+        self.inner.commands.set(commands.clone()).ok()?;
+        Some(CommandInbox { commands })
+    }
+
+    /// Hands `action` to the connection's task. Without an inbox, a disconnect closes the connection
+    /// ([`Disconnect::Terminated`]) and anything else is ignored (false). A full inbox closes the
+    /// connection as a slow consumer.
+    pub(crate) fn command(&self, action: UserAction) -> bool {
+        let Some(commands) = self.inner.commands.get() else {
+            if matches!(action, UserAction::Disconnect { .. }) {
+                self.close(Disconnect::Terminated);
+                return true;
+            }
+            return false;
+        };
+        if self.is_closed() {
+            return false;
+        }
+        if !commands.push(action) {
+            metrics::counter!("herald_slow_consumer_disconnects_total", "reason" => "commands").increment(1);
+            self.close(Disconnect::SlowConsumer);
+            return false;
+        }
+        true
     }
 
     /// Asks the connection to close once it has written what is already queued. The first reason wins.
