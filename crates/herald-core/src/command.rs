@@ -58,7 +58,7 @@ pub enum UserAction {
     },
     /// Take a new expiry (`expire_at`, Unix seconds), or (`expired`) expire now.
     Refresh {
-        /// When the connection now expires (`None`: unchanged).
+        /// When the connection now expires (`None`: it does not).
         expire_at: Option<u64>,
         /// The connection is expired now.
         expired: bool,
