@@ -527,6 +527,34 @@ mod tests {
         task.await.unwrap();
     }
 
+    #[tokio::test]
+    async fn commands_reach_the_inbox_in_order_and_a_full_inbox_closes_as_a_slow_consumer() {
+        use crate::command::MAX_PENDING_COMMANDS;
+        let outbox = Outbox::new(limits(10, 1000));
+        let inbox = outbox.accept_commands().unwrap();
+        let refresh = |at| UserAction::Refresh { expire_at: Some(at), expired: false };
+        for at in 0..MAX_PENDING_COMMANDS as u64 {
+            assert!(outbox.command(refresh(at)));
+        }
+        assert_eq!(inbox.next().await, refresh(0));
+        assert!(outbox.command(refresh(99)), "room again after one was taken");
+        assert!(!outbox.command(refresh(100)), "full");
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::SlowConsumer));
+        assert!(!outbox.command(refresh(101)), "a closed connection takes no commands");
+        assert_eq!(inbox.try_next(), Some(refresh(1)), "what was queued stays in order");
+    }
+
+    #[tokio::test]
+    async fn without_an_inbox_only_a_disconnect_does_anything() {
+        let outbox = Outbox::new(limits(10, 1000));
+        assert!(!outbox.command(UserAction::Unsubscribe { channel: Arc::from("news") }));
+        assert!(!outbox.is_closed());
+        assert!(outbox.command(UserAction::Disconnect { code: 4000, reason: Arc::from("bye") }));
+        let mut out = Vec::new();
+        assert_eq!(outbox.drain(&mut out).await, Drained::Closed(Disconnect::Terminated));
+    }
+
     /// A socket stand-in that records what it takes, refusing or buffering on request.
     #[derive(Default)]
     struct Wire {
