@@ -201,9 +201,15 @@ impl Session {
                     }
                 },
                 handled = async { match busy.as_mut() { Some(b) => b.work.as_mut().await, None => std::future::pending().await } } => {
-                    let (done, ending) = handled;
+                    let (mut done, ending) = handled;
                     if let Some(ending) = ending {
                         return ending;
+                    }
+                    // Commands that waited for this frame go first, so a busy client can't starve them.
+                    while let Some(action) = inbox.try_next() {
+                        if let Some(ending) = user::apply(&ctx, &mut done, action).await {
+                            return ending;
+                        }
                     }
                     let mut waiting = busy.take().map_or_else(VecDeque::new, |b| b.waiting);
                     match waiting.pop_front() {
