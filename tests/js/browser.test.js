@@ -1,5 +1,6 @@
-// pusher-js in a real browser (Debian's headless Chromium, driven by playwright-core): the web build of
-// pusher-js, authorizing over XHR against the page's own backend, as in a browser app.
+// pusher-js and centrifuge-js in a real browser (Debian's headless Chromium, driven by playwright-core):
+// the web build of pusher-js, authorizing over XHR against the page's own backend, as in a browser app,
+// and the browser bundle of centrifuge-js with JWTs the backend made (here: the test).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -7,12 +8,13 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { connect, disconnectAll, next, sdk, startBackend, startHerald, subscribe } from './harness.js';
+import { connToken, subToken } from './centrifugo-harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const skip = process.env.HERALD_SKIP_BROWSER ? 'HERALD_SKIP_BROWSER is set' : false;
 
-const PAGE = `<!doctype html><html><head><script src="/pusher.min.js"></script></head><body>
+const PAGE = `<!doctype html><html><head><script src="/pusher.min.js"></script><script src="/centrifuge.js"></script></head><body>
 <script>
   window.received = [];
   window.start = (port, user) => new Promise((resolve) => {
@@ -30,6 +32,22 @@ const PAGE = `<!doctype html><html><head><script src="/pusher.min.js"></script><
     ch.bind_global((event, data) => { if (!event.startsWith('pusher')) window.received.push({ channel: name, event, data }); });
   });
   window.whisper = (name, event, data) => window.pusher.channel(name).trigger(event, data);
+  // centrifuge-js: the bundle's global (the class, or the module namespace holding it).
+  window.cfReceived = [];
+  window.cfStart = (url, token) => new Promise((resolve, reject) => {
+    const Client = window.Centrifuge.Centrifuge || window.Centrifuge;
+    window.centrifuge = new Client(url, { token });
+    window.centrifuge.on('connected', (ctx) => resolve(ctx.client));
+    window.centrifuge.on('disconnected', (ctx) => reject(new Error('disconnected ' + JSON.stringify(ctx))));
+    window.centrifuge.connect();
+  });
+  window.cfSubscribe = (channel, token) => new Promise((resolve, reject) => {
+    const sub = window.centrifuge.newSubscription(channel, { token });
+    sub.on('publication', (ctx) => window.cfReceived.push({ channel: ctx.channel, data: ctx.data }));
+    sub.on('subscribed', () => resolve(true));
+    sub.on('error', (ctx) => reject(new Error('subscription error ' + JSON.stringify(ctx.error))));
+    sub.subscribe();
+  });
 </script></body></html>`;
 
 let herald, backend, browser, page;
@@ -38,9 +56,11 @@ before(async () => {
   assert.ok(fs.existsSync(CHROMIUM), `${CHROMIUM} not found: install Debian's chromium (scripts/test does) or set HERALD_SKIP_BROWSER=1`);
   herald = await startHerald();
   const pusherJs = fs.readFileSync(path.join(here, 'node_modules/pusher-js/dist/web/pusher.min.js'));
+  const centrifugeJs = fs.readFileSync(path.join(here, 'node_modules/centrifuge/dist/centrifuge.js'));
   backend = await startBackend(herald, undefined, {
     '/': { type: 'text/html', body: PAGE },
     '/pusher.min.js': { type: 'text/javascript', body: pusherJs },
+    '/centrifuge.js': { type: 'text/javascript', body: centrifugeJs },
   });
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--no-sandbox', '--headless=new'] });
   page = await browser.newPage();
@@ -90,4 +110,21 @@ test('browser pusher-js: connect, public and presence channels, HTTP publish, wh
   const left = next(room, 'pusher:member_removed');
   await page.evaluate(() => window.pusher.disconnect());
   assert.equal((await left).id, 'browser-user');
+});
+
+test('browser centrifuge-js: JWT connect, subscription token, a server API publish arrives', { skip }, async () => {
+  const url = `ws://127.0.0.1:${herald.port}/connection/websocket`;
+  const client = await page.evaluate(([u, t]) => window.cfStart(u, t), [url, connToken('browser-cf-user')]);
+  assert.match(client, /^\d+\.\d+$/);
+  await page.evaluate(([c, t]) => window.cfSubscribe(c, t), ['browser-cf', subToken('browser-cf-user', 'browser-cf')]);
+  // The default app's API key is its secret.
+  const res = await fetch(`http://127.0.0.1:${herald.port}/api/publish`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
+    body: JSON.stringify({ channel: 'browser-cf', data: { title: 'to the browser' } }),
+  });
+  assert.deepEqual(await res.json(), { result: {} });
+  const got = await page.waitForFunction(() => window.cfReceived[0], null, { timeout: 5000 });
+  assert.deepEqual(await got.jsonValue(), { channel: 'browser-cf', data: { title: 'to the browser' } });
+  await page.evaluate(() => window.centrifuge.disconnect());
 });

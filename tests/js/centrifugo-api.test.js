@@ -4,11 +4,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { eventually, startHerald } from './harness.js';
-import { connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
+import { centrifuge, connToken, connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
 
 const API_KEY = 'api-key-for-tests';
 const CONFIG = `
 log = "warn"
+centrifugo_expired_grace = 1
 [[apps]]
 id = "app-id"
 key = "app-key"
@@ -95,4 +96,89 @@ test('disconnect closes the user\'s connections (terminal: the client does not r
   const ctx = await closed;
   assert.equal(ctx.code, 3503);
   assert.equal(carol.state, 'disconnected');
+});
+
+/** A connected centrifuge-js client of `user` and its client id (from the connect reply). */
+async function withId(user) {
+  const c = centrifuge(herald, { token: connToken(user) });
+  const ready = new Promise((resolve, reject) => {
+    c.once('connected', resolve);
+    c.once('disconnected', (ctx) => reject(new Error(`disconnected: ${JSON.stringify(ctx)}`)));
+  });
+  c.connect();
+  const ctx = await ready;
+  return { c, id: ctx.client };
+}
+
+test('disconnect with a custom code and reason; one client by id; a whitelist spares a client', async () => {
+  const one = await withId('dave');
+  const two = await withId('dave');
+  const three = await withId('dave');
+  const closes = [];
+  for (const [name, { c }] of Object.entries({ one, two, three })) c.on('disconnected', (ctx) => closes.push({ name, ...ctx }));
+  // One connection, named by its client id: a terminal custom code (4500-4999) with its reason.
+  let answer = await api('disconnect', { user: 'dave', client: two.id, disconnect: { code: 4501, reason: 'moved away' } });
+  assert.deepEqual(answer.body, { result: {} });
+  await eventually(() => closes.length === 1);
+  assert.deepEqual(closes[0], { name: 'two', code: 4501, reason: 'moved away' });
+  assert.equal(two.c.state, 'disconnected', 'terminal: no reconnect');
+  // Every other connection of the user but the whitelisted one.
+  answer = await api('disconnect', { user: 'dave', whitelist: [three.id], disconnect: { code: 4502, reason: 'bye' } });
+  assert.deepEqual(answer.body, { result: {} });
+  await eventually(() => closes.length === 2);
+  assert.deepEqual(closes[1], { name: 'one', code: 4502, reason: 'bye' });
+  assert.equal(three.c.state, 'connected');
+  // An unknown client id matches nothing; a code outside Centrifugo's range is refused.
+  assert.deepEqual((await api('disconnect', { user: 'dave', client: 'not-a-client' })).body, { result: {} });
+  assert.equal((await api('disconnect', { user: 'dave', disconnect: { code: 1000, reason: 'x' } })).body.error.code, 107);
+  assert.equal(three.c.state, 'connected');
+});
+
+test('unsubscribe removes a user from a channel with an unsubscribe push; nothing more arrives', async () => {
+  const erin = await connected(herald, 'erin');
+  const sub = await subscribed(erin, 'unsub-room');
+  const unsubscribed = new Promise((resolve) => sub.once('unsubscribed', resolve));
+  const answer = await api('unsubscribe', { user: 'erin', channel: 'unsub-room' });
+  assert.deepEqual(answer.body, { result: {} });
+  const ctx = await unsubscribed;
+  assert.equal(ctx.code, 2000);
+  assert.equal(sub.state, 'unsubscribed');
+  await eventually(async () => (await api('presence_stats', { channel: 'unsub-room' })).body.result.num_clients === 0);
+  assert.equal(erin.state, 'connected', 'the connection stays');
+});
+
+test('subscribe makes a server-side subscription (subscribe push with data); publications follow', async () => {
+  const { c: frank, id } = await withId('frank');
+  const other = await withId('frank');
+  const subscribedCtx = new Promise((resolve) => frank.once('subscribed', resolve));
+  const publications = [];
+  frank.on('publication', (ctx) => publications.push(ctx));
+  const otherSubs = [];
+  other.c.on('subscribed', (ctx) => otherSubs.push(ctx));
+  const answer = await api('subscribe', { user: 'frank', client: id, channel: 'hist:server-side', data: { welcome: true } });
+  assert.deepEqual(answer.body, { result: {} });
+  const ctx = await subscribedCtx;
+  assert.equal(ctx.channel, 'hist:server-side');
+  assert.deepEqual(ctx.data, { welcome: true });
+  assert.equal(ctx.recoverable, true, 'the namespace allows recovery');
+  await api('publish', { channel: 'hist:server-side', data: { n: 1 } });
+  await eventually(() => publications.length === 1);
+  assert.equal(publications[0].channel, 'hist:server-side');
+  assert.deepEqual(publications[0].data, { n: 1 });
+  assert.equal(otherSubs.length, 0, 'only the client named');
+  assert.equal((await api('subscribe', { user: 'frank', channel: 'nope:x' })).body.error.code, 102);
+});
+
+test('refresh: expired closes with 3005 (the client reconnects); a past expire_at expires after the grace', async () => {
+  const gina = await withId('gina');
+  const codes = [];
+  gina.c.on('connecting', (ctx) => codes.push(ctx.code));
+  assert.deepEqual((await api('refresh', { user: 'gina', expired: true })).body, { result: {} });
+  await eventually(() => codes.includes(3005) && gina.c.state === 'connected', { timeout: 5000 });
+  const hank = await withId('hank');
+  const hankCodes = [];
+  hank.c.on('connecting', (ctx) => hankCodes.push(ctx.code));
+  const expireAt = Math.floor(Date.now() / 1000);
+  assert.deepEqual((await api('refresh', { user: 'hank', client: hank.id, expire_at: expireAt })).body, { result: {} });
+  await eventually(() => hankCodes.includes(3005), { timeout: 6000, message: 'expired after the 1 s grace' });
 });

@@ -76,3 +76,31 @@ test('recovery across nodes: publications made through node 2 while a node 1 cli
   const history = await sub.history({ limit: -1 });
   assert.deepEqual(history.publications.map((p) => p.data.n), [1, 2, 3, 4]);
 });
+
+/** Centrifugo API call on `node` (the API key defaults to the app secret). */
+async function api(node, method, body) {
+  const res = await fetch(`http://127.0.0.1:${node.port}/api/${method}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
+    body: JSON.stringify(body),
+  });
+  return res.json();
+}
+
+test('server API user commands cross nodes: subscribe, unsubscribe and a custom disconnect from node 2 reach node 1', async () => {
+  const c = await connected(node1, 'far-user');
+  const subscribedCtx = new Promise((resolve) => c.once('subscribed', resolve));
+  const publications = [];
+  c.on('publication', (ctx) => publications.push(ctx.data));
+  assert.deepEqual(await api(node2, 'subscribe', { user: 'far-user', channel: 'far-room' }), { result: {} });
+  assert.equal((await subscribedCtx).channel, 'far-room');
+  await api(node2, 'publish', { channel: 'far-room', data: { n: 1 } });
+  await eventually(() => publications.length === 1);
+  const unsubscribed = new Promise((resolve) => c.once('unsubscribed', resolve));
+  assert.deepEqual(await api(node2, 'unsubscribe', { user: 'far-user', channel: 'far-room' }), { result: {} });
+  assert.equal((await unsubscribed).channel, 'far-room');
+  const closed = new Promise((resolve) => c.once('disconnected', resolve));
+  assert.deepEqual(await api(node2, 'disconnect', { user: 'far-user', disconnect: { code: 4503, reason: 'elsewhere' } }), { result: {} });
+  const ctx = await closed;
+  assert.deepEqual([ctx.code, ctx.reason], [4503, 'elsewhere']);
+});

@@ -7,11 +7,11 @@
 //! `{"error":{"code","message"}}` with its error codes (HTTP 200, as Centrifugo does); a missing or
 //! wrong key is HTTP 401, a malformed body HTTP 400, a body over [`MAX_BODY`] HTTP 413.
 //!
-//! What the engine has no operation for is approximated: `unsubscribe` and `disconnect` close every
-//! connection of the user on every node ([`Hub::terminate_user`], close code 3503, without a custom
-//! code or reason), `refresh` with `expired: true` does the same and otherwise changes nothing,
-//! `subscribe` (server-side subscription of a live connection) answers 108 "not available", `info`
-//! describes this node only.
+//! `disconnect`, `unsubscribe`, `subscribe` and `refresh` act on the user's live connections (all
+//! of them, or the one named by `client`/`session`, sparing `disconnect`'s `whitelist`) on every node,
+//! as engine user commands ([`Hub::command_user`]); each connection's session does what Centrifugo
+//! does (see `session/user.rs`). An unknown `client` id matches nothing. Not supported:
+//! `subscribe`'s `info`, `recover_since` and `override` (ignored); `info` describes this node only.
 
 use std::sync::Arc;
 
@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;
-use herald_core::{DataKind, Hub, Publication, Published, StreamPosition};
+use herald_core::{DataKind, Hub, Publication, Published, SocketId, StreamPosition, UserAction, UserCommand};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -107,9 +107,10 @@ async fn serve(front: &Centrifugo, app: Option<Arc<ReadyApp>>, method: &str, hea
     let outcome = match method {
         "publish" => parse(body).map(|r| api.publish(r)),
         "broadcast" => parse(body).map(|r| api.broadcast(r)),
-        "unsubscribe" | "disconnect" => parse::<UserRequest>(body).map(|r| api.terminate(&r.user)),
-        "refresh" => parse::<RefreshRequest>(body).map(|r| api.refresh(&r)),
-        "subscribe" => parse::<UserRequest>(body).map(|_| Api::unavailable()),
+        "disconnect" => parse::<DisconnectRequest>(body).map(|r| api.disconnect(r)),
+        "unsubscribe" => parse::<UserChannelRequest>(body).map(|r| api.unsubscribe(r)),
+        "subscribe" => parse::<UserChannelRequest>(body).map(|r| api.subscribe(r)),
+        "refresh" => parse::<RefreshRequest>(body).map(|r| api.refresh(r)),
         "presence" => parse::<ChannelRequest>(body).map(|r| api.presence(r.channel, false)),
         "presence_stats" => parse::<ChannelRequest>(body).map(|r| api.presence(r.channel, true)),
         "history" => parse(body).map(|r| api.history(r)),
@@ -165,16 +166,58 @@ struct BroadcastRequest<'a> {
     idempotency_key: Option<String>,
 }
 
+/// Which of a user's connections a request is for: all, or the one `client` (or `session`: Herald's
+/// session id is the client id) names.
 #[derive(Deserialize)]
-struct UserRequest {
-    user: String,
-}
-
-#[derive(Deserialize)]
-struct RefreshRequest {
+struct Target {
     user: String,
     #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    session: Option<String>,
+}
+
+/// A custom disconnect: Centrifugo's `{code, reason}`.
+#[derive(Deserialize, Default)]
+struct CustomDisconnect {
+    #[serde(default)]
+    code: u32,
+    #[serde(default)]
+    reason: String,
+}
+
+/// `disconnect`'s body.
+#[derive(Deserialize)]
+struct DisconnectRequest {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
+    whitelist: Vec<String>,
+    #[serde(default)]
+    disconnect: Option<CustomDisconnect>,
+}
+
+/// `unsubscribe`'s and `subscribe`'s body.
+#[derive(Deserialize)]
+struct UserChannelRequest<'a> {
+    #[serde(flatten)]
+    target: Target,
+    channel: String,
+    #[serde(borrow, default)]
+    data: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    b64data: Option<String>,
+}
+
+/// `refresh`'s body.
+#[derive(Deserialize)]
+struct RefreshRequest {
+    #[serde(flatten)]
+    target: Target,
+    #[serde(default)]
     expired: bool,
+    #[serde(default)]
+    expire_at: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -232,10 +275,6 @@ impl<'a> Api<'a> {
         Box::pin(work)
     }
 
-    fn unavailable() -> Work<'a> {
-        Box::pin(async { error_value(codes::NOT_AVAILABLE) })
-    }
-
     fn publish(&self, r: PublishRequest<'a>) -> Work<'a> {
         let Api { hub, app } = *self;
         Box::pin(async move {
@@ -268,23 +307,65 @@ impl<'a> Api<'a> {
         })
     }
 
-    fn terminate(&self, user: &str) -> Work<'a> {
+    /// Sends `action` to the connections `target` names, sparing `except`, on every node.
+    fn command(&self, target: Target, except: &[String], action: UserAction) -> Work<'a> {
         let hub = self.hub;
-        let user = user.to_string();
+        let except: Vec<SocketId> = except.iter().filter_map(|c| c.parse::<SocketId>().ok()).collect();
         Box::pin(async move {
-            if user.is_empty() {
+            if target.user.is_empty() {
                 return error_value(codes::BAD_REQUEST);
             }
-            hub.terminate_user(&user);
-            json!({"result": {}})
+            let only = match target.client.as_deref().or(target.session.as_deref()).filter(|c| !c.is_empty()) {
+                // Not a connection id: no connection has it.
+                Some(client) => match client.parse::<SocketId>() {
+                    Ok(id) => Some(id),
+                    Err(_) => return json!({"result": {}}),
+                },
+                None => None,
+            };
+            match hub.command_user(&target.user, UserCommand { only, except, action }) {
+                Ok(_) => json!({"result": {}}),
+                Err(e) => json!({"error": {"code": codes::BAD_REQUEST.code, "message": e.to_string()}}),
+            }
         })
     }
 
-    fn refresh(&self, r: &RefreshRequest) -> Work<'a> {
-        if r.expired {
-            return self.terminate(&r.user);
+    fn disconnect(&self, r: DisconnectRequest) -> Work<'a> {
+        let custom = r.disconnect.unwrap_or_default();
+        if custom.code != 0 && !(3000..5000).contains(&custom.code) {
+            return Box::pin(async { json!({"error": {"code": codes::BAD_REQUEST.code, "message": "disconnect code must be 3000-4999"}}) });
         }
-        Box::pin(async { json!({"result": {}}) })
+        let (code, reason) = match custom.code {
+            0 => (u32::from(codes::FORCE_NO_RECONNECT.0), codes::FORCE_NO_RECONNECT.1.to_string()),
+            code => (code, custom.reason),
+        };
+        self.command(r.target, &r.whitelist, UserAction::Disconnect { code, reason: Arc::from(reason) })
+    }
+
+    fn unsubscribe(&self, r: UserChannelRequest<'a>) -> Work<'a> {
+        if !valid_channel(&r.channel) {
+            return Box::pin(async { error_value(codes::UNKNOWN_CHANNEL) });
+        }
+        self.command(r.target, &[], UserAction::Unsubscribe { channel: Arc::from(r.channel) })
+    }
+
+    fn subscribe(&self, r: UserChannelRequest<'a>) -> Work<'a> {
+        let channel = r.channel;
+        if !valid_channel(&channel) || channel.starts_with(ENGINE_USER_PREFIX) || self.app.options(&channel).is_none() {
+            return Box::pin(async { error_value(codes::UNKNOWN_CHANNEL) });
+        }
+        let data = match (r.data, r.b64data.as_deref()) {
+            (None, None) => None,
+            (data, b64data) => match payload(data, b64data) {
+                Ok((data, _)) => Some(data),
+                Err(code) => return Box::pin(async move { error_value(code) }),
+            },
+        };
+        self.command(r.target, &[], UserAction::Subscribe { channel: Arc::from(channel), data })
+    }
+
+    fn refresh(&self, r: RefreshRequest) -> Work<'a> {
+        self.command(r.target, &[], UserAction::Refresh { expire_at: r.expire_at, expired: r.expired })
     }
 
     fn presence(&self, channel: String, stats: bool) -> Work<'a> {

@@ -119,6 +119,15 @@ impl Encoding {
         }
     }
 
+    /// A push's frame about `channel`.
+    pub(crate) fn push(self, channel: &str, push: &protocol::Push) -> bytes::Bytes {
+        match self {
+            Encoding::Json => json::encode_push(channel, push),
+            Encoding::Protobuf => protobuf::encode_push(channel, push),
+            Encoding::UniJson => json::encode_uni_push(channel, push),
+        }
+    }
+
     pub(crate) fn ping(self) -> bytes::Bytes {
         bytes::Bytes::from_static(match self {
             Encoding::Json | Encoding::UniJson => json::PING,

@@ -45,6 +45,9 @@ pub enum Remote {
     },
     /// Close every local connection of the user (the topic is a [`Topic::User`]).
     Terminate,
+    /// Hand a command to the user's targeted local connections (the topic is a [`Topic::User`]);
+    /// the engine closes them itself for [`Remote::Terminate`], their fronts act on this one.
+    Command(crate::command::UserCommand),
 }
 
 /// Interest prepared with a [`Broker`] before a first local subscriber (or sign-in) exists: the node

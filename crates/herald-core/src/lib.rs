@@ -20,6 +20,7 @@ mod app;
 mod broker;
 mod change;
 mod codec;
+mod command;
 mod engine;
 mod error;
 mod history;
@@ -40,6 +41,9 @@ pub use app::{App, AppLimits, HistoryRule};
 pub use broker::{Broker, PreparedInterest, Remote, Topic};
 pub use change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 pub use codec::{Codec, CodecId, RawCodec};
+pub use command::{
+    CommandError, CommandInbox, UserAction, UserCommand, MAX_COMMAND_DATA, MAX_COMMAND_TEXT, MAX_EXCEPT, MAX_PENDING_COMMANDS,
+};
 pub use engine::Engine;
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use history::{HistoryBroadcast, HistoryClock, HistoryError, HistoryOptions, HistoryStore, MemoryHistory, Recovery};

@@ -8,7 +8,11 @@
 //!   value ...)`;
 //! - event (kind 3): `except socket? | event kind (1) | member added: user | info; member removed: user;
 //!   count: u64`;
-//! - terminate (kind 2): nothing.
+//! - terminate (kind 2): nothing;
+//! - user command (kind 4): `only socket? | except (u16 count | socket ...) | action kind (1) |
+//!   disconnect (0): code u32 | reason; unsubscribe (1): channel; subscribe (2): channel | data?;
+//!   refresh (3): expire_at? u64 | expired flag`, within the engine's command bounds
+//!   ([`herald_core::UserCommand::check`]).
 //!
 //! The receiving node drops its own messages (Redis echoes a publish to every subscriber, the sender
 //! included) by comparing `node`.
@@ -22,12 +26,13 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use herald_core::{ChannelEvent, DataKind, Member, Publication, PublisherInfo, Remote, SocketId, StreamPosition};
+use herald_core::{ChannelEvent, DataKind, Member, Publication, PublisherInfo, Remote, SocketId, StreamPosition, UserAction, UserCommand};
 
 const VERSION: u8 = 2;
 const PUBLISH: u8 = 0;
 const TERMINATE: u8 = 2;
 const EVENT: u8 = 3;
+const COMMAND: u8 = 4;
 const HEADER: usize = 1 + 1 + 16;
 
 /// A message from another node that passed validation; only [`decode`] makes one.
@@ -73,6 +78,9 @@ pub(crate) enum EnvelopeError {
     /// A string (or text data) that is not valid UTF-8.
     #[error("a string is not valid UTF-8")]
     NotUtf8,
+    /// A user command beyond the engine's bounds.
+    #[error("a user command beyond the engine's bounds")]
+    Bounds,
 }
 
 impl EnvelopeError {
@@ -86,6 +94,7 @@ impl EnvelopeError {
             EnvelopeError::Truncated => "truncated",
             EnvelopeError::Trailing(_) => "trailing",
             EnvelopeError::NotUtf8 => "utf8",
+            EnvelopeError::Bounds => "bounds",
         }
     }
 }
@@ -122,6 +131,52 @@ fn data_kind(kind: DataKind) -> u8 {
         DataKind::Text => 0,
         DataKind::Json => 1,
         _ => 2,
+    }
+}
+
+fn put_command(b: &mut BytesMut, command: &UserCommand) {
+    put_socket(b, command.only);
+    // The engine checked the bounds ([`UserCommand::check`]): fewer than `u16::MAX` spared.
+    let except = &command.except[..command.except.len().min(u16::MAX as usize)];
+    b.put_u16(except.len() as u16);
+    for socket in except {
+        let (hi, lo) = socket.parts();
+        b.put_u64(hi);
+        b.put_u64(lo);
+    }
+    match &command.action {
+        UserAction::Disconnect { code, reason } => {
+            b.put_u8(0);
+            b.put_u32(*code);
+            put_bytes(b, reason.as_bytes());
+        }
+        UserAction::Unsubscribe { channel } => {
+            b.put_u8(1);
+            put_bytes(b, channel.as_bytes());
+        }
+        UserAction::Subscribe { channel, data } => {
+            b.put_u8(2);
+            put_bytes(b, channel.as_bytes());
+            match data {
+                Some(data) => {
+                    b.put_u8(1);
+                    put_bytes(b, data);
+                }
+                None => b.put_u8(0),
+            }
+        }
+        UserAction::Refresh { expire_at, expired } => {
+            b.put_u8(3);
+            match expire_at {
+                Some(at) => {
+                    b.put_u8(1);
+                    b.put_u64(*at);
+                }
+                None => b.put_u8(0),
+            }
+            b.put_u8(u8::from(*expired));
+        }
+        _ => b.put_u8(u8::MAX),
     }
 }
 
@@ -181,6 +236,11 @@ pub(crate) fn encode(node: u128, message: &Remote) -> Bytes {
                 }
                 _ => b.put_u8(u8::MAX),
             }
+        }
+        Remote::Command(command) => {
+            b.put_u8(COMMAND);
+            b.put_u128(node);
+            put_command(&mut b, command);
         }
         _ => {
             b.put_u8(TERMINATE);
@@ -266,6 +326,36 @@ impl Reader {
         Ok(p)
     }
 
+    fn command(&mut self) -> Result<UserCommand, EnvelopeError> {
+        let only = self.socket()?;
+        self.need(2)?;
+        let count = usize::from(self.0.get_u16());
+        if count > herald_core::MAX_EXCEPT {
+            return Err(EnvelopeError::Bounds);
+        }
+        let mut except = Vec::with_capacity(count);
+        for _ in 0..count {
+            except.push(SocketId::from_parts(self.u64()?, self.u64()?));
+        }
+        let action = match self.u8()? {
+            0 => {
+                self.need(4)?;
+                let code = self.0.get_u32();
+                UserAction::Disconnect { code, reason: self.str()? }
+            }
+            1 => UserAction::Unsubscribe { channel: self.str()? },
+            2 => {
+                let channel = self.str()?;
+                UserAction::Subscribe { channel, data: if self.flag()? { Some(self.bytes()?) } else { None } }
+            }
+            3 => UserAction::Refresh { expire_at: if self.flag()? { Some(self.u64()?) } else { None }, expired: self.flag()? },
+            other => return Err(EnvelopeError::Kind(other)),
+        };
+        let command = UserCommand { only, except, action };
+        command.check().map_err(|_| EnvelopeError::Bounds)?;
+        Ok(command)
+    }
+
     fn event(&mut self) -> Result<ChannelEvent, EnvelopeError> {
         Ok(match self.u8()? {
             0 => ChannelEvent::MemberAdded(Member { user_id: self.str()?, info: self.bytes()? }),
@@ -295,6 +385,7 @@ pub(crate) fn decode(mut b: Bytes) -> Result<Envelope, EnvelopeError> {
             Remote::Event { event: r.event()?, except }
         }
         TERMINATE => Remote::Terminate,
+        COMMAND => Remote::Command(r.command()?),
         other => return Err(EnvelopeError::Kind(other)),
     };
     if r.0.has_remaining() {
@@ -332,6 +423,16 @@ mod tests {
             Remote::Event { event: ChannelEvent::MemberRemoved { user_id: Arc::from("u") }, except: Some(SocketId::random()) },
             Remote::Event { event: ChannelEvent::Count { subscribers: 7 }, except: None },
             Remote::Terminate,
+            Remote::Command(UserCommand {
+                only: Some(SocketId::random()),
+                except: vec![SocketId::random(), SocketId::random()],
+                action: UserAction::Disconnect { code: 4000, reason: Arc::from("bye") },
+            }),
+            Remote::Command(UserCommand::all(UserAction::Unsubscribe { channel: Arc::from("news") })),
+            Remote::Command(UserCommand::all(UserAction::Subscribe { channel: Arc::from("news"), data: Some(Bytes::from_static(b"{}")) })),
+            Remote::Command(UserCommand::all(UserAction::Subscribe { channel: Arc::from("news"), data: None })),
+            Remote::Command(UserCommand::all(UserAction::Refresh { expire_at: Some(1_900_000_000), expired: false })),
+            Remote::Command(UserCommand::all(UserAction::Refresh { expire_at: None, expired: true })),
         ] {
             assert_eq!(decoded(encode(7, &message)), Some((7, message)));
         }
@@ -359,6 +460,25 @@ mod tests {
     }
 
     #[test]
+    fn commands_beyond_the_bounds_are_refused() {
+        let long = Remote::Command(UserCommand::all(UserAction::Unsubscribe {
+            channel: Arc::from("x".repeat(herald_core::MAX_COMMAND_TEXT + 1)),
+        }));
+        assert_eq!(decode(encode(1, &long)), Err(EnvelopeError::Bounds));
+        let many = UserCommand {
+            only: None,
+            except: vec![SocketId::random(); herald_core::MAX_EXCEPT + 1],
+            action: UserAction::Refresh { expire_at: None, expired: true },
+        };
+        assert_eq!(decode(encode(1, &Remote::Command(many))), Err(EnvelopeError::Bounds));
+        let mut flag =
+            BytesMut::from(&encode(1, &Remote::Command(UserCommand::all(UserAction::Refresh { expire_at: None, expired: true })))[..]);
+        let last = flag.len() - 1;
+        flag[last] = 2;
+        assert_eq!(decode(flag.freeze()), Err(EnvelopeError::Flag(2)));
+    }
+
+    #[test]
     fn text_that_is_not_utf8_is_refused() {
         assert_eq!(decode(deliver(&[0xff, 0xfe, 0xfd], DataKind::Text).freeze()), Err(EnvelopeError::NotUtf8));
         assert_eq!(decode(deliver(&[0xc3], DataKind::Json).freeze()), Err(EnvelopeError::NotUtf8));
@@ -380,7 +500,13 @@ mod tests {
         /// canonical.
         #[test]
         fn decode_of_mutated_envelopes_never_panics(at in 0usize..200, value in any::<u8>(), cut in 0usize..200) {
-            let mut bytes = BytesMut::from(&encode(9, &Remote::Publish { publication: full() })[..]);
+            let command = Remote::Command(UserCommand {
+                only: Some(SocketId::random()),
+                except: vec![SocketId::random()],
+                action: UserAction::Subscribe { channel: Arc::from("c"), data: Some(Bytes::from_static(b"{}")) },
+            });
+            let message = if at % 2 == 0 { Remote::Publish { publication: full() } } else { command };
+            let mut bytes = BytesMut::from(&encode(9, &message)[..]);
             let at = at % bytes.len();
             bytes[at] = value;
             bytes.truncate(bytes.len() - cut.min(bytes.len()));

@@ -32,19 +32,19 @@ const PUSHER_PROTECTED: [&str; 2] = ["private-", "presence-"];
 #[derive(Debug, Default)]
 pub(crate) struct Sub {
     /// When its token expires (Unix seconds).
-    expire_at: Option<u64>,
+    pub(super) expire_at: Option<u64>,
     /// It is the personal channel (the user's deliveries, not an engine channel).
-    personal: bool,
+    pub(super) personal: bool,
 }
 
 /// The protocol state of one connection.
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) connected: bool,
-    user: Arc<str>,
+    pub(super) user: Arc<str>,
     info: Option<Bytes>,
-    expire_at: Option<u64>,
-    subs: HashMap<String, Sub>,
+    pub(super) expire_at: Option<u64>,
+    pub(super) subs: HashMap<String, Sub>,
     pub(crate) next_ping: Instant,
 }
 
@@ -294,7 +294,7 @@ fn history_of(ctx: &Ctx, options: &ChannelOptions, channel: &str) -> Option<Hist
 
 /// Joins `req.channel` in the engine (unless already subscribed: then only the recovery), and builds
 /// the subscribe result with the stream position and recovered publications.
-async fn join(
+pub(super) async fn join(
     ctx: &Ctx,
     state: &mut State,
     req: &SubscribeRequest,

@@ -15,6 +15,7 @@
 //! error, shutdown, cancellation, a panic) unregisters it, and in a cluster uncounts it.
 
 mod commands;
+mod user;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -89,6 +90,8 @@ fn close(code: u16, reason: &str) -> Message {
 pub(crate) enum Ending {
     /// Send this close code and reason.
     Close(DisconnectCode),
+    /// Send an operator's close code and reason (the server API's `disconnect`).
+    Custom(u16, String),
     /// The client sent a close frame: echo it.
     Echo,
     /// The socket is broken or stuck: drop it.
@@ -181,6 +184,9 @@ impl Session {
         let cancelled = shutdown.cancelled();
         tokio::pin!(cancelled);
         let mut state: Option<Box<State>> = Some(Box::default());
+        // User commands (the server API's disconnect, unsubscribe, subscribe, refresh); they need the
+        // state, so they wait while a frame is being handled.
+        let Some(inbox) = ctx.outbox.accept_commands() else { return Ending::Close(codes::SERVER_ERROR) };
         let mut batch: Vec<Bytes> = Vec::new();
         let mut stamps = Vec::new();
         let mut busy: Option<Box<Busy>> = None;
@@ -191,7 +197,8 @@ impl Session {
         let mut heard = true;
         let mut pings = (Instant::now(), 0u32);
         let opened = Instant::now();
-        let tick = tokio::time::sleep(config.stale_timeout.min(config.ping_interval));
+        // At most a second, as every later tick: expiry (a token's, or one set by the server API) is seen in time.
+        let tick = tokio::time::sleep(config.stale_timeout.min(config.ping_interval).min(Duration::from_secs(1)));
         tokio::pin!(tick);
 
         loop {
@@ -210,10 +217,22 @@ impl Session {
                     }
                     Drained::Closed(reason) => return Ending::Close(codes::disconnect(reason)),
                 },
+                action = inbox.next(), if state.is_some() => {
+                    let Some(s) = state.as_mut() else { continue };
+                    if let Some(ending) = user::apply(&ctx, s, action).await {
+                        return ending;
+                    }
+                },
                 handled = async { match busy.as_mut() { Some(b) => b.work.as_mut().await, None => std::future::pending().await } } => {
-                    let (done, ending) = handled;
+                    let (mut done, ending) = handled;
                     if let Some(ending) = ending {
                         return ending;
+                    }
+                    // Commands that waited for this frame go first, so a busy client can't starve them.
+                    while let Some(action) = inbox.try_next() {
+                        if let Some(ending) = user::apply(&ctx, &mut done, action).await {
+                            return ending;
+                        }
                     }
                     let mut waiting = busy.take().map_or_else(VecDeque::new, |b| b.waiting);
                     match waiting.pop_front() {
@@ -298,6 +317,12 @@ async fn finish(socket: &SharedSocket, ending: Ending) {
             debug!(code, reason, "closing");
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, reason))).await.is_ok_and(|sent| sent.is_ok()) {
                 socket.linger(CLOSE_LINGER).await;
+            }
+        }
+        Ending::Custom(code, reason) => {
+            debug!(code, reason, "closing on request");
+            if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, &reason))).await.is_ok_and(|sent| sent.is_ok()) {
+                linger(&mut socket).await;
             }
         }
         Ending::Echo => {

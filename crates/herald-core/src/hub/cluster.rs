@@ -77,7 +77,8 @@ impl Hub {
             (Topic::Channel(channel), Remote::Event { event, except }) => self.deliver_event(channel, &event, except),
             (Topic::User(user), Remote::Publish { publication }) => self.deliver_to_user(user, &publication),
             (Topic::User(user), Remote::Terminate) => self.terminate_local(user),
-            (Topic::Channel(_), Remote::Terminate) | (Topic::User(_), Remote::Event { .. }) => 0,
+            (Topic::User(user), Remote::Command(command)) => self.command_local(user, &command),
+            (Topic::Channel(_), Remote::Terminate | Remote::Command(_)) | (Topic::User(_), Remote::Event { .. }) => 0,
         }
     }
 

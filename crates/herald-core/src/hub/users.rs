@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::broker::{Remote, Topic};
 use crate::codec::Encoded;
+use crate::command::{CommandError, UserCommand};
 use crate::error::SignInError;
 use crate::ids::SocketId;
 use crate::outbox::{Claimed, Disconnect};
@@ -126,5 +127,27 @@ impl Hub {
         let Some(sockets) = self.users.get(user_id) else { return 0 };
         sockets.iter().for_each(|(_, outbox)| outbox.close(Disconnect::Terminated));
         sockets.len()
+    }
+
+    /// Hands `command` to the targeted connections of `user_id`, on every node (their fronts act on
+    /// it; see [`crate::UserCommand`]). Returns how many local connections took it; refused when the
+    /// command is out of bounds ([`UserCommand::check`]).
+    pub fn command_user(&self, user_id: &str, command: UserCommand) -> Result<usize, CommandError> {
+        command.check()?;
+        let local = self.command_local(user_id, &command);
+        // A command for one connection found here goes nowhere else (connection ids are unique).
+        if command.only.is_none() || local == 0 {
+            self.broadcast(|| Topic::User(Arc::from(user_id)), || Remote::Command(command));
+        }
+        Ok(local)
+    }
+
+    pub(super) fn command_local(&self, user_id: &str, command: &UserCommand) -> usize {
+        // Outboxes are collected first: no map guard is held while fronts' queues are touched.
+        let targets: Vec<_> = match self.users.get(user_id) {
+            Some(sockets) => sockets.iter().filter(|(id, _)| command.targets(*id)).map(|(_, outbox)| outbox.clone()).collect(),
+            None => return 0,
+        };
+        targets.iter().filter(|outbox| outbox.command(command.action.clone())).count()
     }
 }

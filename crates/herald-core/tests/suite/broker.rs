@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{ChannelEvent, Codec, DataKind, Disconnect, Drained, Publication, Topic};
+use herald_core::{ChannelEvent, Codec, CommandInbox, DataKind, Disconnect, Drained, Publication, Topic, UserAction, UserCommand};
 
 use crate::cluster_suite::{eventually, frames, next, signed_in, subscriber, Cluster, Node};
 
@@ -33,6 +33,7 @@ macro_rules! broker_conformance {
             engine_events_cross_nodes_except_one_connection,
             user_delivery_excludes_a_connection_and_a_device_on_every_node,
             terminate_closes_the_users_connections_on_every_node,
+            user_commands_reach_the_targeted_connections_on_every_node,
             publications_of_one_publisher_arrive_in_order,
             a_confirmed_first_subscriber_misses_nothing_published_elsewhere,
             released_interest_without_a_subscriber_stops_routing,
@@ -198,6 +199,49 @@ pub async fn terminate_closes_the_users_connections_on_every_node(cluster: &impl
     }
     assert_eq!(next(&other_box, QUIET_MS).await, None, "another user's connection stays open and quiet");
     assert!(!other_box.is_closed());
+}
+
+/// The next command `inbox` receives within `ms`.
+async fn command(inbox: &CommandInbox, ms: u64) -> Option<UserAction> {
+    tokio::time::timeout(Duration::from_millis(ms), inbox.next()).await.ok()
+}
+
+pub async fn user_commands_reach_the_targeted_connections_on_every_node(cluster: &impl Cluster) {
+    let a = cluster.node().await;
+    let b = cluster.node().await;
+    let (phone, phone_box) = signed_in(&a, "u1", None).await;
+    let (tv, tv_box) = signed_in(&b, "u1", None).await;
+    let (_, watch_box) = signed_in(&b, "u1", None).await;
+    let (_, other_box) = signed_in(&a, "u2", None).await;
+    // A front that takes no commands (here: the watch) ignores them, except a disconnect.
+    let [phone_in, tv_in, other_in] = [&phone_box, &tv_box, &other_box].map(|o| o.accept_commands().expect("first inbox"));
+    assert!(phone_box.accept_commands().is_none(), "one inbox per connection");
+
+    let unsubscribe = UserAction::Unsubscribe { channel: Arc::from("news") };
+    assert_eq!(b.hub().command_user("u1", UserCommand::all(unsubscribe.clone())).unwrap(), 1, "the tv on B; the watch takes none");
+    assert_eq!(command(&phone_in, ARRIVES_MS).await, Some(unsubscribe.clone()), "phone on A");
+    assert_eq!(command(&tv_in, ARRIVES_MS).await, Some(unsubscribe), "tv on B");
+
+    // One connection, named from the other node.
+    let refresh = UserAction::Refresh { expire_at: Some(2_000_000_000), expired: false };
+    b.hub().command_user("u1", UserCommand { only: Some(phone), except: Vec::new(), action: refresh.clone() }).unwrap();
+    assert_eq!(command(&phone_in, ARRIVES_MS).await, Some(refresh));
+    assert_eq!(command(&tv_in, QUIET_MS).await, None, "not the connection named");
+
+    // Every connection but the spared one, with a custom code and reason.
+    let bye = UserAction::Disconnect { code: 4001, reason: Arc::from("moved") };
+    a.hub().command_user("u1", UserCommand { only: None, except: vec![tv], action: bye.clone() }).unwrap();
+    assert_eq!(command(&phone_in, ARRIVES_MS).await, Some(bye));
+    let mut batch = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_millis(ARRIVES_MS), watch_box.drain(&mut batch)).await;
+    assert_eq!(closed.ok(), Some(Drained::Closed(Disconnect::Terminated)), "a connection without an inbox is closed");
+    assert_eq!(command(&tv_in, QUIET_MS).await, None, "the spared connection");
+    assert!(!tv_box.is_closed());
+    assert_eq!(command(&other_in, QUIET_MS).await, None, "another user's connection hears nothing");
+
+    // Out of bounds: refused before anything is sent.
+    let long = UserCommand::all(UserAction::Unsubscribe { channel: Arc::from("x".repeat(herald_core::MAX_COMMAND_TEXT + 1)) });
+    assert!(a.hub().command_user("u1", long).is_err());
 }
 
 pub async fn publications_of_one_publisher_arrive_in_order(cluster: &impl Cluster) {

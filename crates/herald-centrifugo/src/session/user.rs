@@ -1,0 +1,96 @@
+//! What a session does with a user command ([`herald_core::UserCommand`]): the server API's
+//! `disconnect`, `unsubscribe`, `subscribe` and `refresh` reach every connection of the user on every
+//! node through the engine, and each connection's session turns them into Centrifugo's behaviour:
+//! a close with the operator's code and reason (plus a `disconnect` push on unidirectional
+//! connections, which have no close frame to read it from), an `unsubscribe` push with code 2000, a
+//! `subscribe` push (a server-side subscription; publications follow), a new expiry.
+
+use herald_core::UserAction;
+
+use super::commands::{join, State};
+use super::{Ctx, Ending};
+use crate::codec::{ENGINE_USER_PREFIX, PERSONAL_PREFIX};
+use crate::codes;
+use crate::protocol::{Push, SubscribeRequest};
+use crate::{json, Encoding};
+
+/// Longest close reason a WebSocket close frame carries (125 bytes of payload less the code).
+const MAX_CLOSE_REASON: usize = 123;
+
+/// Applies `action` to this connection; `Some` when the session must end.
+pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Ending> {
+    match action {
+        UserAction::Disconnect { code, reason } => {
+            // Centrifugo's disconnect codes are 3000-4999; anything else is its default API disconnect.
+            let code = u16::try_from(code).ok().filter(|c| (3000..5000).contains(c)).unwrap_or(codes::FORCE_NO_RECONNECT.0);
+            let reason = if reason.is_empty() { codes::FORCE_NO_RECONNECT.1.to_string() } else { close_reason(&reason) };
+            if ctx.encoding == Encoding::UniJson {
+                ctx.send(ctx.encoding.push("", &Push::Disconnect { code: u32::from(code), reason: reason.clone() }));
+            }
+            Some(Ending::Custom(code, reason))
+        }
+        UserAction::Unsubscribe { channel } => {
+            let sub = state.subs.remove(&*channel)?;
+            if !sub.personal {
+                if let Some(change) = ctx.hub.leave(ctx.id, &channel).await {
+                    ctx.hub.announce(&change, Some(ctx.id));
+                }
+            }
+            let (code, reason) = codes::UNSUBSCRIBE_SERVER;
+            ctx.send(ctx.encoding.push(&channel, &Push::Unsubscribe { code, reason: reason.into() }));
+            None
+        }
+        UserAction::Subscribe { channel, data } => {
+            if !state.connected
+                || state.subs.contains_key(&*channel)
+                || channel.starts_with(ENGINE_USER_PREFIX)
+                || channel.starts_with(PERSONAL_PREFIX)
+            {
+                return None;
+            }
+            let request = SubscribeRequest { channel: channel.to_string(), ..Default::default() };
+            match join(ctx, state, &request, None).await {
+                Ok(mut result) => {
+                    // JSON clients take JSON data only.
+                    result.data = data.filter(|d| ctx.encoding == Encoding::Protobuf || json::is_json(d));
+                    ctx.send(ctx.encoding.push(&channel, &Push::Subscribe(result)));
+                }
+                Err(e) => {
+                    tracing::debug!(%channel, code = e.code, "server-side subscription refused");
+                    metrics::counter!("herald_errors_total", "kind" => "server_subscribe_refused").increment(1);
+                }
+            }
+            None
+        }
+        UserAction::Refresh { expired: true, .. } => Some(Ending::Close(codes::CONNECTION_EXPIRED)),
+        UserAction::Refresh { expire_at, .. } => {
+            // Centrifugo's refresh: the new expiry, or none.
+            state.expire_at = expire_at;
+            None
+        }
+        _ => None,
+    }
+}
+
+/// `reason` cut to what a close frame carries, at a character boundary.
+fn close_reason(reason: &str) -> String {
+    let mut end = reason.len().min(MAX_CLOSE_REASON);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    reason[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::close_reason;
+
+    #[test]
+    fn close_reasons_fit_a_close_frame_at_a_character_boundary() {
+        assert_eq!(close_reason("moved"), "moved");
+        let long = "é".repeat(100);
+        let cut = close_reason(&long);
+        assert!(cut.len() <= 123 && cut.chars().all(|c| c == 'é'));
+        assert_eq!(cut.len(), 122);
+    }
+}
