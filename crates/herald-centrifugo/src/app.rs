@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::options::{namespace_of, ChannelOptions, Namespace};
+use crate::ratelimit::{PublishLimits, UserWindows};
 use crate::token::Verifier;
 
 /// One app's Centrifugo settings. `id` is the engine app's id (`herald_core::App::id`).
@@ -28,6 +29,8 @@ pub struct CentrifugoApp {
     pub allow_anonymous_connect_without_token: bool,
     /// Every authenticated connection is subscribed server-side to `#<user>`, its user's deliveries.
     pub user_subscribe_to_personal: bool,
+    /// Client publish rate limits of channels whose options set none (Herald's own).
+    pub client_publish_limits: PublishLimits,
     /// Options of channels without a namespace.
     pub channel_options: ChannelOptions,
     /// Namespaces and their options.
@@ -48,6 +51,7 @@ impl CentrifugoApp {
             api_key: Some(secret),
             allow_anonymous_connect_without_token: false,
             user_subscribe_to_personal: false,
+            client_publish_limits: PublishLimits::default(),
             channel_options: ChannelOptions::default(),
             namespaces: Vec::new(),
         }
@@ -65,13 +69,15 @@ pub(crate) struct ReadyApp {
     pub(crate) settings: CentrifugoApp,
     pub(crate) verifier: Verifier,
     namespaces: HashMap<String, ChannelOptions>,
+    /// Per-user client publish windows on this node.
+    pub(crate) user_publish: UserWindows,
 }
 
 impl ReadyApp {
     pub(crate) fn new(settings: CentrifugoApp) -> Result<ReadyApp, crate::token::KeyError> {
         let verifier = Verifier::new(&settings)?;
         let namespaces = settings.namespaces.iter().map(|ns| (ns.name.clone(), ns.options.clone())).collect();
-        Ok(ReadyApp { settings, verifier, namespaces })
+        Ok(ReadyApp { settings, verifier, namespaces, user_publish: UserWindows::default() })
     }
 
     /// The options of `channel`'s namespace; `None` for an unknown namespace.

@@ -17,6 +17,7 @@ pub mod json;
 pub mod options;
 pub mod protobuf;
 pub mod protocol;
+pub mod ratelimit;
 mod session;
 pub mod token;
 mod upgrade;
@@ -39,6 +40,7 @@ use tracing::Instrument;
 pub use app::CentrifugoApp;
 pub use codec::{JsonCodec, ProtobufCodec, UniJsonCodec};
 pub use options::{ChannelOptions, Namespace};
+pub use ratelimit::PublishLimits;
 pub use token::{KeyError, TokenError, Verifier};
 
 use app::{Apps, ReadyApp};

@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, Verifier};
+use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, PublishLimits, Verifier};
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
 use herald_ingest::SourceConfig;
 use herald_pusher::webhooks::RESERVED_HEADERS;
@@ -304,6 +304,10 @@ struct FileApp {
     /// Centrifugo front: subscribe every authenticated connection to `#<user>`.
     #[serde(default)]
     user_subscribe_to_personal: bool,
+    /// Centrifugo front: client publish rate limits (per connection, per user; a namespace's
+    /// `client_publish_limits` overrides them).
+    #[serde(default)]
+    client_publish_limits: PublishLimits,
     /// Centrifugo front: options of channels without a namespace.
     #[serde(default)]
     channel_options: ChannelOptions,
@@ -734,6 +738,7 @@ impl FileApp {
         }
         let invalid = |what: String| ConfigError::Invalid(format!("app {:?}: {what}", self.id));
         self.channel_options.validate().map_err(|e| invalid(format!("channel_options: {e}")))?;
+        self.client_publish_limits.validate().map_err(invalid)?;
         let mut names = std::collections::HashSet::new();
         for ns in &self.namespaces {
             let valid = !ns.name.is_empty() && ns.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -752,6 +757,7 @@ impl FileApp {
             api_key: Some(self.api_key.clone().unwrap_or_else(|| self.secret.clone())),
             allow_anonymous_connect_without_token: self.allow_anonymous_connect_without_token,
             user_subscribe_to_personal: self.user_subscribe_to_personal,
+            client_publish_limits: self.client_publish_limits,
             channel_options: self.channel_options.clone(),
             namespaces: self.namespaces.clone(),
         };

@@ -104,15 +104,53 @@ struct Busy {
 /// A registered connection; unregistered on drop (any exit: close, error, cancellation, panic).
 pub(crate) struct Registered {
     ctx: Ctx,
+    /// The connection is counted in the cluster's per-app connection total (taken back on drop).
+    counted: bool,
+}
+
+impl Registered {
+    /// Counts the connection against the app's cluster-wide quota (the Pusher front's too), when the
+    /// app has one and this node is in a cluster. Refused: 3504. If the cluster can't be asked in
+    /// time, the connection is admitted on this node's own count (counted in `herald_errors_total`).
+    async fn count_in_cluster(&mut self) -> Result<(), DisconnectCode> {
+        let hub = &self.ctx.hub;
+        let (Some(state), Some(limit)) = (hub.state(), hub.app().limits.max_connections) else { return Ok(()) };
+        match tokio::time::timeout(CLUSTER_WAIT, state.connect(&hub.app().id, limit)).await {
+            Ok(Ok(true)) => {
+                self.counted = true;
+                Ok(())
+            }
+            Ok(Ok(false)) => Err(codes::CONNECTION_LIMIT),
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         let ctx = &self.ctx;
-        let Some(departure) = ctx.hub.depart(ctx.id) else { return };
+        let departure = ctx.hub.depart(ctx.id);
+        if departure.is_none() && !self.counted {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let hub = ctx.hub.clone();
-        ctx.front.tasks.spawn_on(async move { hub.settle(departure).await }, &runtime);
+        let (hub, counted) = (ctx.hub.clone(), self.counted);
+        ctx.front.tasks.spawn_on(
+            async move {
+                if let Some(departure) = departure {
+                    hub.settle(departure).await;
+                }
+                if let (true, Some(state)) = (counted, hub.state()) {
+                    if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&hub.app().id)).await, Ok(Ok(()))) {
+                        metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                    }
+                }
+            },
+            &runtime,
+        );
     }
 }
 
@@ -139,7 +177,7 @@ pub(crate) fn open(
         Encoding::UniJson => front.uni,
     };
     let (id, outbox) = hub.connect_with(codec).map_err(|e| codes::connect_error(&e))?;
-    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding } }, initial })
+    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding }, counted: false }, initial })
 }
 
 impl Session {
@@ -150,7 +188,13 @@ impl Session {
 
     /// Runs the connection to completion, then closes the socket politely (bounded).
     pub(crate) async fn serve(mut self, mut socket: Socket) {
-        let ending = self.run(&mut socket).await;
+        let ending = match Box::pin(self.conn.count_in_cluster()).await {
+            Ok(()) => self.run(&mut socket).await,
+            Err(refusal) => {
+                metrics::counter!("herald_connections_refused_total", "code" => refusal.0.to_string()).increment(1);
+                Ending::Close(refusal)
+            }
+        };
         drop(self.admission.take());
         Box::pin(finish(socket, ending)).await;
         debug!("disconnected");
