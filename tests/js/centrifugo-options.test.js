@@ -1,11 +1,11 @@
-// Centrifugo channel options and delivery guarantees with the unmodified centrifuge-js client: no
-// publication lost or repeated between the engine subscribe and the subscribe reply (a publisher
-// hammering the channel while clients subscribe with recovery), client publish rate limits (error
-// 111), and join/leave pushes only to subscriptions that asked for them unless
-// `force_push_join_leave`.
+// Centrifugo channel options and delivery guarantees with the unmodified centrifuge-js client, on two
+// Redis-backed nodes: no publication lost or repeated between the engine subscribe and the subscribe
+// reply (a publisher hammering the channel through one node while clients subscribe with recovery on
+// the other), client publish rate limits (error 111), and join/leave pushes only to subscriptions
+// that asked for them unless `force_push_join_leave`.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { eventually, startHerald } from './harness.js';
+import { eventually, startHerald, startRedis } from './harness.js';
 import { connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
 
 const CONFIG = `
@@ -44,17 +44,21 @@ allow_subscribe_for_client = true
 allow_publish_for_subscriber = true
 `;
 
-let herald;
+// `herald` serves the clients; `publisher` (the other node) takes the API publishes.
+let redis, herald, publisher;
 before(async () => {
-  herald = await startHerald([], { config: CONFIG });
+  redis = await startRedis();
+  const args = ['--engine', 'redis', '--redis-url', redis.url, '--redis-prefix', 'cfopt'];
+  [herald, publisher] = await Promise.all([startHerald(args, { config: CONFIG }), startHerald(args, { config: CONFIG })]);
 });
 after(async () => {
   disconnectCentrifuges();
-  await herald.stop();
+  await Promise.all([herald.stop(), publisher.stop()]);
+  await redis.stop();
 });
 
 async function api(method, body) {
-  const res = await fetch(`http://127.0.0.1:${herald.port}/api/${method}`, {
+  const res = await fetch(`http://127.0.0.1:${publisher.port}/api/${method}`, {
     method: 'POST',
     headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
     body: JSON.stringify(body),
@@ -70,7 +74,7 @@ test('subscribing with recovery while a publisher hammers the channel: every off
   let running = true;
   let last = first.result.offset;
   // Four publishers in parallel, each publishing as fast as the API answers.
-  const publishers = Array.from({ length: 4 }, async () => {
+  const publishers = Array.from({ length: 8 }, async () => {
     while (running) {
       const r = await api('publish', { channel, data: { n: 1 } });
       last = Math.max(last, r.result.offset);
@@ -79,12 +83,12 @@ test('subscribing with recovery while a publisher hammers the channel: every off
   // Clients subscribe one after another mid-stream, each recovering from the offset published just
   // before (so the engine subscribe, the history read and the reply all race the publications).
   const subs = [];
-  for (let i = 0; i < 12; i++) {
+  for (let i = 0; i < 30; i++) {
     const since = last;
     const client = await connected(herald, `racer-${i}`);
     const sub = await subscribed(client, channel, { since: { offset: since, epoch } });
     subs.push({ sub, since });
-    await new Promise((r) => setTimeout(r, 30));
+    await new Promise((r) => setTimeout(r, 10));
   }
   running = false;
   await Promise.all(publishers);
