@@ -19,6 +19,8 @@ pub struct CentrifugoApp {
     pub token_rsa_public_key: Option<String>,
     /// PEM public key for ES256/384 tokens.
     pub token_ecdsa_public_key: Option<String>,
+    /// JWKS endpoint whose keys verify RS*/PS*/ES* tokens that name their key (`kid`) ([`crate::jwks`]).
+    pub token_jwks_url: Option<String>,
     /// Required `aud` claim, if set.
     pub token_audience: Option<String>,
     /// Required `iss` claim, if set.
@@ -46,6 +48,7 @@ impl CentrifugoApp {
             token_hmac_secret: Some(secret.clone()),
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,
+            token_jwks_url: None,
             token_audience: None,
             token_issuer: None,
             api_key: Some(secret),

@@ -14,6 +14,7 @@ mod app;
 pub mod codec;
 pub mod codes;
 pub mod json;
+pub mod jwks;
 pub mod options;
 pub mod protobuf;
 pub mod protocol;
@@ -163,6 +164,12 @@ impl Centrifugo {
             match ReadyApp::new(app) {
                 Ok(app) => ready.push(app),
                 Err(e) => tracing::error!(error = %e, "Centrifugo settings refused; the app is not served on this front"),
+            }
+        }
+        // Each JWKS is fetched now and kept fresh until shutdown.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for jwks in ready.iter().filter_map(|app| app.verifier.jwks().cloned()) {
+                tasks.spawn_on(jwks.keep_fresh(shutdown.clone()), &runtime);
             }
         }
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));

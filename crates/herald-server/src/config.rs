@@ -291,6 +291,8 @@ struct FileApp {
     token_rsa_public_key: Option<String>,
     /// Centrifugo front: PEM public key for ES256/384 tokens.
     token_ecdsa_public_key: Option<String>,
+    /// Centrifugo front: JWKS URL whose keys verify RS*/PS*/ES* tokens naming their `kid`.
+    token_jwks_url: Option<String>,
     /// Centrifugo front: required `aud` claim.
     token_audience: Option<String>,
     /// Centrifugo front: required `iss` claim.
@@ -752,6 +754,7 @@ impl FileApp {
             token_hmac_secret: Some(self.token_hmac_secret.clone().unwrap_or_else(|| self.secret.clone())),
             token_rsa_public_key: self.token_rsa_public_key.clone(),
             token_ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            token_jwks_url: self.token_jwks_url.clone(),
             token_audience: self.token_audience.clone(),
             token_issuer: self.token_issuer.clone(),
             api_key: Some(self.api_key.clone().unwrap_or_else(|| self.secret.clone())),

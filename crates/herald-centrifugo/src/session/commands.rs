@@ -171,8 +171,8 @@ async fn command_of(ctx: &Ctx, state: &mut State, command: Command) -> Result<()
             metrics::counter!("herald_errors_total", "kind" => "centrifugo_send_dropped").increment(1);
             Ok(())
         }
-        Method::Refresh { token } => refresh(ctx, state, id, &token),
-        Method::SubRefresh { channel, token } => sub_refresh(ctx, state, id, &channel, &token),
+        Method::Refresh { token } => refresh(ctx, state, id, &token).await,
+        Method::SubRefresh { channel, token } => sub_refresh(ctx, state, id, &channel, &token).await,
     }
 }
 
@@ -201,6 +201,7 @@ async fn connect(ctx: &Ctx, state: &mut State, id: u32, req: ConnectRequest) -> 
         }
         Default::default()
     } else {
+        ctx.app.verifier.prepare(&req.token).await;
         match ctx.app.verifier.connect(&req.token, now_unix()) {
             Ok(claims) => claims,
             Err(e) => return token_refusal(ctx, id, &e),
@@ -303,6 +304,7 @@ async fn subscribe(ctx: &Ctx, state: &mut State, id: u32, req: SubscribeRequest)
     };
     let mut sub_token = None;
     if !req.token.is_empty() {
+        ctx.app.verifier.prepare(&req.token).await;
         match ctx.app.verifier.subscribe(&req.token, now_unix()) {
             Ok(claims) if claims.channel == channel && *claims.user == *state.user => sub_token = Some(claims),
             Ok(_) => {
@@ -497,7 +499,8 @@ async fn history(ctx: &Ctx, state: &State, id: u32, req: HistoryRequest) {
     reply(ctx, id, &Reply::History { publications, epoch: read.position.epoch.to_string(), offset: read.position.offset });
 }
 
-fn refresh(ctx: &Ctx, state: &mut State, id: u32, token: &str) -> Result<(), Ending> {
+async fn refresh(ctx: &Ctx, state: &mut State, id: u32, token: &str) -> Result<(), Ending> {
+    ctx.app.verifier.prepare(token).await;
     match ctx.app.verifier.connect(token, now_unix()) {
         Ok(claims) if *claims.user == *state.user => {
             state.expire_at = claims.expire_at;
@@ -510,7 +513,8 @@ fn refresh(ctx: &Ctx, state: &mut State, id: u32, token: &str) -> Result<(), End
     }
 }
 
-fn sub_refresh(ctx: &Ctx, state: &mut State, id: u32, channel: &str, token: &str) -> Result<(), Ending> {
+async fn sub_refresh(ctx: &Ctx, state: &mut State, id: u32, channel: &str, token: &str) -> Result<(), Ending> {
+    ctx.app.verifier.prepare(token).await;
     match ctx.app.verifier.subscribe(token, now_unix()) {
         Ok(claims) if claims.channel == channel && *claims.user == *state.user => {
             let Some(sub) = state.subs.get_mut(channel) else {
