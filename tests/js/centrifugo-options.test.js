@@ -2,7 +2,8 @@
 // Redis-backed nodes: no publication lost or repeated between the engine subscribe and the subscribe
 // reply (a publisher hammering the channel through one node while clients subscribe with recovery on
 // the other), client publish rate limits (error 111), and join/leave pushes only to subscriptions
-// that asked for them unless `force_push_join_leave`.
+// that asked for them unless `force_push_join_leave`, and viewer counts (cluster-wide, coalesced
+// above 100 subscribers).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { eventually, startHerald, startRedis } from './harness.js';
@@ -34,6 +35,11 @@ name = "limited"
 allow_subscribe_for_client = true
 allow_publish_for_subscriber = true
 client_publish_limits = { per_connection = 3, per_user = 100, window = "10s" }
+
+[[apps.namespaces]]
+name = "live"
+viewer_counts = true
+allow_subscribe_for_client = true
 
 [[apps.namespaces]]
 name = "forced"
@@ -160,4 +166,36 @@ test('join/leave go only to subscriptions that asked, unless force_push_join_lea
   await api('publish', { channel: 'room-jl2', data: { after: 'join' } });
   await eventually(() => silent.publications.length === 1, { message: 'the publication after the join' });
   assert.deepEqual(joins.silent, [], 'no join for a subscription that did not ask');
+});
+
+const counts = (sub) => sub.publications.filter((p) => p.data && 'viewer_count' in p.data).map((p) => p.data);
+
+test('viewer_counts: every subscriber gets the cluster-wide count and the peak as a publication', async () => {
+  const channel = 'live:show';
+  const a = await subscribed(await connected(herald, 'viewer-a'), channel);
+  await eventually(() => counts(a).at(-1)?.viewer_count === 1, { message: 'the first viewer sees 1' });
+  assert.deepEqual(counts(a).at(-1), { viewer_count: 1, peak_viewers: 1 });
+  // A viewer on the other node: both see 2.
+  const bClient = await connected(publisher, 'viewer-b');
+  const b = await subscribed(bClient, channel);
+  await eventually(() => counts(a).at(-1)?.viewer_count === 2, { message: 'a sees 2' });
+  await eventually(() => counts(b).at(-1)?.viewer_count === 2, { message: 'b sees 2 after its subscribe reply' });
+  assert.equal(b.publications[0].offset, undefined, 'no stream position: not history');
+  bClient.disconnect();
+  await eventually(() => counts(a).at(-1)?.viewer_count === 1, { message: 'a sees 1 after b left' });
+  assert.deepEqual(counts(a).at(-1), { viewer_count: 1, peak_viewers: 2 });
+});
+
+test('viewer_counts: above 100 subscribers the pushes are coalesced to one a second', async () => {
+  const channel = 'live:crowd';
+  const watcher = await subscribed(await connected(herald, 'watcher'), channel);
+  const started = Date.now();
+  const joiners = [];
+  for (let i = 0; i < 140; i++) joiners.push(connected(herald, `crowd-${i}`).then((c) => subscribed(c, channel)));
+  await Promise.all(joiners);
+  await eventually(() => counts(watcher).at(-1)?.viewer_count === 141, { timeout: 10000, message: 'the last count reaches 141' });
+  const seconds = Math.ceil((Date.now() - started) / 1000);
+  const above = counts(watcher).filter((c) => c.viewer_count > 100);
+  assert.ok(above.length <= seconds + 1, `${above.length} pushes above 100 in ${seconds} s`);
+  assert.equal(counts(watcher).at(-1).peak_viewers, 141);
 });

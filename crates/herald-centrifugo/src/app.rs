@@ -40,6 +40,13 @@ pub struct CentrifugoApp {
 }
 
 impl CentrifugoApp {
+    /// Whether any of its channels has the `viewer_counts` option.
+    pub fn has_viewer_counts(&self) -> bool {
+        self.channel_options.viewer_counts || self.namespaces.iter().any(|ns| ns.options.viewer_counts)
+    }
+}
+
+impl CentrifugoApp {
     /// Settings for app `id` whose tokens and API are keyed by `secret`, with Centrifugo's defaults.
     pub fn with_secret(id: impl Into<String>, secret: impl Into<String>) -> CentrifugoApp {
         let secret = secret.into();
@@ -108,6 +115,11 @@ impl Apps {
             lookup.by_id.insert(app.settings.id.clone(), app);
         }
         lookup
+    }
+
+    /// Every app.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<ReadyApp>> {
+        self.by_id.values()
     }
 
     pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<ReadyApp>> {

@@ -22,6 +22,7 @@ pub mod ratelimit;
 mod session;
 pub mod token;
 mod upgrade;
+pub mod viewers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -176,7 +177,19 @@ impl Centrifugo {
         let json = engine.register_codec(Arc::new(JsonCodec)).expect("the engine has room for the Centrifugo JSON codec");
         let protobuf = engine.register_codec(Arc::new(ProtobufCodec)).expect("the engine has room for the Centrifugo protobuf codec");
         let uni = engine.register_codec(Arc::new(UniJsonCodec)).expect("the engine has room for the Centrifugo unidirectional codec");
-        Arc::new(Centrifugo { engine, apps: Arc::new(Apps::new(ready)), config, shutdown, tasks, admission, json, protobuf, uni })
+        let apps = Arc::new(Apps::new(ready));
+        for app in apps.iter().filter(|app| app.settings.has_viewer_counts()) {
+            if let Some(hub) = engine.by_id(&app.settings.id) {
+                hub.listen(Arc::new(viewers::Listener {
+                    app: app.clone(),
+                    hub: Arc::downgrade(hub),
+                    counts: Arc::default(),
+                    tasks: tasks.clone(),
+                    shutdown: shutdown.clone(),
+                }));
+            }
+        }
+        Arc::new(Centrifugo { engine, apps, config, shutdown, tasks, admission, json, protobuf, uni })
     }
 
     /// The engine this front serves.

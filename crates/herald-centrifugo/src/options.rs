@@ -64,6 +64,9 @@ pub struct ChannelOptions {
     pub allow_history_for_client: bool,
     /// Channels of this namespace may list their users after `#` (`dialog#42,43`).
     pub allow_user_limited_channels: bool,
+    /// Herald's own: push `{"viewer_count","peak_viewers"}` to the channel's subscribers when its
+    /// subscriber count changes ([`crate::viewers`]).
+    pub viewer_counts: bool,
     /// Herald's own: client publish rate limits here, instead of the app's `client_publish_limits`.
     pub client_publish_limits: Option<PublishLimits>,
 }
