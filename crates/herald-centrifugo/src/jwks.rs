@@ -94,7 +94,8 @@ impl Jwks {
     pub(crate) fn key(&self, kid: &str, alg: Algorithm) -> Option<DecodingKey> {
         let keys = self.keys.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
         let key = keys.get(kid)?;
-        let rsa = matches!(alg, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512);
+        let rsa =
+            matches!(alg, Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512);
         let ec = matches!(alg, Algorithm::ES256 | Algorithm::ES384);
         let fits = (key.rsa && rsa || !key.rsa && ec) && key.alg.is_none_or(|a| a == alg);
         fits.then(|| key.key.clone())

@@ -16,10 +16,10 @@ use crate::codec::{to_pub, ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes::{self, ErrorCode};
 use crate::json::{self, DecodeError};
 use crate::options::{allowed_users, namespace_of, ChannelOptions, MAX_CHANNEL_LENGTH};
-use crate::ratelimit::{self, ConnectionWindows};
 use crate::protocol::{
     ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, Method, Reply, SubscribeRequest, SubscribeResult,
 };
+use crate::ratelimit::{self, ConnectionWindows};
 use crate::token::{now_unix, TokenError};
 use crate::{Encoding, VERSION};
 

@@ -177,7 +177,11 @@ pub(crate) fn open(
         Encoding::UniJson => front.uni,
     };
     let (id, outbox) = hub.connect_with(codec).map_err(|e| codes::connect_error(&e))?;
-    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding }, counted: false }, initial })
+    Ok(Session {
+        admission: Some(admission),
+        conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding }, counted: false },
+        initial,
+    })
 }
 
 impl Session {

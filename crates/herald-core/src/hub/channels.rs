@@ -176,8 +176,11 @@ impl Hub {
         ch.stats.published(publication.data.len());
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
         let position = publication.position.as_ref();
-        let targets =
-            ch.subscribers.iter().filter(|(_, sub)| sub.gate.as_ref().is_none_or(|g| g.admits(position))).map(|(id, sub)| (id, &sub.outbox));
+        let targets = ch
+            .subscribers
+            .iter()
+            .filter(|(_, sub)| sub.gate.as_ref().is_none_or(|g| g.admits(position)))
+            .map(|(id, sub)| (id, &sub.outbox));
         let except_device = publication.except_device.as_deref();
         let delivered = self.push_all(targets, publication.except, except_device, &mut encoded, &mut claimed);
         let not_excluded = |sub: &Subscriber| except_device.is_none() || sub.outbox.device() != except_device;
