@@ -163,6 +163,37 @@ mod tests {
         assert!(after(Some(&at(5)), Some(&other)), "a new epoch is not comparable");
     }
 
+    #[tokio::test]
+    async fn held_deliveries_follow_the_reply_without_what_it_covered() {
+        let hub = Hub::new(crate::App::dev());
+        let (id, outbox) = hub.connect().unwrap();
+        let (other, other_box) = hub.connect().unwrap();
+        hub.subscribe(other, "ch", None).unwrap();
+        hub.subscribe_with(id, "ch", None, Delivery { held: true, member_events: true }).unwrap();
+        let publish = |offset: u64| {
+            let mut p = crate::Publication::new("ch", "", Bytes::from(format!("p{offset}")), crate::DataKind::Binary);
+            p.position = Some(at(offset));
+            hub.publish(&p);
+        };
+        for offset in 1..=3 {
+            publish(offset);
+        }
+        assert!(outbox.is_empty(), "held until the reply");
+        assert_eq!(other_box.len().0, 3, "other subscribers are not held");
+        outbox.push(Bytes::from_static(b"reply")).unwrap();
+        hub.release(id, "ch", Some(&at(2)));
+        publish(2); // a late copy of what the reply covered
+        publish(4);
+        let mut out = Vec::new();
+        outbox.drain(&mut out).await;
+        assert_eq!(out, [&b"reply"[..], b"p3", b"p4"], "the reply, then each later offset once, in order");
+        // Releasing again, or a connection not held, changes nothing.
+        hub.release(id, "ch", None);
+        hub.release(other, "ch", None);
+        publish(1);
+        assert!(outbox.is_empty(), "still skipping what the reply covered");
+    }
+
     #[test]
     fn a_hold_is_bounded() {
         let gate = Gate::holding();
