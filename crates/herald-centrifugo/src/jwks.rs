@@ -151,6 +151,8 @@ impl Jwks {
         let request = hyper::Request::get(path)
             .header(hyper::header::HOST, authority)
             .header(hyper::header::ACCEPT, "application/json")
+            // One exchange per connection: the connection task ends with it.
+            .header(hyper::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
             .map_err(|e| fetch_err(&e))?;
         let response = if self.https {
@@ -191,9 +193,9 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| JwksError::Fetch(e.to_string()))?;
-    // The connection lives as long as this exchange (it is dropped with the response's body).
+    // Drives the connection for this one exchange (`Connection: close`), never past FETCH_TIMEOUT.
     tokio::spawn(async move {
-        let _ = conn.await;
+        let _ = tokio::time::timeout(FETCH_TIMEOUT, conn).await;
     });
     sender.send_request(request).await.map_err(|e| JwksError::Fetch(e.to_string()))
 }
