@@ -96,7 +96,7 @@ test('presence is shared: each front sees the members that joined through the ot
   refused.subscribe();
   assert.equal((await denied).code, 103);
   c.removeSubscription(refused);
-  const sub = await subscribed(c, 'presence-both', { token: subToken('cora', 'presence-both') });
+  const sub = await subscribed(c, 'presence-both', { token: subToken('cora', 'presence-both'), joinLeave: true });
   const member = await added;
   assert.equal(member.id, 'cora');
   assert.deepEqual(member.info, { name: 'Cora' });

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::options::{namespace_of, ChannelOptions, Namespace};
+use crate::ratelimit::{PublishLimits, UserWindows};
 use crate::token::Verifier;
 
 /// One app's Centrifugo settings. `id` is the engine app's id (`herald_core::App::id`).
@@ -18,6 +19,8 @@ pub struct CentrifugoApp {
     pub token_rsa_public_key: Option<String>,
     /// PEM public key for ES256/384 tokens.
     pub token_ecdsa_public_key: Option<String>,
+    /// JWKS endpoint whose keys verify RS*/PS*/ES* tokens that name their key (`kid`) ([`crate::jwks`]).
+    pub token_jwks_url: Option<String>,
     /// Required `aud` claim, if set.
     pub token_audience: Option<String>,
     /// Required `iss` claim, if set.
@@ -28,10 +31,19 @@ pub struct CentrifugoApp {
     pub allow_anonymous_connect_without_token: bool,
     /// Every authenticated connection is subscribed server-side to `#<user>`, its user's deliveries.
     pub user_subscribe_to_personal: bool,
+    /// Client publish rate limits of channels whose options set none (Herald's own).
+    pub client_publish_limits: PublishLimits,
     /// Options of channels without a namespace.
     pub channel_options: ChannelOptions,
     /// Namespaces and their options.
     pub namespaces: Vec<Namespace>,
+}
+
+impl CentrifugoApp {
+    /// Whether any of its channels has the `viewer_counts` option.
+    pub fn has_viewer_counts(&self) -> bool {
+        self.channel_options.viewer_counts || self.namespaces.iter().any(|ns| ns.options.viewer_counts)
+    }
 }
 
 impl CentrifugoApp {
@@ -43,11 +55,13 @@ impl CentrifugoApp {
             token_hmac_secret: Some(secret.clone()),
             token_rsa_public_key: None,
             token_ecdsa_public_key: None,
+            token_jwks_url: None,
             token_audience: None,
             token_issuer: None,
             api_key: Some(secret),
             allow_anonymous_connect_without_token: false,
             user_subscribe_to_personal: false,
+            client_publish_limits: PublishLimits::default(),
             channel_options: ChannelOptions::default(),
             namespaces: Vec::new(),
         }
@@ -65,13 +79,15 @@ pub(crate) struct ReadyApp {
     pub(crate) settings: CentrifugoApp,
     pub(crate) verifier: Verifier,
     namespaces: HashMap<String, ChannelOptions>,
+    /// Per-user client publish windows on this node.
+    pub(crate) user_publish: UserWindows,
 }
 
 impl ReadyApp {
     pub(crate) fn new(settings: CentrifugoApp) -> Result<ReadyApp, crate::token::KeyError> {
         let verifier = Verifier::new(&settings)?;
         let namespaces = settings.namespaces.iter().map(|ns| (ns.name.clone(), ns.options.clone())).collect();
-        Ok(ReadyApp { settings, verifier, namespaces })
+        Ok(ReadyApp { settings, verifier, namespaces, user_publish: UserWindows::default() })
     }
 
     /// The options of `channel`'s namespace; `None` for an unknown namespace.
@@ -99,6 +115,11 @@ impl Apps {
             lookup.by_id.insert(app.settings.id.clone(), app);
         }
         lookup
+    }
+
+    /// Every app.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<ReadyApp>> {
+        self.by_id.values()
     }
 
     pub(crate) fn by_id(&self, id: &str) -> Option<&Arc<ReadyApp>> {

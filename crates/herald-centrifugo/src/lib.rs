@@ -14,11 +14,14 @@ mod app;
 pub mod codec;
 pub mod codes;
 pub mod json;
+pub mod jwks;
 pub mod options;
 pub mod protobuf;
 pub mod protocol;
+pub mod ratelimit;
 mod session;
 pub mod token;
+pub mod viewers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,7 @@ use tracing::Instrument;
 pub use app::CentrifugoApp;
 pub use codec::{JsonCodec, ProtobufCodec, UniJsonCodec};
 pub use options::{ChannelOptions, Namespace};
+pub use ratelimit::PublishLimits;
 pub use token::{KeyError, TokenError, Verifier};
 
 use app::{Apps, ReadyApp};
@@ -177,6 +181,12 @@ impl Centrifugo {
                 Err(e) => tracing::error!(error = %e, "Centrifugo settings refused; the app is not served on this front"),
             }
         }
+        // Each JWKS is fetched now and kept fresh until shutdown.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            for jwks in ready.iter().filter_map(|app| app.verifier.jwks().cloned()) {
+                tasks.spawn_on(jwks.keep_fresh(shutdown.clone()), &runtime);
+            }
+        }
         let admission = Arc::new(Semaphore::new(config.max_connections.min(Semaphore::MAX_PERMITS)));
         // Each served app's delivery-latency histogram for this front exists from the start (sessions
         // look it up lock-free with `hub.latency().get(LATENCY_FRONT)` when they open).
@@ -188,7 +198,19 @@ impl Centrifugo {
         let json = engine.register_codec(Arc::new(JsonCodec)).expect("the engine has room for the Centrifugo JSON codec");
         let protobuf = engine.register_codec(Arc::new(ProtobufCodec)).expect("the engine has room for the Centrifugo protobuf codec");
         let uni = engine.register_codec(Arc::new(UniJsonCodec)).expect("the engine has room for the Centrifugo unidirectional codec");
-        Arc::new(Centrifugo { engine, apps: Arc::new(Apps::new(ready)), config, shutdown, tasks, admission, json, protobuf, uni })
+        let apps = Arc::new(Apps::new(ready));
+        for app in apps.iter().filter(|app| app.settings.has_viewer_counts()) {
+            if let Some(hub) = engine.by_id(&app.settings.id) {
+                hub.listen(Arc::new(viewers::Listener {
+                    app: app.clone(),
+                    hub: Arc::downgrade(hub),
+                    counts: Arc::default(),
+                    tasks: tasks.clone(),
+                    shutdown: shutdown.clone(),
+                }));
+            }
+        }
+        Arc::new(Centrifugo { engine, apps, config, shutdown, tasks, admission, json, protobuf, uni })
     }
 
     /// The engine this front serves.

@@ -7,6 +7,8 @@ use std::time::Duration;
 use herald_core::HistoryOptions;
 use serde::Deserialize;
 
+use crate::ratelimit::PublishLimits;
+
 /// The separator between a namespace and the rest of a channel name.
 pub const NAMESPACE_SEPARATOR: char = ':';
 /// The boundary after which a channel name lists the users allowed in it (`dialog#42,43`).
@@ -62,6 +64,11 @@ pub struct ChannelOptions {
     pub allow_history_for_client: bool,
     /// Channels of this namespace may list their users after `#` (`dialog#42,43`).
     pub allow_user_limited_channels: bool,
+    /// Herald's own: push `{"viewer_count","peak_viewers"}` to the channel's subscribers when its
+    /// subscriber count changes ([`crate::viewers`]).
+    pub viewer_counts: bool,
+    /// Herald's own: client publish rate limits here, instead of the app's `client_publish_limits`.
+    pub client_publish_limits: Option<PublishLimits>,
 }
 
 impl ChannelOptions {
@@ -81,7 +88,7 @@ impl ChannelOptions {
         if self.history_ttl > Duration::from_secs(30 * 86_400) {
             return Err("history_ttl must be at most 30 days".into());
         }
-        Ok(())
+        self.client_publish_limits.as_ref().map_or(Ok(()), PublishLimits::validate)
     }
 }
 
@@ -112,7 +119,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(seconds))
 }
 
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -7,6 +7,7 @@
 //! library) so that an expired token can be told apart (error 109: the client fetches a new one).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::app::CentrifugoApp;
+use crate::jwks::Jwks;
 
 /// Longest token accepted (bytes).
 pub const MAX_TOKEN: usize = 16 * 1024;
@@ -33,6 +35,14 @@ pub enum KeyError {
         kind: &'static str,
         /// Why.
         source: jsonwebtoken::errors::Error,
+    },
+    /// The JWKS URL is not usable.
+    #[error("app {app:?}: {source}")]
+    Jwks {
+        /// The app.
+        app: String,
+        /// Why.
+        source: crate::jwks::JwksError,
     },
 }
 
@@ -108,6 +118,7 @@ pub struct Verifier {
     hmac: Option<DecodingKey>,
     rsa: Option<DecodingKey>,
     ecdsa: Option<DecodingKey>,
+    jwks: Option<Arc<Jwks>>,
     audience: Option<String>,
     issuer: Option<String>,
 }
@@ -118,6 +129,7 @@ impl std::fmt::Debug for Verifier {
             .field("hmac", &self.hmac.is_some())
             .field("rsa", &self.rsa.is_some())
             .field("ecdsa", &self.ecdsa.is_some())
+            .field("jwks", &self.jwks)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +149,11 @@ impl Verifier {
             hmac: app.token_hmac_secret.as_ref().filter(|s| !s.is_empty()).map(|s| DecodingKey::from_secret(s.as_bytes())),
             rsa: pem("RSA", &app.token_rsa_public_key, DecodingKey::from_rsa_pem)?,
             ecdsa: pem("ECDSA", &app.token_ecdsa_public_key, DecodingKey::from_ec_pem)?,
+            jwks: app
+                .token_jwks_url
+                .as_deref()
+                .map(|url| Jwks::new(url).map(Arc::new).map_err(|source| KeyError::Jwks { app: app.id.clone(), source }))
+                .transpose()?,
             audience: app.token_audience.clone(),
             issuer: app.token_issuer.clone(),
         })
@@ -147,12 +164,17 @@ impl Verifier {
             return Err(TokenError::Invalid("token too long".into()));
         }
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
+        let public = |pem: &Option<DecodingKey>| match (&self.jwks, header.kid.as_deref()) {
+            // A token naming its key is verified with that key of the JWKS, and only with it.
+            (Some(jwks), Some(kid)) => jwks.key(kid, header.alg),
+            _ => pem.clone(),
+        };
         let key = match header.alg {
-            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.as_ref(),
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512 => self.hmac.clone(),
             Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512 | Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512 => {
-                self.rsa.as_ref()
+                public(&self.rsa)
             }
-            Algorithm::ES256 | Algorithm::ES384 => self.ecdsa.as_ref(),
+            Algorithm::ES256 | Algorithm::ES384 => public(&self.ecdsa),
             _ => None,
         };
         let key = key.ok_or_else(|| TokenError::Invalid(format!("no key configured for {:?}", header.alg)))?;
@@ -171,7 +193,26 @@ impl Verifier {
         if self.audience.is_some() {
             validation.required_spec_claims.insert("aud".into());
         }
-        jsonwebtoken::decode::<T>(token, key, &validation).map(|data| data.claims).map_err(|e| TokenError::Invalid(e.to_string()))
+        jsonwebtoken::decode::<T>(token, &key, &validation).map(|data| data.claims).map_err(|e| TokenError::Invalid(e.to_string()))
+    }
+
+    /// The app's JWKS, if it has a `token_jwks_url`.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.jwks.as_ref()
+    }
+
+    /// Before verifying `token`: if it names a key (`kid`) for an RS*/PS*/ES* algorithm and the app
+    /// has a JWKS that does not know it, fetches the set again (rate-limited, see [`crate::jwks`]).
+    pub async fn prepare(&self, token: &str) {
+        let Some(jwks) = &self.jwks else { return };
+        if token.len() > MAX_TOKEN {
+            return;
+        }
+        let Ok(header) = jsonwebtoken::decode_header(token) else { return };
+        let public = !matches!(header.alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512);
+        if let (true, Some(kid)) = (public, header.kid.as_deref()) {
+            jwks.ensure(kid).await;
+        }
     }
 
     /// Verifies a connection token at `now` (Unix seconds).

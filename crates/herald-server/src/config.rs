@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, Verifier};
+use herald_centrifugo::{CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace, PublishLimits, Verifier};
 use herald_core::{App, AppLimits, HistoryOptions, HistoryRule, OutboxLimits, OverflowPolicy};
 use herald_ingest::SourceConfig;
 use herald_pusher::webhooks::RESERVED_HEADERS;
@@ -291,6 +291,8 @@ struct FileApp {
     token_rsa_public_key: Option<String>,
     /// Centrifugo front: PEM public key for ES256/384 tokens.
     token_ecdsa_public_key: Option<String>,
+    /// Centrifugo front: JWKS URL whose keys verify RS*/PS*/ES* tokens naming their `kid`.
+    token_jwks_url: Option<String>,
     /// Centrifugo front: required `aud` claim.
     token_audience: Option<String>,
     /// Centrifugo front: required `iss` claim.
@@ -304,6 +306,10 @@ struct FileApp {
     /// Centrifugo front: subscribe every authenticated connection to `#<user>`.
     #[serde(default)]
     user_subscribe_to_personal: bool,
+    /// Centrifugo front: client publish rate limits (per connection, per user; a namespace's
+    /// `client_publish_limits` overrides them).
+    #[serde(default)]
+    client_publish_limits: PublishLimits,
     /// Centrifugo front: options of channels without a namespace.
     #[serde(default)]
     channel_options: ChannelOptions,
@@ -734,6 +740,7 @@ impl FileApp {
         }
         let invalid = |what: String| ConfigError::Invalid(format!("app {:?}: {what}", self.id));
         self.channel_options.validate().map_err(|e| invalid(format!("channel_options: {e}")))?;
+        self.client_publish_limits.validate().map_err(invalid)?;
         let mut names = std::collections::HashSet::new();
         for ns in &self.namespaces {
             let valid = !ns.name.is_empty() && ns.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
@@ -747,11 +754,13 @@ impl FileApp {
             token_hmac_secret: Some(self.token_hmac_secret.clone().unwrap_or_else(|| self.secret.clone())),
             token_rsa_public_key: self.token_rsa_public_key.clone(),
             token_ecdsa_public_key: self.token_ecdsa_public_key.clone(),
+            token_jwks_url: self.token_jwks_url.clone(),
             token_audience: self.token_audience.clone(),
             token_issuer: self.token_issuer.clone(),
             api_key: Some(self.api_key.clone().unwrap_or_else(|| self.secret.clone())),
             allow_anonymous_connect_without_token: self.allow_anonymous_connect_without_token,
             user_subscribe_to_personal: self.user_subscribe_to_personal,
+            client_publish_limits: self.client_publish_limits,
             channel_options: self.channel_options.clone(),
             namespaces: self.namespaces.clone(),
         };

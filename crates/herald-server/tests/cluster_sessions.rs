@@ -71,3 +71,43 @@ async fn an_apps_connection_quota_is_counted_across_nodes() {
     }
     assert!(admitted, "the quota was freed when the connection closed");
 }
+
+#[tokio::test]
+async fn the_centrifugo_front_counts_in_the_same_cluster_wide_quota() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let redis = RedisServer::start().await;
+    let app =
+        AppConfig { app: App { limits: AppLimits { max_connections: Some(1), ..AppLimits::default() }, ..App::dev() }, ..AppConfig::dev() };
+    let node = |redis: &RedisServer| config(redis, vec![app.clone()], PusherConfig::default(), Duration::from_secs(2));
+    let a = serve(Herald::start(&node(&redis)).await.unwrap()).await;
+    let b = serve(Herald::start(&node(&redis)).await.unwrap()).await;
+    // The close code a Centrifugo connection to `server` gets first (None: it stays open a while).
+    let centrifugo_close = |addr: std::net::SocketAddr| async move {
+        let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/connection/websocket")).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_millis(500), ws.next()).await;
+        match read {
+            Ok(Some(Ok(Message::Close(Some(frame))))) => (Some(u16::from(frame.code)), ws),
+            _ => (None, ws),
+        }
+    };
+    let first = a.client().await;
+    let (code, _ws) = centrifugo_close(b.addr).await;
+    assert_eq!(code, Some(3504), "a Pusher connection on the other node holds the app's one place");
+    drop(first);
+    // Once the Pusher connection is uncounted, a Centrifugo connection takes the place...
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let held = loop {
+        let (code, ws) = centrifugo_close(b.addr).await;
+        if code.is_none() {
+            break ws;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the quota was never freed");
+    };
+    // ...and then a Pusher connection on the other node is over the quota.
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/app/app-key?protocol=7", a.addr)).await.unwrap();
+    let mut refused = Client { ws, socket_id: String::new() };
+    assert_eq!(refused.expect("pusher:error").await["data"]["code"], 4004, "the Centrifugo connection counts cluster-wide");
+    drop(held);
+}

@@ -8,17 +8,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{DataKind, HistoryOptions, MemberJoin, Publication, PublisherInfo, StreamPosition};
+use herald_core::{DataKind, Delivery, HistoryOptions, MemberJoin, Publication, PublisherInfo, StreamPosition};
 use tokio::time::Instant;
 
 use super::{Ctx, Ending, Handled};
 use crate::codec::{to_pub, ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes::{self, ErrorCode};
 use crate::json::{self, DecodeError};
-use crate::options::{allowed_users, ChannelOptions, MAX_CHANNEL_LENGTH};
+use crate::options::{allowed_users, namespace_of, ChannelOptions, MAX_CHANNEL_LENGTH};
 use crate::protocol::{
     ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, Method, Reply, SubscribeRequest, SubscribeResult,
 };
+use crate::ratelimit::{self, ConnectionWindows};
 use crate::token::{now_unix, TokenError};
 use crate::{Encoding, VERSION};
 
@@ -46,11 +47,21 @@ pub(crate) struct State {
     pub(super) expire_at: Option<u64>,
     pub(super) subs: HashMap<String, Sub>,
     pub(crate) next_ping: Instant,
+    /// Client publish windows of this connection, by namespace.
+    publish_windows: ConnectionWindows,
 }
 
 impl Default for State {
     fn default() -> Self {
-        State { connected: false, user: Arc::from(""), info: None, expire_at: None, subs: HashMap::new(), next_ping: Instant::now() }
+        State {
+            connected: false,
+            user: Arc::from(""),
+            info: None,
+            expire_at: None,
+            subs: HashMap::new(),
+            next_ping: Instant::now(),
+            publish_windows: ConnectionWindows::default(),
+        }
     }
 }
 
@@ -160,8 +171,8 @@ async fn command_of(ctx: &Ctx, state: &mut State, command: Command) -> Result<()
             metrics::counter!("herald_errors_total", "kind" => "centrifugo_send_dropped").increment(1);
             Ok(())
         }
-        Method::Refresh { token } => refresh(ctx, state, id, &token),
-        Method::SubRefresh { channel, token } => sub_refresh(ctx, state, id, &channel, &token),
+        Method::Refresh { token } => refresh(ctx, state, id, &token).await,
+        Method::SubRefresh { channel, token } => sub_refresh(ctx, state, id, &channel, &token).await,
     }
 }
 
@@ -190,6 +201,7 @@ async fn connect(ctx: &Ctx, state: &mut State, id: u32, req: ConnectRequest) -> 
         }
         Default::default()
     } else {
+        ctx.app.verifier.prepare(&req.token).await;
         match ctx.app.verifier.connect(&req.token, now_unix()) {
             Ok(claims) => claims,
             Err(e) => return token_refusal(ctx, id, &e),
@@ -212,10 +224,14 @@ async fn connect(ctx: &Ctx, state: &mut State, id: u32, req: ConnectRequest) -> 
     state.next_ping = Instant::now() + ctx.front.config.ping_interval;
     // Server-side subscriptions: the token's channels, then the personal channel.
     let mut subs = Vec::new();
+    // Released once the connect reply (which carries these subscriptions) is queued.
+    let mut releases = Vec::new();
     for channel in claims.channels {
         let recover = req.subs.iter().find(|(c, _)| *c == channel).map(|(_, s)| s.clone()).unwrap_or_default();
         let request = SubscribeRequest { channel: channel.clone(), ..recover };
-        match join(ctx, state, &request, None).await {
+        releases.push(Release::new(ctx, &channel));
+        let release = releases.last_mut().expect("just pushed");
+        match join(ctx, state, &request, None, release).await {
             Ok(result) => subs.push((channel, result)),
             Err(e) => tracing::debug!(channel, code = e.code, "server-side subscription refused"),
         }
@@ -237,7 +253,34 @@ async fn connect(ctx: &Ctx, state: &mut State, id: u32, req: ConnectRequest) -> 
         data: None,
     };
     reply(ctx, id, &Reply::Connect(result));
+    drop(releases);
     Ok(())
+}
+
+/// Ends the hold on a subscription's deliveries when dropped (after its reply is queued, or on any
+/// error): the held publications follow the reply, those the reply covered are skipped.
+pub(crate) struct Release {
+    hub: Arc<herald_core::Hub>,
+    socket: herald_core::SocketId,
+    channel: String,
+    /// The subscription was made held.
+    held: bool,
+    /// The position the reply tells the client.
+    after: Option<StreamPosition>,
+}
+
+impl Release {
+    fn new(ctx: &Ctx, channel: &str) -> Release {
+        Release { hub: ctx.hub.clone(), socket: ctx.id, channel: channel.to_string(), held: false, after: None }
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if self.held {
+            self.hub.release(self.socket, &self.channel, self.after.as_ref());
+        }
+    }
 }
 
 /// Whether `channel` is a name clients may use.
@@ -261,6 +304,7 @@ async fn subscribe(ctx: &Ctx, state: &mut State, id: u32, req: SubscribeRequest)
     };
     let mut sub_token = None;
     if !req.token.is_empty() {
+        ctx.app.verifier.prepare(&req.token).await;
         match ctx.app.verifier.subscribe(&req.token, now_unix()) {
             Ok(claims) if claims.channel == channel && *claims.user == *state.user => sub_token = Some(claims),
             Ok(_) => {
@@ -280,10 +324,12 @@ async fn subscribe(ctx: &Ctx, state: &mut State, id: u32, req: SubscribeRequest)
             return Ok(());
         }
     }
-    match join(ctx, state, &req, sub_token).await {
+    let mut release = Release::new(ctx, &req.channel);
+    match join(ctx, state, &req, sub_token, &mut release).await {
         Ok(result) => reply(ctx, id, &Reply::Subscribe(result)),
         Err(code) => error(ctx, id, code),
     }
+    drop(release);
     Ok(())
 }
 
@@ -299,6 +345,7 @@ pub(super) async fn join(
     state: &mut State,
     req: &SubscribeRequest,
     token: Option<crate::token::SubscribeClaims>,
+    release: &mut Release,
 ) -> Result<SubscribeResult, ErrorCode> {
     let channel = req.channel.as_str();
     let options = ctx.app.options(channel).ok_or(codes::UNKNOWN_CHANNEL)?;
@@ -311,7 +358,11 @@ pub(super) async fn join(
             user_id: state.user.clone(),
             info: token.as_ref().and_then(|t| t.info.clone()).or_else(|| state.info.clone()).unwrap_or_default(),
         });
-        let subscribed = ctx.hub.join(ctx.id, channel, member).await.map_err(|e| codes::subscribe_error(&e))?;
+        // Deliveries wait until the reply is queued ([`Release`]): the client drops publications of a
+        // subscription it has no reply for, and the reply's position says where they continue.
+        let delivery = Delivery { held: true, member_events: options.join_leave && (req.join_leave || options.force_push_join_leave) };
+        let subscribed = ctx.hub.join_with(ctx.id, channel, member, delivery).await.map_err(|e| codes::subscribe_error(&e))?;
+        release.held = true;
         if !subscribed.already {
             ctx.hub.announce(&subscribed.change, Some(ctx.id));
         }
@@ -329,15 +380,17 @@ pub(super) async fn join(
         result.publications = recovery.publications.iter().map(to_pub).collect();
         result.offset = recovery.position.offset;
         result.epoch = recovery.position.epoch.to_string();
+        release.after = Some(recovery.position);
     } else {
         let position = ctx.hub.stream_position(channel).await.map_err(|_| codes::INTERNAL)?;
         result.offset = position.offset;
         result.epoch = position.epoch.to_string();
+        release.after = Some(position);
     }
     Ok(result)
 }
 
-async fn publish(ctx: &Ctx, state: &State, id: u32, channel: &str, data: Bytes) {
+async fn publish(ctx: &Ctx, state: &mut State, id: u32, channel: &str, data: Bytes) {
     if !valid_channel(channel) {
         return error(ctx, id, codes::UNKNOWN_CHANNEL);
     }
@@ -352,6 +405,11 @@ async fn publish(ctx: &Ctx, state: &State, id: u32, channel: &str, data: Bytes) 
     }
     if data.len() > ctx.hub.app().limits.max_event_size {
         return error(ctx, id, codes::LIMIT_EXCEEDED);
+    }
+    let limits = options.client_publish_limits.as_ref().unwrap_or(&ctx.app.settings.client_publish_limits);
+    if ratelimit::admit(&mut state.publish_windows, &ctx.app.user_publish, &state.user, namespace_of(channel), limits).is_err() {
+        metrics::counter!("herald_errors_total", "kind" => "centrifugo_publish_rate_limited").increment(1);
+        return error(ctx, id, codes::TOO_MANY_REQUESTS);
     }
     // Protobuf clients publish bytes: JSON ones reach JSON clients too, others only binary clients.
     let kind = if json::is_json(&data) { DataKind::Json } else { DataKind::Binary };
@@ -441,7 +499,8 @@ async fn history(ctx: &Ctx, state: &State, id: u32, req: HistoryRequest) {
     reply(ctx, id, &Reply::History { publications, epoch: read.position.epoch.to_string(), offset: read.position.offset });
 }
 
-fn refresh(ctx: &Ctx, state: &mut State, id: u32, token: &str) -> Result<(), Ending> {
+async fn refresh(ctx: &Ctx, state: &mut State, id: u32, token: &str) -> Result<(), Ending> {
+    ctx.app.verifier.prepare(token).await;
     match ctx.app.verifier.connect(token, now_unix()) {
         Ok(claims) if *claims.user == *state.user => {
             state.expire_at = claims.expire_at;
@@ -454,7 +513,8 @@ fn refresh(ctx: &Ctx, state: &mut State, id: u32, token: &str) -> Result<(), End
     }
 }
 
-fn sub_refresh(ctx: &Ctx, state: &mut State, id: u32, channel: &str, token: &str) -> Result<(), Ending> {
+async fn sub_refresh(ctx: &Ctx, state: &mut State, id: u32, channel: &str, token: &str) -> Result<(), Ending> {
+    ctx.app.verifier.prepare(token).await;
     match ctx.app.verifier.subscribe(token, now_unix()) {
         Ok(claims) if claims.channel == channel && *claims.user == *state.user => {
             let Some(sub) = state.subs.get_mut(channel) else {

@@ -110,15 +110,53 @@ struct Busy {
 /// A registered connection; unregistered on drop (any exit: close, error, cancellation, panic).
 pub(crate) struct Registered {
     ctx: Ctx,
+    /// The connection is counted in the cluster's per-app connection total (taken back on drop).
+    counted: bool,
+}
+
+impl Registered {
+    /// Counts the connection against the app's cluster-wide quota (the Pusher front's too), when the
+    /// app has one and this node is in a cluster. Refused: 3504. If the cluster can't be asked in
+    /// time, the connection is admitted on this node's own count (counted in `herald_errors_total`).
+    async fn count_in_cluster(&mut self) -> Result<(), DisconnectCode> {
+        let hub = &self.ctx.hub;
+        let (Some(state), Some(limit)) = (hub.state(), hub.app().limits.max_connections) else { return Ok(()) };
+        match tokio::time::timeout(CLUSTER_WAIT, state.connect(&hub.app().id, limit)).await {
+            Ok(Ok(true)) => {
+                self.counted = true;
+                Ok(())
+            }
+            Ok(Ok(false)) => Err(codes::CONNECTION_LIMIT),
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                Ok(())
+            }
+        }
+    }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         let ctx = &self.ctx;
-        let Some(departure) = ctx.hub.depart(ctx.id) else { return };
+        let departure = ctx.hub.depart(ctx.id);
+        if departure.is_none() && !self.counted {
+            return;
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let hub = ctx.hub.clone();
-        ctx.front.tasks.spawn_on(async move { hub.settle(departure).await }, &runtime);
+        let (hub, counted) = (ctx.hub.clone(), self.counted);
+        ctx.front.tasks.spawn_on(
+            async move {
+                if let Some(departure) = departure {
+                    hub.settle(departure).await;
+                }
+                if let (true, Some(state)) = (counted, hub.state()) {
+                    if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&hub.app().id)).await, Ok(Ok(()))) {
+                        metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                    }
+                }
+            },
+            &runtime,
+        );
     }
 }
 
@@ -145,7 +183,11 @@ pub(crate) fn open(
         Encoding::UniJson => front.uni,
     };
     let (id, outbox) = hub.connect_with(codec).map_err(|e| codes::connect_error(&e))?;
-    Ok(Session { admission: Some(admission), conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding } }, initial })
+    Ok(Session {
+        admission: Some(admission),
+        conn: Registered { ctx: Ctx { front, hub, app, id, outbox, encoding }, counted: false },
+        initial,
+    })
 }
 
 impl Session {
@@ -169,7 +211,13 @@ impl Session {
     pub(crate) async fn serve(mut self, socket: Arc<SharedSocket>) {
         // Delivery may write to the socket itself while this session is idle.
         self.conn.ctx.outbox.set_direct(socket.clone());
-        let ending = self.run(&socket).await;
+        let ending = match Box::pin(self.conn.count_in_cluster()).await {
+            Ok(()) => self.run(&socket).await,
+            Err(refusal) => {
+                metrics::counter!("herald_connections_refused_total", "code" => refusal.0.to_string()).increment(1);
+                Ending::Close(refusal)
+            }
+        };
         // Nothing more goes out after this but the goodbye (and no more direct writes).
         self.conn.ctx.outbox.close(herald_core::Disconnect::Ended);
         drop(self.admission.take());

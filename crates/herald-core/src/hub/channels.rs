@@ -16,11 +16,24 @@ use crate::presence::{Member, Presence};
 use crate::publication::{DataKind, Publication};
 use crate::stats::ChannelStats;
 
+use super::gate::{Delivery, Gate};
 use super::{Channel, Hub, Subscribed, Subscriber};
 
 impl Hub {
     /// Subscribes `socket` to `channel` on this node; `member` makes it a presence subscription.
     pub fn subscribe(&self, socket: SocketId, channel: &str, member: Option<MemberJoin>) -> Result<Subscribed, SubscribeError> {
+        self.subscribe_with(socket, channel, member, Delivery::default())
+    }
+
+    /// [`Hub::subscribe`] with a choice of how the subscription takes deliveries ([`Delivery`]); an
+    /// existing subscription keeps its own.
+    pub fn subscribe_with(
+        &self,
+        socket: SocketId,
+        channel: &str,
+        member: Option<MemberJoin>,
+        delivery: Delivery,
+    ) -> Result<Subscribed, SubscribeError> {
         let limits = &self.app.limits;
         let (outbox, count) = {
             let conn = self.connections.get(&socket).ok_or(SubscribeError::UnknownConnection)?;
@@ -57,7 +70,7 @@ impl Hub {
                     return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
                 }
                 let presence = member.as_ref().map(|_| Presence::default());
-                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new() }), true)
+                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new(), holding: 0 }), true)
             }
         };
         let ch = entry.value_mut();
@@ -81,7 +94,9 @@ impl Hub {
             }
             user = Some(m.user_id.clone());
         }
-        ch.subscribers.insert(socket, Subscriber { outbox, user });
+        let gate = delivery.held.then(|| Box::new(Gate::holding()));
+        ch.holding += usize::from(delivery.held);
+        ch.subscribers.insert(socket, Subscriber { outbox, user, gate, member_events: delivery.member_events });
         let subscribers = ch.subscribers.len();
         ch.stats.subscribers(subscribers);
         let members = ch.presence.as_ref().map(Presence::snapshot);
@@ -116,6 +131,9 @@ impl Hub {
         let mut left = None;
         let removed = self.channels.remove_if_mut(channel, |name, ch| {
             let Some(sub) = ch.subscribers.remove(&socket) else { return false };
+            if sub.gate.as_ref().is_some_and(|g| g.is_holding()) {
+                ch.holding = ch.holding.saturating_sub(1);
+            }
             let mut transitions = Vec::new();
             if let (Some(presence), Some(user)) = (ch.presence.as_mut(), &sub.user) {
                 if presence.leave(user) {
@@ -157,8 +175,22 @@ impl Hub {
         let Some(ch) = self.channels.get(&*publication.channel) else { return 0 };
         ch.stats.published(publication.data.len());
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
-        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
-        self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded, &mut claimed)
+        let position = publication.position.as_ref();
+        let targets = ch
+            .subscribers
+            .iter()
+            .filter(|(_, sub)| sub.gate.as_ref().is_none_or(|g| g.admits(position)))
+            .map(|(id, sub)| (id, &sub.outbox));
+        let except_device = publication.except_device.as_deref();
+        let delivered = self.push_all(targets, publication.except, except_device, &mut encoded, &mut claimed);
+        let not_excluded = |sub: &Subscriber| except_device.is_none() || sub.outbox.device() != except_device;
+        ch.hold_all(&mut |outbox| encoded.frame(outbox.codec()).cloned(), position, publication.except, &not_excluded, self.hold_bounds());
+        delivered
+    }
+
+    /// How much one held subscription keeps: the app's outbox bounds.
+    fn hold_bounds(&self) -> (usize, usize) {
+        (self.app.limits.outbox.max_messages, self.app.limits.outbox.max_bytes)
     }
 
     /// Sends an engine event to `channel`'s subscribers on every node (each front encodes its own wire
@@ -172,7 +204,15 @@ impl Hub {
         let mut claimed = Claimed::default();
         let Some(ch) = self.channels.get(channel) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.event(channel, event));
-        let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
-        self.push_all(targets, except, None, &mut encoded, &mut claimed)
+        let member_event = matches!(event, ChannelEvent::MemberAdded(_) | ChannelEvent::MemberRemoved { .. });
+        let wants = |sub: &Subscriber| sub.member_events || !member_event;
+        let targets = ch
+            .subscribers
+            .iter()
+            .filter(|(_, sub)| wants(sub) && sub.gate.as_ref().is_none_or(|g| g.admits(None)))
+            .map(|(id, sub)| (id, &sub.outbox));
+        let delivered = self.push_all(targets, except, None, &mut encoded, &mut claimed);
+        ch.hold_all(&mut |outbox| encoded.frame(outbox.codec()).cloned(), None, except, &wants, self.hold_bounds());
+        delivered
     }
 }

@@ -13,7 +13,7 @@ use crate::error::SubscribeError;
 use crate::ids::SocketId;
 use crate::state::{ClusterState, Joined};
 
-use super::{Hub, Subscribed};
+use super::{Delivery, Hub, Subscribed};
 
 impl Hub {
     pub(crate) fn attach(&self, broker: Arc<dyn Broker>) -> bool {
@@ -121,13 +121,25 @@ impl Hub {
     /// its client, then announces the returned change ([`Hub::announce`]). If the cluster can't be
     /// asked in time, this node's own view is returned (counted; reconciled later).
     pub async fn join(&self, socket: SocketId, channel: &str, member: Option<MemberJoin>) -> Result<Subscribed, SubscribeError> {
+        self.join_with(socket, channel, member, Delivery::default()).await
+    }
+
+    /// [`Hub::join`] with a choice of how the subscription takes deliveries ([`Delivery`]: held until
+    /// [`Hub::release`], member events or not).
+    pub async fn join_with(
+        &self,
+        socket: SocketId,
+        channel: &str,
+        member: Option<MemberJoin>,
+        delivery: Delivery,
+    ) -> Result<Subscribed, SubscribeError> {
         let mut interest = self.prepare_channel(channel);
         if let Some(interest) = interest.as_mut() {
             if !matches!(tokio::time::timeout(CLUSTER_WAIT, interest.ready()).await, Ok(true)) {
                 metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
             }
         }
-        let subscribed = self.subscribe(socket, channel, member.clone())?;
+        let subscribed = self.subscribe_with(socket, channel, member.clone(), delivery)?;
         // From here the local subscription holds the interest.
         drop(interest);
         let state = match self.state() {

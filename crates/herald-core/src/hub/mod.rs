@@ -14,10 +14,12 @@
 mod channels;
 mod cluster;
 mod connections;
+mod gate;
 mod history;
 mod users;
 
 pub use cluster::{Departure, CLUSTER_WAIT};
+pub use gate::Delivery;
 pub use history::{ConfirmError, Published};
 
 use std::collections::HashMap;
@@ -92,6 +94,10 @@ struct Subscriber {
     outbox: Outbox,
     /// The presence user this subscription joined as.
     user: Option<Arc<str>>,
+    /// Held deliveries or a position to deliver after ([`gate`]); `None` for most subscriptions.
+    gate: Option<Box<gate::Gate>>,
+    /// Member added/removed events are delivered to it.
+    member_events: bool,
 }
 
 struct Channel {
@@ -101,6 +107,8 @@ struct Channel {
     last: Option<StreamPosition>,
     /// Messages, bytes and peak subscribers while occupied here.
     stats: ChannelStats,
+    /// Subscribers whose deliveries are held ([`Hub::release`]).
+    holding: usize,
 }
 
 impl Channel {
