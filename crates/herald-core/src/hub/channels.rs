@@ -57,7 +57,7 @@ impl Hub {
                     return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
                 }
                 let presence = member.as_ref().map(|_| Presence::default());
-                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new() }), true)
+                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new(self.channel_latency_slot()) }), true)
             }
         };
         let ch = entry.value_mut();
@@ -95,6 +95,14 @@ impl Hub {
             self.interest_changed(Topic::Channel(name.clone()));
         }
         Ok(Subscribed { already: false, change: ChannelChange { channel: name, subscribers, transitions }, members })
+    }
+
+    /// A latency slot for a channel becoming occupied (none while recording is off or all are taken).
+    fn channel_latency_slot(&self) -> Option<crate::latency::ChannelLatency> {
+        if !self.latency.recording() {
+            return None;
+        }
+        self.latency.channels().acquire()
     }
 
     /// Unsubscribes `socket` from `channel` on this node. `None` if it was not subscribed.
@@ -158,7 +166,8 @@ impl Hub {
         ch.stats.published(publication.data.len());
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.publication(publication));
         let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
-        self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded, &mut claimed)
+        let tag = ch.stats.latency().map(|l| l.tag());
+        self.push_all(targets, publication.except, publication.except_device.as_deref(), &mut encoded, &mut claimed, tag)
     }
 
     /// Sends an engine event to `channel`'s subscribers on every node (each front encodes its own wire
@@ -173,6 +182,6 @@ impl Hub {
         let Some(ch) = self.channels.get(channel) else { return 0 };
         let mut encoded = Encoded::new(&self.codecs, |codec| codec.event(channel, event));
         let targets = ch.subscribers.iter().map(|(id, sub)| (id, &sub.outbox));
-        self.push_all(targets, except, None, &mut encoded, &mut claimed)
+        self.push_all(targets, except, None, &mut encoded, &mut claimed, None)
     }
 }

@@ -112,6 +112,7 @@ impl Hub {
             publication.except_device.as_deref(),
             &mut encoded,
             &mut claimed,
+            None,
         )
     }
 
