@@ -6,7 +6,13 @@
 //! - `GET /stats/apps/{app_id}`: one app.
 //! - `GET /stats/apps/{app_id}/channels/{channel}`: one channel: subscribers and users (cluster-wide
 //!   when the engine is Redis, as the HTTP API counts them), messages, bytes, peak subscribers (this
-//!   node: those counters live in the channel's entry while it is occupied here).
+//!   node: those counters live in the channel's entry while it is occupied here), and the channel's
+//!   delivery latency p50/p95/p99 on this node, all fronts (`herald_core::latency`: a bounded table
+//!   of per-channel histograms per app, a slot taken when the channel becomes occupied here and given
+//!   back when it is vacated; `latency` is `null` for a channel that got no slot).
+//!
+//! Node and app answers carry `latency` (every front merged) and `latency_by_front` (each front's
+//! histogram that exists: `pusher`, `centrifugo`, `relay`, ...).
 //!
 //! Each answer says its `scope` (`node` or `cluster`) per figure. Without an `admin_token` in the
 //! config the endpoints answer 404; a missing or wrong token is 401 (logged at debug with the reason).
@@ -118,10 +124,20 @@ fn live(hubs: &[&Arc<Hub>]) -> (usize, usize, usize) {
 fn summary(hubs: &[&Arc<Hub>], uptime: Duration) -> Value {
     let mut counts = HubStatsSnapshot::default();
     let mut latency = LatencySnapshot::default();
+    let mut by_front: Vec<(&'static str, LatencySnapshot)> = Vec::new();
     for hub in hubs {
         add(&mut counts, &hub.stats().snapshot());
-        latency.merge(&hub.latency().merged());
+        for (front, histogram) in hub.latency().all() {
+            let snapshot = histogram.snapshot();
+            latency.merge(&snapshot);
+            match by_front.iter_mut().find(|(f, _)| *f == front) {
+                Some((_, total)) => total.merge(&snapshot),
+                None => by_front.push((front, snapshot)),
+            }
+        }
     }
+    by_front.sort_by_key(|(front, _)| *front);
+    let by_front: Map<String, Value> = by_front.iter().map(|(front, s)| ((*front).to_string(), latency_json(s))).collect();
     let (open, channels, users) = live(hubs);
     let disconnections: Map<String, Value> = counts.disconnections.iter().map(|(r, n)| ((*r).to_string(), json!(n))).collect();
     json!({
@@ -134,6 +150,7 @@ fn summary(hubs: &[&Arc<Hub>], uptime: Duration) -> Value {
         "channels": channels,
         "users": users,
         "latency": latency_json(&latency),
+        "latency_by_front": by_front,
     })
 }
 
@@ -201,6 +218,7 @@ async fn channel(State(herald): State<Herald>, headers: HeaderMap, Path((app_id,
         }
     }
     let stats = local.map(|(_, stats)| stats);
+    let latency = hub.channel_latency(&channel);
     Json(json!({
         "channel": channel,
         "occupied": info.is_some(),
@@ -212,8 +230,7 @@ async fn channel(State(herald): State<Herald>, headers: HeaderMap, Path((app_id,
         "peak_subscribers": stats.map_or(0, |s| s.peak_subscribers),
         "occupied_secs": stats.map_or(0, |s| s.occupied_secs),
         "traffic_scope": "node",
-        "latency": latency_json(&hub.latency().merged()),
-        "latency_of": "app",
+        "latency": latency.as_ref().map(latency_json),
     }))
     .into_response()
 }
