@@ -154,6 +154,45 @@ fn summary(hubs: &[&Arc<Hub>], uptime: Duration) -> Value {
     })
 }
 
+/// The Redis link's health (this process), from the metrics `herald_redis::health` keeps.
+fn redis_json(text: &str) -> Value {
+    let n = |name: &str| metrics_http::sum_of(text, name);
+    let by = |name: &str, label: &str| metrics_http::sum_where(text, name, label) as u64;
+    json!({
+        "scope": "node",
+        "connected": n("herald_redis_connected") > 0.0,
+        "reachable": n("herald_redis_reachable") > 0.0,
+        "subscriber_connected": n("herald_redis_subscriber_connected") > 0.0,
+        "reconnects": {
+            "command": by("herald_redis_reconnects_total", "connection=\"command\""),
+            "subscriber": by("herald_redis_reconnects_total", "connection=\"subscriber\""),
+        },
+        "command_errors": {
+            "timeout": by("herald_redis_command_errors_total", "kind=\"timeout\""),
+            "link": by("herald_redis_command_errors_total", "kind=\"link\""),
+            "refused": by("herald_redis_command_errors_total", "kind=\"refused\""),
+        },
+        "fail_fast": n("herald_redis_fail_fast_total") as u64,
+        "probe_ms": (n("herald_redis_probe_seconds") * 1e6).round() / 1e3,
+        "published": n("herald_redis_published_total") as u64,
+        "publish_dropped": n("herald_redis_publish_dropped_total") as u64,
+        "received": n("herald_redis_received_total") as u64,
+    })
+}
+
+/// Webhook deliveries by outcome and the queue depth (this process, every app).
+fn webhooks_json(text: &str) -> Value {
+    let n = |name: &str| metrics_http::sum_of(text, name) as u64;
+    json!({
+        "scope": "node",
+        "sent": n("herald_webhooks_sent_total"),
+        "failed": n("herald_webhooks_failed_total"),
+        "retried": n("herald_webhooks_retried_total"),
+        "dropped": n("herald_webhooks_dropped_total"),
+        "queue_depth": n("herald_webhooks_queue_depth"),
+    })
+}
+
 /// The node-wide answer (also what the dashboard streams).
 pub(crate) fn node_stats(herald: &Herald) -> Value {
     let engine = herald.pusher().engine();
@@ -167,6 +206,10 @@ pub(crate) fn node_stats(herald: &Herald) -> Value {
     if let Some(broker) = broker {
         body["backend"] = json!(if broker.healthy() { "up" } else { "down" });
     }
+    if metrics_http::has(&text, "herald_redis_reachable") {
+        body["redis"] = redis_json(&text);
+    }
+    body["webhooks"] = webhooks_json(&text);
     body["apps"] = hubs
         .iter()
         .map(|hub| {
