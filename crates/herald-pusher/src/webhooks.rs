@@ -27,12 +27,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use metrics::Gauge;
 use hmac::{Hmac, Mac};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use metrics::Gauge;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;

@@ -1034,7 +1034,8 @@ mod tests {
         assert!(err(&format!("{app}require_user_authentication = true\nenable_user_authentication = false"))
             .contains("require_user_authentication"));
         assert!(err(&format!("{app}max_connections_per_user = 0")).contains("max_connections_per_user"));
-        let limit = |text: &str| Config::resolve(parse(&format!("{app}{text}")), &Cli::default()).unwrap().apps[0].pusher.api_requests_per_minute;
+        let limit =
+            |text: &str| Config::resolve(parse(&format!("{app}{text}")), &Cli::default()).unwrap().apps[0].pusher.api_requests_per_minute;
         assert_eq!(limit(""), Some(herald_pusher::DEFAULT_API_REQUESTS_PER_MINUTE), "on by default");
         assert_eq!(limit("api_requests_per_minute = 0"), None, "0 turns it off");
         assert!(err(&format!("{app}[[apps.webhooks]]\nurl='http://h'\nheaders = {{ X-Pusher-Signature = 'x' }}"))

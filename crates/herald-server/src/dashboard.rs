@@ -173,7 +173,8 @@ async fn sign(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::bod
         return Json(json!({ "auth": format!("{}:{signature}", app.key), "channel_data": channel_data })).into_response();
     }
     if !s.channel.starts_with("private-") || s.channel.starts_with("private-encrypted-") {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "the console signs private- and presence- channels only" }))).into_response();
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "the console signs private- and presence- channels only" })))
+            .into_response();
     }
     let signature = auth::sign(&app.secret, &auth::channel_message(&s.socket_id, &s.channel, None));
     Json(json!({ "auth": format!("{}:{signature}", app.key) })).into_response()

@@ -79,7 +79,12 @@ async fn redis_link_health_is_in_metrics_and_stats() {
     config.admin_token = Some(herald_server::Secret("an-admin-token-for-tests".into()));
     let server = serve(Herald::start(&config).await.unwrap()).await;
     let text = metrics_text(server.addr).await;
-    for name in ["herald_redis_reachable", "herald_redis_subscriber_connected", "herald_redis_reconnects_total", "herald_redis_command_errors_total"] {
+    for name in [
+        "herald_redis_reachable",
+        "herald_redis_subscriber_connected",
+        "herald_redis_reconnects_total",
+        "herald_redis_command_errors_total",
+    ] {
         assert!(text.contains(&format!("# HELP {name} ")), "{name} has HELP:\n{text}");
         assert!(text.contains(&format!("# TYPE {name} ")), "{name} has TYPE:\n{text}");
     }

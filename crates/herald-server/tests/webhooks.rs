@@ -277,7 +277,9 @@ async fn webhook_outcomes_and_queue_depth_are_counted() {
         text.lines().find_map(|l| l.strip_prefix(&prefix).map(|v| v.to_string()))
     };
     let text = metrics_text(server.addr).await;
-    for name in ["herald_webhooks_failed_total", "herald_webhooks_retried_total", "herald_webhooks_sent_total", "herald_webhooks_queue_depth"] {
+    for name in
+        ["herald_webhooks_failed_total", "herald_webhooks_retried_total", "herald_webhooks_sent_total", "herald_webhooks_queue_depth"]
+    {
         assert_eq!(line(&text, name).as_deref(), Some("0"), "{name} present from start at 0:\n{text}");
         assert!(text.contains(&format!("# HELP {name} ")), "{name} has HELP");
     }

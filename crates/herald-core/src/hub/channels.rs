@@ -57,7 +57,15 @@ impl Hub {
                     return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
                 }
                 let presence = member.as_ref().map(|_| Presence::default());
-                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new(self.channel_latency_slot()) }), true)
+                (
+                    entry.insert(Channel {
+                        subscribers: HashMap::new(),
+                        presence,
+                        last: None,
+                        stats: ChannelStats::new(self.channel_latency_slot()),
+                    }),
+                    true,
+                )
             }
         };
         let ch = entry.value_mut();
