@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { connect, disconnectAll, sdk, startBackend, startHerald, subscribe } from './harness.js';
+import { connect, disconnectAll, sdk, startBackend, startHerald, startRedis, subscribe } from './harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -141,4 +141,30 @@ test('the test console subscribes, publishes and shows events', { skip }, async 
   await page.screenshot({ path: shot, fullPage: true });
   assert.ok(fs.statSync(shot).size > 10_000, 'the screenshot has content');
   console.log(`dashboard screenshot: ${shot}`);
+});
+
+test('with the Redis engine, the Redis / cluster panel shows the link and counts a reconnect', { skip }, async () => {
+  const redis = await startRedis();
+  const node = await startHerald(['--admin-token', TOKEN, '--engine', 'redis', '--redis-url', redis.url, '--redis-prefix', 'dashjs']);
+  const other = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
+  try {
+    await other.goto(`http://127.0.0.1:${node.port}/dashboard`);
+    await other.fill('#token', TOKEN);
+    await other.click('#login-form button[type=submit]');
+    await other.waitForFunction(() => /Pub\/sub connection\s*up/.test(document.querySelector('#cluster-status')?.textContent || ''), null, { timeout: 10000 });
+    assert.match(await other.textContent('#cluster-status'), /Commands \(circuit\)\s*up/);
+    assert.match(await other.textContent('#cluster-status'), /redis \(up\)/);
+    // A subscriber makes the node's pub/sub connection a pub/sub client; Redis drops it, it comes back.
+    const c = await connect(node);
+    await subscribe(c, 'watched');
+    const { execFileSync } = await import('node:child_process');
+    execFileSync('redis-cli', ['-p', String(redis.port), 'CLIENT', 'KILL', 'TYPE', 'pubsub']);
+    await other.waitForFunction(() => /subscriber [1-9]/.test(document.querySelector('#cluster-status')?.textContent || ''), null, { timeout: 10000 });
+    await other.screenshot({ path: path.join(ARTIFACTS, 'dashboard-redis.png'), fullPage: true });
+  } finally {
+    await other.close();
+    disconnectAll();
+    await node.stop();
+    await redis.stop();
+  }
 });
