@@ -140,7 +140,7 @@ function renderStatus(s) {
       ['Engine', `redis (${s.backend || '?'})`],
       ['Commands (circuit)', yes(r.reachable)],
       ['Pub/sub connection', yes(r.subscriber_connected)],
-      ['Lease round trip', `${fmt(r.probe_ms, 3)} ms`],
+      ['Lease round trip', r.probe_ms > 0 ? `${fmt(r.probe_ms, 3)} ms` : 'not measured yet'],
       ['Reconnects', `command ${fmt(r.reconnects.command)}, subscriber ${fmt(r.reconnects.subscriber)}`],
       ['Command errors', `timeout ${fmt(r.command_errors.timeout)}, link ${fmt(r.command_errors.link)}, refused ${fmt(r.command_errors.refused)}`],
       ['Failed fast (circuit open)', fmt(r.fail_fast)],
