@@ -35,8 +35,8 @@ run() { # label ports...
 }
 
 # One node (plus an idle node on the same prefix that must receive nothing).
-target/release/herald --port 6201 --log warn --engine redis --redis-url "redis://127.0.0.1:$rport" --redis-prefix one & pids+=($!)
-target/release/herald --port 6209 --log warn --engine redis --redis-url "redis://127.0.0.1:$rport" --redis-prefix one & pids+=($!)
+target/release/herald --port 6201 --log warn --api-requests-per-minute 0 --engine redis --redis-url "redis://127.0.0.1:$rport" --redis-prefix one & pids+=($!)
+target/release/herald --port 6209 --log warn --api-requests-per-minute 0 --engine redis --redis-url "redis://127.0.0.1:$rport" --redis-prefix one & pids+=($!)
 wait_up 6201; wait_up 6209
 run one-node 6201
 one_idle_received=$(metric 6209 herald_redis_received_total)
@@ -44,7 +44,7 @@ kill "${pids[@]}"; wait "${pids[@]}" 2>/dev/null || true; pids=()
 
 # Two nodes, subscribers spread over both, publishes through the first; an idle third node.
 for p in 6211 6212 6219; do
-  target/release/herald --port $p --log warn --engine redis --redis-url "redis://127.0.0.1:$rport" --redis-prefix two & pids+=($!)
+  target/release/herald --port $p --log warn --api-requests-per-minute 0 --engine redis --redis-url "redis://127.0.0.1:$rport" --redis-prefix two & pids+=($!)
 done
 wait_up 6211; wait_up 6212; wait_up 6219
 run two-nodes 6211 6212

@@ -45,7 +45,7 @@ pid=""
 start() {
   case "$1" in
     herald)
-      "$root/target/release/herald" --port $HERALD_PORT --log warn &
+      "$root/target/release/herald" --port $HERALD_PORT --log warn --api-requests-per-minute 0 &
       pid=$!; port=$HERALD_PORT ;;
     herald-base)
       "${HERALD_BASE_BIN:?set HERALD_BASE_BIN to the older herald binary}" --port $HERALD_BASE_PORT --app-id 1 --log warn &

@@ -23,7 +23,7 @@ sleep 0.5
 port=6141
 run() { # name config engine-args... ; prints "publishes_per_sec p50 p99" for max and fixed rate
   local name=$1 config=$2; shift 2
-  "$bin/herald" --config "$config" --port $port --log warn "$@" & local pid=$!
+  "$bin/herald" --config "$config" --port $port --log warn --api-requests-per-minute 0 "$@" & local pid=$!
   for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   "$bin/herald-bench" -q --server 127.0.0.1:$port --json "$tmp/max.json" fanout -s "$S" -c "$C" -r 0 -d "$DURATION" --drain 2 >/dev/null
   "$bin/herald-bench" -q --server 127.0.0.1:$port --json "$tmp/rate.json" fanout -s "$S" -c "$C" -r "$RATE" -d "$DURATION" --drain 2 >/dev/null

@@ -23,7 +23,7 @@ trap 'rm -rf "$tmp"; [ -n "$pid" ] && kill $pid 2>/dev/null || true' EXIT
 
 start() {
   case "$1" in
-    herald) "$HERALD_BIN" --port $PORT --app-id 1 --log warn & pid=$! ;;
+    herald) "$HERALD_BIN" --port $PORT --app-id 1 --log warn --api-requests-per-minute 0 & pid=$! ;;
     herald-base) "${HERALD_BASE_BIN:?set HERALD_BASE_BIN}" --port $PORT --app-id 1 --log warn & pid=$! ;;
     sockudo)
       env SOCKUDO_DEFAULT_APP_ID=1 SOCKUDO_DEFAULT_APP_KEY=app-key SOCKUDO_DEFAULT_APP_SECRET=app-secret \

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { connect, disconnectAll, eventually, sdk, startHerald, subscribe } from './harness.js';
+import { connect, disconnectAll, sdk, startBackend, startHerald, startRedis, subscribe } from './harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -111,9 +111,60 @@ test('the test console subscribes, publishes and shows events', { skip }, async 
   await page.waitForFunction(() => window.heraldDashboard.received.some((f) => f.event === 'from-backend'), null, { timeout: 5000 });
   assert.match(await page.textContent('#console-log'), /from-backend/);
 
+  // A presence channel: the server signs for the console (as herald-dashboard); a pusher-js client
+  // joining is shown as a member, and events reach the console.
+  await page.fill('#console-channel', 'presence-console');
+  await page.click('#console-subscribe');
+  await page.waitForFunction(() => document.querySelector('#console-state').textContent.startsWith('subscribed to presence-console'), null, { timeout: 5000 });
+  assert.match(await text('console-members'), /^1 member\(s\): herald-dashboard$/);
+  const backend = await startBackend(herald);
+  try {
+    const alice = await connect(herald, backend, 'alice');
+    await subscribe(alice, 'presence-console');
+    await page.waitForFunction(() => document.querySelector('#console-members').textContent.startsWith('2 member'), null, { timeout: 5000 });
+    assert.match(await text('console-members'), /alice, herald-dashboard/);
+    await sdk(herald).trigger('presence-console', 'to-presence', { n: 2 });
+    await page.waitForFunction(() => window.heraldDashboard.received.some((f) => f.event === 'to-presence'), null, { timeout: 5000 });
+    alice.disconnect();
+    await page.waitForFunction(() => document.querySelector('#console-members').textContent.startsWith('1 member'), null, { timeout: 5000 });
+  } finally {
+    await backend.close();
+  }
+
+  // The Redis / cluster and webhook panels and each front's latency are filled in.
+  assert.match(await page.textContent('#cluster-status'), /memory: a single node/);
+  assert.match(await page.textContent('#webhook-status'), /Failed requests/);
+  assert.match(await page.textContent('#latency-fronts'), /pusher/);
+
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   const shot = path.join(ARTIFACTS, 'dashboard.png');
   await page.screenshot({ path: shot, fullPage: true });
   assert.ok(fs.statSync(shot).size > 10_000, 'the screenshot has content');
   console.log(`dashboard screenshot: ${shot}`);
+});
+
+test('with the Redis engine, the Redis / cluster panel shows the link and counts a reconnect', { skip }, async () => {
+  const redis = await startRedis();
+  const node = await startHerald(['--admin-token', TOKEN, '--engine', 'redis', '--redis-url', redis.url, '--redis-prefix', 'dashjs']);
+  const other = await browser.newPage({ viewport: { width: 1400, height: 1300 } });
+  try {
+    await other.goto(`http://127.0.0.1:${node.port}/dashboard`);
+    await other.fill('#token', TOKEN);
+    await other.click('#login-form button[type=submit]');
+    await other.waitForFunction(() => /Pub\/sub connection\s*up/.test(document.querySelector('#cluster-status')?.textContent || ''), null, { timeout: 10000 });
+    assert.match(await other.textContent('#cluster-status'), /Commands \(circuit\)\s*up/);
+    assert.match(await other.textContent('#cluster-status'), /redis \(up\)/);
+    // A subscriber makes the node's pub/sub connection a pub/sub client; Redis drops it, it comes back.
+    const c = await connect(node);
+    await subscribe(c, 'watched');
+    const { execFileSync } = await import('node:child_process');
+    execFileSync('redis-cli', ['-p', String(redis.port), 'CLIENT', 'KILL', 'TYPE', 'pubsub']);
+    await other.waitForFunction(() => /subscriber [1-9]/.test(document.querySelector('#cluster-status')?.textContent || ''), null, { timeout: 10000 });
+    await other.screenshot({ path: path.join(ARTIFACTS, 'dashboard-redis.png'), fullPage: true });
+  } finally {
+    await other.close();
+    disconnectAll();
+    await node.stop();
+    await redis.stop();
+  }
 });

@@ -10,6 +10,8 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
+use crate::latency::ChannelLatency;
+
 /// Reasons a front may count disconnections under (at most this many distinct ones per app).
 const MAX_REASONS: usize = 32;
 
@@ -125,6 +127,8 @@ pub(crate) struct ChannelStats {
     bytes: AtomicU64,
     peak_subscribers: AtomicUsize,
     created: Option<Instant>,
+    /// The channel's latency slot, if it got one (given back when the entry goes).
+    latency: Option<ChannelLatency>,
 }
 
 /// What a channel's counters read.
@@ -141,8 +145,12 @@ pub struct ChannelStatsSnapshot {
 }
 
 impl ChannelStats {
-    pub(crate) fn new() -> Self {
-        ChannelStats { created: Some(Instant::now()), ..ChannelStats::default() }
+    pub(crate) fn new(latency: Option<ChannelLatency>) -> Self {
+        ChannelStats { created: Some(Instant::now()), latency, ..ChannelStats::default() }
+    }
+
+    pub(crate) fn latency(&self) -> Option<&ChannelLatency> {
+        self.latency.as_ref()
     }
 
     pub(crate) fn published(&self, bytes: usize) {

@@ -6,6 +6,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The default HTTP API rate limit per app: 60,000 requests a minute (a sliding window), 1,000 a
+/// second on average. Generous on purpose: a Pusher backend publishes through this API, often one
+/// request per user action, and Pusher itself sets no per-minute cap (Soketi's default is none,
+/// Sockudo's 100 a minute per IP); the limit is there so a runaway or compromised backend cannot take
+/// the node, not to meter normal use. Lower it per app with `api_requests_per_minute`.
+pub const DEFAULT_API_REQUESTS_PER_MINUTE: u32 = 60_000;
+
 /// Pusher's default for how long a connection of an app that requires sign-in has to sign in.
 pub const USER_AUTH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -30,7 +37,7 @@ pub struct PusherApp {
     /// How long a connection has to sign in when the app requires it.
     pub user_auth_timeout: Duration,
     /// HTTP API requests this app may make per minute (sliding window); `None` is unlimited. Beyond
-    /// it: 429 with `Retry-After`.
+    /// it: 429 with `Retry-After`. Default [`DEFAULT_API_REQUESTS_PER_MINUTE`].
     pub api_requests_per_minute: Option<u32>,
     /// Whether webhook events are batched (several per request, Pusher's opt-in). Off: one event per
     /// request, what receivers written for Pusher's default expect.
@@ -50,7 +57,7 @@ impl PusherApp {
             enable_subscription_count: false,
             require_user_authentication: false,
             user_auth_timeout: USER_AUTH_TIMEOUT,
-            api_requests_per_minute: None,
+            api_requests_per_minute: Some(DEFAULT_API_REQUESTS_PER_MINUTE),
             batch_webhooks: false,
         }
     }

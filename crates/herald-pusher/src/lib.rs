@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-pub use app::{PusherApp, USER_AUTH_TIMEOUT};
+pub use app::{PusherApp, DEFAULT_API_REQUESTS_PER_MINUTE, USER_AUTH_TIMEOUT};
 pub use codec::PusherCodec;
 pub use publish::{PublishError, Trigger};
 pub use webhooks::{WebhookTarget, Webhooks};

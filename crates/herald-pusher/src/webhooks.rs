@@ -15,6 +15,12 @@
 //! [`EXCHANGE_TIMEOUT`], and at most [`MAX_RESPONSE_BODY`] bytes of a response are read: a receiver
 //! that trickles or floods its response is dropped (its connection closed, counted in
 //! `herald_webhooks_abandoned_total`); the status it answered still decides the delivery.
+//!
+//! Health, per app: `herald_webhooks_sent_total` (events delivered), `herald_webhooks_failed_total`
+//! (requests that failed: no answer in time, or an unsuccessful status), `herald_webhooks_retried_total`
+//! (requests retried after a failure), `herald_webhooks_dropped_total{reason}` (events given up: queue
+//! full, delivery failed after every attempt, shutdown) and the gauge `herald_webhooks_queue_depth`
+//! (events waiting in the app's queues).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,6 +32,7 @@ use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use metrics::Gauge;
 use serde_json::{json, Value};
 use sha2::Sha256;
 use tokio::sync::mpsc;
@@ -73,6 +80,8 @@ impl WebhookTarget {
 struct Queue {
     target: WebhookTarget,
     tx: mpsc::Sender<Value>,
+    /// The app's `herald_webhooks_queue_depth` (shared by its targets).
+    depth: Gauge,
 }
 
 /// The webhook senders of every app that has targets.
@@ -106,10 +115,11 @@ impl Webhooks {
             let Some(app_targets) = targets.get(&app.id).filter(|t| !t.is_empty()) else { continue };
             let app = Arc::new(app.clone());
             let mut app_queues = Vec::with_capacity(app_targets.len());
+            let depth = metrics::gauge!("herald_webhooks_queue_depth", "app" => app.id.clone());
             for target in app_targets {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tasks.spawn(send_loop(app.clone(), target.clone(), rx, http.clone(), shutdown.clone()));
-                app_queues.push(Queue { target: target.clone(), tx });
+                tasks.spawn(send_loop(app.clone(), target.clone(), rx, depth.clone(), http.clone(), shutdown.clone()));
+                app_queues.push(Queue { target: target.clone(), tx, depth: depth.clone() });
             }
             queues.insert(app.id.clone(), app_queues);
         }
@@ -136,7 +146,9 @@ impl Webhooks {
 }
 
 fn enqueue(app_id: &str, queue: &Queue, event: Value) {
-    if queue.tx.try_send(event).is_err() {
+    if queue.tx.try_send(event).is_ok() {
+        queue.depth.increment(1.0);
+    } else {
         metrics::counter!("herald_webhooks_dropped_total", "app" => app_id.to_string(), "reason" => "queue_full").increment(1);
     }
 }
@@ -146,6 +158,7 @@ async fn send_loop(
     app: Arc<PusherApp>,
     target: WebhookTarget,
     mut rx: mpsc::Receiver<Value>,
+    depth: Gauge,
     http: HttpClient,
     shutdown: CancellationToken,
 ) {
@@ -174,6 +187,7 @@ async fn send_loop(
                 }
             }
         }
+        depth.decrement(batch.len() as f64);
         let time_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let body = json!({ "time_ms": time_ms, "events": batch }).to_string();
         let delivered = deliver(&http, &app, &target, body, batch.len(), &shutdown).await;
@@ -185,6 +199,7 @@ async fn send_loop(
             while rx.try_recv().is_ok() {
                 dropped += 1;
             }
+            depth.decrement(dropped as f64);
             metrics::counter!("herald_webhooks_dropped_total", "app" => app.id.clone(), "reason" => "shutdown").increment(dropped);
             return;
         }
@@ -249,25 +264,26 @@ async fn deliver(
             Ok(req) => exchange(http, app, req).await,
             Err(e) => Err(e.to_string()),
         };
-        match outcome {
+        let e = match outcome {
             Ok(()) => {
                 metrics::counter!("herald_webhooks_sent_total", "app" => app.id.clone()).increment(count as u64);
                 return true;
             }
-            Err(e) if attempt == ATTEMPTS || shutdown.is_cancelled() => {
-                warn!(url = %target.url, error = %e, events = count, "webhook delivery failed; dropping the batch");
-                metrics::counter!("herald_webhooks_dropped_total", "app" => app.id.clone(), "reason" => "delivery_failed")
-                    .increment(count as u64);
-                return false;
-            }
-            Err(_) => {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.cancelled() => {}
-                }
-                backoff *= 2;
-            }
+            Err(e) => e,
+        };
+        metrics::counter!("herald_webhooks_failed_total", "app" => app.id.clone()).increment(1);
+        if attempt == ATTEMPTS || shutdown.is_cancelled() {
+            warn!(url = %target.url, error = %e, events = count, "webhook delivery failed; dropping the batch");
+            metrics::counter!("herald_webhooks_dropped_total", "app" => app.id.clone(), "reason" => "delivery_failed")
+                .increment(count as u64);
+            return false;
         }
+        metrics::counter!("herald_webhooks_retried_total", "app" => app.id.clone()).increment(1);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.cancelled() => {}
+        }
+        backoff *= 2;
     }
     false
 }

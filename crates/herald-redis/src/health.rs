@@ -11,14 +11,25 @@
 //! deadline, until a lease round trip succeeds again. A stalled Redis (SIGSTOP, a hung proxy) thus
 //! costs one deadline, not one per request.
 //!
+//! Metrics (registered when the broker is made, so present from start): gauges `herald_redis_connected`
+//! (reachable and subscribed: what `/up` says), `herald_redis_reachable` (the command circuit is
+//! closed) and `herald_redis_subscriber_connected`; counters `herald_redis_reconnects_total{connection}`
+//! (`command`: the circuit closed again after an outage; `subscriber`: the pub/sub connection came back
+//! after having been up) and `herald_redis_command_errors_total{kind}` (`timeout`, `link`: a broken
+//! connection, `refused`: Redis answered with an error); the histogram
+//! `herald_redis_command_duration_seconds` of every call made through [`Health::deadline`] (client-path
+//! calls, lease probes, reaper and reconcile work), and the gauge `herald_redis_probe_seconds`: the
+//! last lease round trip.
+//!
 //! Health also carries the requests for a reconcile (see [`crate::reconcile`]): after an outage,
 //! joins and leaves may not have been recorded.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use herald_core::StateError;
+use metrics::{Counter, Gauge, Histogram};
 use tokio::sync::{watch, Notify};
 use tracing::{info, warn};
 
@@ -34,6 +45,47 @@ pub(crate) enum Mode {
     Silent = 2,
 }
 
+/// The metric handles of one broker's link (looked up once).
+struct LinkMetrics {
+    connected: Gauge,
+    reachable: Gauge,
+    subscriber: Gauge,
+    command_reconnects: Counter,
+    subscriber_reconnects: Counter,
+    timeouts: Counter,
+    link_errors: Counter,
+    refused: Counter,
+    duration: Histogram,
+    probe: Gauge,
+}
+
+impl LinkMetrics {
+    fn new() -> LinkMetrics {
+        let m = LinkMetrics {
+            connected: metrics::gauge!("herald_redis_connected"),
+            reachable: metrics::gauge!("herald_redis_reachable"),
+            subscriber: metrics::gauge!("herald_redis_subscriber_connected"),
+            command_reconnects: metrics::counter!("herald_redis_reconnects_total", "connection" => "command"),
+            subscriber_reconnects: metrics::counter!("herald_redis_reconnects_total", "connection" => "subscriber"),
+            timeouts: metrics::counter!("herald_redis_command_errors_total", "kind" => "timeout"),
+            link_errors: metrics::counter!("herald_redis_command_errors_total", "kind" => "link"),
+            refused: metrics::counter!("herald_redis_command_errors_total", "kind" => "refused"),
+            duration: metrics::histogram!("herald_redis_command_duration_seconds"),
+            probe: metrics::gauge!("herald_redis_probe_seconds"),
+        };
+        // Present from start, at zero (the fail-fast counter too).
+        for counter in [&m.command_reconnects, &m.subscriber_reconnects, &m.timeouts, &m.link_errors, &m.refused] {
+            counter.increment(0);
+        }
+        metrics::counter!("herald_redis_fail_fast_total").increment(0);
+        m.connected.set(0.0);
+        m.reachable.set(1.0);
+        m.subscriber.set(0.0);
+        m.probe.set(0.0);
+        m
+    }
+}
+
 /// Shared link state of one broker.
 pub(crate) struct Health {
     timeout: Duration,
@@ -44,6 +96,7 @@ pub(crate) struct Health {
     /// Pending reconcile: 0 none, else the strongest [`Mode`] requested.
     reconcile: AtomicU8,
     reconcile_notify: Notify,
+    metrics: LinkMetrics,
 }
 
 impl Health {
@@ -55,6 +108,7 @@ impl Health {
             subscriber_was_up: AtomicBool::new(false),
             reconcile: AtomicU8::new(0),
             reconcile_notify: Notify::new(),
+            metrics: LinkMetrics::new(),
         }
     }
 
@@ -87,6 +141,7 @@ impl Health {
     pub(crate) fn up(&self) {
         if self.reachable.send_if_modified(|r| !std::mem::replace(r, true)) {
             info!("redis reachable again");
+            self.metrics.command_reconnects.increment(1);
             self.request_reconcile(Mode::Announce);
         }
         self.gauge();
@@ -105,6 +160,9 @@ impl Health {
     pub(crate) fn set_subscriber_up(&self, up: bool) {
         let was = self.subscriber_up.swap(up, Ordering::AcqRel);
         if up {
+            if !was && self.subscriber_was_up.load(Ordering::Acquire) {
+                self.metrics.subscriber_reconnects.increment(1);
+            }
             self.subscriber_was_up.store(true, Ordering::Release);
         } else if was {
             self.request_reconcile(Mode::Announce);
@@ -113,7 +171,27 @@ impl Health {
     }
 
     fn gauge(&self) {
-        metrics::gauge!("herald_redis_connected").set(if self.healthy() { 1.0 } else { 0.0 });
+        let flag = |on: bool| if on { 1.0 } else { 0.0 };
+        self.metrics.connected.set(flag(self.healthy()));
+        self.metrics.reachable.set(flag(self.reachable()));
+        self.metrics.subscriber.set(flag(self.subscriber_up.load(Ordering::Acquire)));
+    }
+
+    /// Records the round trip of a lease renewal (the probe that decides reachability).
+    pub(crate) fn probed(&self, round_trip: Duration) {
+        self.metrics.probe.set(round_trip.as_secs_f64());
+        self.metrics.duration.record(round_trip.as_secs_f64());
+    }
+
+    /// Counts a failed call by kind.
+    pub(crate) fn failed(&self, e: &redis::RedisError) {
+        if e.is_timeout() {
+            self.metrics.timeouts.increment(1);
+        } else if is_link_failure(e) {
+            self.metrics.link_errors.increment(1);
+        } else {
+            self.metrics.refused.increment(1);
+        }
     }
 
     /// Asks the reconcile task to check this node's counts; [`Mode::Silent`] wins over a pending
@@ -140,11 +218,14 @@ impl Health {
     /// Runs `call` with the deadline; a timeout or a connection failure opens the circuit. For
     /// background work, which waits for health itself instead of failing fast.
     pub(crate) async fn deadline<T>(&self, call: impl Future<Output = redis::RedisResult<T>>) -> redis::RedisResult<T> {
+        let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(timed_out()),
         };
+        self.metrics.duration.record(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
+            self.failed(e);
             if is_link_failure(e) {
                 self.down(e);
             }

@@ -111,10 +111,15 @@ pub(crate) async fn lease_loop<C: Conn>(mut conn: C, registry: Registry, ttl: Du
         renew.arg(&key).arg(1).arg("PX").arg(ttl.as_millis() as u64).arg("XX");
         let renew = renew.query_async(&mut conn);
         // A renewal that takes longer than half the lease is as good as lost.
+        let started = std::time::Instant::now();
         let renewed: redis::RedisResult<Option<String>> = match tokio::time::timeout(health.timeout().min(ttl / 2), renew).await {
             Ok(r) => r,
             Err(_) => Err(crate::health::timed_out()),
         };
+        match &renewed {
+            Ok(_) => health.probed(started.elapsed()),
+            Err(e) => health.failed(e),
+        }
         let result = match renewed {
             Ok(Some(_)) => Ok(()),
             Ok(None) => {

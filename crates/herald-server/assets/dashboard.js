@@ -111,6 +111,7 @@ function render(u) {
   }
   bySubs.sort((a, b) => b[2] - a[2]);
   byRate.sort((a, b) => b[2] - a[2]);
+  renderStatus(s);
   rows($('top-subscribers'), bySubs.slice(0, 10).map(([a, c, n]) => [a, c, fmt(n)]));
   rows($('top-rate'), byRate.slice(0, 10).map(([a, c, n]) => [a, c, fmt(n, 1)]));
 
@@ -128,6 +129,33 @@ function render(u) {
   state.charts.latency.setData([t, state.series.p50, state.series.p95, state.series.p99]);
   window.heraldDashboard.updates += 1;
   window.heraldDashboard.last = u;
+}
+
+/** The Redis / cluster panel, the webhook panel and each front's latency. */
+function renderStatus(s) {
+  const r = s.redis;
+  const yes = (b) => (b ? 'up' : 'DOWN');
+  const cluster = r
+    ? [
+      ['Engine', `redis (${s.backend || '?'})`],
+      ['Commands (circuit)', yes(r.reachable)],
+      ['Pub/sub connection', yes(r.subscriber_connected)],
+      ['Lease round trip', r.probe_ms > 0 ? `${fmt(r.probe_ms, 3)} ms` : 'not measured yet'],
+      ['Reconnects', `command ${fmt(r.reconnects.command)}, subscriber ${fmt(r.reconnects.subscriber)}`],
+      ['Command errors', `timeout ${fmt(r.command_errors.timeout)}, link ${fmt(r.command_errors.link)}, refused ${fmt(r.command_errors.refused)}`],
+      ['Failed fast (circuit open)', fmt(r.fail_fast)],
+      ['Envelopes', `published ${fmt(r.published)}, received ${fmt(r.received)}, dropped ${fmt(r.publish_dropped)}`],
+    ]
+    : [['Engine', `${s.engine}: a single node, no cluster link`]];
+  rows($('cluster-status'), cluster);
+  const w = s.webhooks || {};
+  rows($('webhook-status'), [
+    ['Sent', fmt(w.sent)], ['Failed requests', fmt(w.failed)], ['Retried', fmt(w.retried)],
+    ['Dropped', fmt(w.dropped)], ['Queued now', fmt(w.queue_depth)],
+  ]);
+  rows($('latency-fronts'), Object.entries(s.latency_by_front || {}).map(([front, l]) => [
+    front, fmt(l.count), l.count ? `${fmt(l.p50_ms, 2)} / ${fmt(l.p95_ms, 2)} / ${fmt(l.p99_ms, 2)}` : '–',
+  ]));
 }
 
 /** Reads the SSE stream with fetch (headers, not a URL, carry the token); reconnects on a break. */
@@ -196,6 +224,8 @@ function consoleSubscribe() {
   const channel = $('console-channel').value.trim();
   if (!app || !channel) return;
   if (state.socket) state.socket.close();
+  state.members = new Set();
+  $('console-members').textContent = '';
   const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
   const socket = new WebSocket(`${scheme}://${location.host}/app/${encodeURIComponent(app.key)}?protocol=7&client=herald-dashboard&version=1`);
   state.socket = socket;
@@ -205,7 +235,7 @@ function consoleSubscribe() {
     if (frame.event === 'pusher:connection_established') {
       const { socket_id } = JSON.parse(frame.data);
       const data = { channel };
-      if (channel.startsWith('private-')) {
+      if (channel.startsWith('private-') || channel.startsWith('presence-')) {
         const r = await fetch('/dashboard/api/auth', {
           method: 'POST', headers: authHeaders({ 'Content-Type': 'application/json' }),
           body: JSON.stringify({ app: app.id, socket_id, channel }),
@@ -213,11 +243,22 @@ function consoleSubscribe() {
         const body = await r.json();
         if (!r.ok) return log(`auth refused: ${body.error}`);
         data.auth = body.auth;
+        if (body.channel_data) data.channel_data = body.channel_data;
       }
       socket.send(JSON.stringify({ event: 'pusher:subscribe', data }));
     } else if (frame.event === 'pusher_internal:subscription_succeeded') {
       $('console-state').textContent = `subscribed to ${frame.channel} (${app.id})`;
       log(`subscribed to ${frame.channel}`);
+      const presence = frame.data && JSON.parse(frame.data).presence;
+      if (presence) {
+        state.members = new Set(presence.ids);
+        showMembers();
+      }
+    } else if (frame.event === 'pusher_internal:member_added' || frame.event === 'pusher_internal:member_removed') {
+      const { user_id } = JSON.parse(frame.data);
+      if (frame.event.endsWith('added')) state.members.add(user_id); else state.members.delete(user_id);
+      showMembers();
+      log(`${frame.channel} ${frame.event.slice('pusher_internal:'.length)} ${user_id}`);
     } else if (frame.event === 'pusher:ping') {
       socket.send(JSON.stringify({ event: 'pusher:pong', data: {} }));
     } else if (!frame.event.startsWith('pusher_internal:')) {
@@ -228,6 +269,11 @@ function consoleSubscribe() {
   socket.onclose = (e) => {
     $('console-state').textContent = `closed (${e.code})`;
   };
+}
+
+function showMembers() {
+  const ids = [...state.members].sort();
+  $('console-members').textContent = `${ids.length} member(s): ${ids.join(', ')}`;
 }
 
 async function consolePublish(event) {

@@ -112,6 +112,15 @@ pub struct Cli {
     /// PEM private key of --tls-cert.
     #[arg(long, env = "HERALD_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+    /// HTTP API requests each app may make per minute (sliding window; 429 with Retry-After beyond
+    /// it), for apps that set no `api_requests_per_minute` of their own; 0 turns the limit off
+    /// [default: 60000].
+    #[arg(long, env = "HERALD_API_REQUESTS_PER_MINUTE")]
+    pub api_requests_per_minute: Option<u32>,
+    /// Record delivery latency histograms (`false` only to measure what recording costs)
+    /// [default: true].
+    #[arg(long, env = "HERALD_LATENCY_HISTOGRAMS")]
+    pub latency_histograms: Option<bool>,
     /// Token for `/stats` and the dashboard (`Authorization: Bearer ...`); without one they are off.
     #[arg(long, env = "HERALD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<Secret>,
@@ -240,6 +249,8 @@ pub struct FileConfig {
     tls_key: Option<PathBuf>,
     centrifugo_ping_interval: Option<Seconds>,
     centrifugo_expired_grace: Option<Seconds>,
+    api_requests_per_minute: Option<u32>,
+    latency_histograms: Option<bool>,
     #[serde(default)]
     apps: Vec<FileApp>,
     /// Bus sources to relay from (`[[sources]]`, see herald-ingest).
@@ -434,6 +445,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// TLS certificate and key, when Herald serves TLS itself.
     pub tls: Option<TlsFiles>,
+    /// Whether delivery latency is recorded (off only to measure what recording costs).
+    pub latency_histograms: bool,
 }
 
 impl Default for Config {
@@ -455,6 +468,7 @@ impl Default for Config {
             engine: EngineConfig::Memory,
             admin_token: None,
             tls: None,
+            latency_histograms: true,
             sources: Vec::new(),
             centrifugo: CentrifugoConfig::default(),
         }
@@ -536,8 +550,8 @@ impl Config {
                 webhooks.insert(app.id.clone(), targets);
             }
         }
-        let apps = if file.apps.is_empty() {
-            let dev = PusherApp::dev();
+        let mut apps: Vec<AppConfig> = if file.apps.is_empty() {
+            let dev = PusherApp { api_requests_per_minute: None, ..PusherApp::dev() };
             let id = cli.app_id.clone().unwrap_or_else(|| DEV_APP_ID.to_string());
             let pusher = PusherApp {
                 id: id.clone(),
@@ -550,6 +564,12 @@ impl Config {
         } else {
             file.apps.into_iter().map(FileApp::into_app).collect::<Result<_, _>>()?
         };
+        // An app's own API rate limit, else the server-wide one, else the default; 0 is no limit.
+        let api_rate = cli.api_requests_per_minute.or(file.api_requests_per_minute);
+        for app in &mut apps {
+            let limit = app.pusher.api_requests_per_minute.or(api_rate).unwrap_or(herald_pusher::DEFAULT_API_REQUESTS_PER_MINUTE);
+            app.pusher.api_requests_per_minute = (limit > 0).then_some(limit);
+        }
         validate_apps(&apps)?;
         herald_ingest::validate_all(&file.sources, |id| apps.iter().any(|a| a.app.id == id))
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
@@ -572,6 +592,7 @@ impl Config {
             return Err(ConfigError::Invalid("admin_token must be at least 16 characters, without surrounding spaces".into()));
         }
         Ok(Config {
+            latency_histograms: cli.latency_histograms.or(file.latency_histograms).unwrap_or(true),
             sources: file.sources,
             admin_token,
             tls,
@@ -704,12 +725,6 @@ impl FileApp {
             Some(s) => positive_duration(&format!("app {:?}: user_auth_timeout", self.id), s.get())?,
             None => herald_pusher::USER_AUTH_TIMEOUT,
         };
-        if self.api_requests_per_minute == Some(0) {
-            return Err(ConfigError::Invalid(format!(
-                "app {:?}: api_requests_per_minute must be positive (omit it for no limit)",
-                self.id
-            )));
-        }
         if self.require_user_authentication && !self.enable_user_authentication {
             return Err(ConfigError::Invalid(format!(
                 "app {:?}: require_user_authentication needs enable_user_authentication = true",
@@ -774,6 +789,7 @@ impl FileApp {
             enable_subscription_count: self.enable_subscription_count,
             require_user_authentication: self.require_user_authentication,
             user_auth_timeout,
+            // Resolved against the server-wide default in `Config::resolve` (0: no limit).
             api_requests_per_minute: self.api_requests_per_minute,
             batch_webhooks: self.batch_webhooks,
         };
@@ -1026,8 +1042,11 @@ mod tests {
         let app = "[[apps]]\nid='a'\nkey='k'\nsecret='s'\n";
         assert!(err(&format!("{app}require_user_authentication = true\nenable_user_authentication = false"))
             .contains("require_user_authentication"));
-        assert!(err(&format!("{app}api_requests_per_minute = 0")).contains("api_requests_per_minute"));
         assert!(err(&format!("{app}max_connections_per_user = 0")).contains("max_connections_per_user"));
+        let limit =
+            |text: &str| Config::resolve(parse(&format!("{app}{text}")), &Cli::default()).unwrap().apps[0].pusher.api_requests_per_minute;
+        assert_eq!(limit(""), Some(herald_pusher::DEFAULT_API_REQUESTS_PER_MINUTE), "on by default");
+        assert_eq!(limit("api_requests_per_minute = 0"), None, "0 turns it off");
         assert!(err(&format!("{app}[[apps.webhooks]]\nurl='http://h'\nheaders = {{ X-Pusher-Signature = 'x' }}"))
             .contains("X-Pusher-Signature"));
         assert!(err("max_connections_per_ip = 0").contains("max_connections_per_ip"));

@@ -10,8 +10,11 @@
 //!   At most [`MAX_STREAMS`] streams at once (503 beyond); each ends on shutdown.
 //! - `GET /dashboard/api/apps`: apps with their public keys (for the test console).
 //! - `POST /dashboard/api/publish` `{app, channel, event, data}`: publishes as the HTTP API would.
-//! - `POST /dashboard/api/auth` `{app, socket_id, channel}`: a private-channel signature, so the test
-//!   console can subscribe to private channels.
+//! - `POST /dashboard/api/auth` `{app, socket_id, channel, user_id?}`: a private- or presence-channel
+//!   signature, so the test console can subscribe to those too (the admin token vouches for it, so the
+//!   server signs with the app's secret; a presence member is `user_id`, default `herald-dashboard`,
+//!   with `user_info.name = "Herald dashboard"`). Encrypted channels are refused (their key would
+//!   have to be derived for the browser).
 //!
 //! The test console connects to `/app/{key}` with the browser's own WebSocket and speaks Pusher.
 
@@ -139,13 +142,18 @@ async fn publish(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::
     }
 }
 
-/// A request of the test console for a private-channel signature.
+/// A request of the test console for a private- or presence-channel signature.
 #[derive(Deserialize)]
 struct Sign {
     app: String,
     socket_id: String,
     channel: String,
+    /// The presence member the console joins as.
+    user_id: Option<String>,
 }
+
+/// The presence member the console joins as when it names none.
+const CONSOLE_USER: &str = "herald-dashboard";
 
 async fn sign(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::body::Bytes) -> Response {
     if let Err(refusal) = admin(&herald, &headers) {
@@ -158,8 +166,15 @@ async fn sign(State(herald): State<Herald>, headers: HeaderMap, bytes: axum::bod
     let Some(app) = herald.pusher().app(&s.app) else {
         return (StatusCode::NOT_FOUND, Json(json!({ "error": "no such app" }))).into_response();
     };
+    if s.channel.starts_with("presence-") {
+        let user_id = s.user_id.as_deref().map(str::trim).filter(|u| !u.is_empty()).unwrap_or(CONSOLE_USER);
+        let channel_data = json!({ "user_id": user_id, "user_info": { "name": "Herald dashboard" } }).to_string();
+        let signature = auth::sign(&app.secret, &auth::channel_message(&s.socket_id, &s.channel, Some(&channel_data)));
+        return Json(json!({ "auth": format!("{}:{signature}", app.key), "channel_data": channel_data })).into_response();
+    }
     if !s.channel.starts_with("private-") || s.channel.starts_with("private-encrypted-") {
-        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "the console signs private- channels only" }))).into_response();
+        return (StatusCode::BAD_REQUEST, Json(json!({ "error": "the console signs private- and presence- channels only" })))
+            .into_response();
     }
     let signature = auth::sign(&app.secret, &auth::channel_message(&s.socket_id, &s.channel, None));
     Json(json!({ "auth": format!("{}:{signature}", app.key) })).into_response()

@@ -168,6 +168,11 @@ impl Herald {
         let mut herald = Herald::with_fronts(config.apps.clone(), config.pusher.clone(), config.centrifugo.clone())
             .with_http(config.http.clone())
             .with_admin_token(config.admin_token.clone().map(|t| t.0));
+        if !config.latency_histograms {
+            for hub in herald.pusher.engine().hubs() {
+                hub.latency().set_recording(false);
+            }
+        }
         if let EngineConfig::Redis(redis) = &config.engine {
             RedisBroker::start(redis.clone(), herald.pusher.engine(), herald.shutdown.clone(), &herald.tasks).await?;
         }

@@ -44,8 +44,10 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_history_skipped_total", "Publications not kept in history (store at its channel cap)"),
     ("herald_idempotency_evicted_total", "Idempotency keys evicted before their expiry (store full)"),
     ("herald_webhooks_sent_total", "Webhook requests delivered"),
-    ("herald_webhooks_dropped_total", "Webhook events dropped (queue full)"),
-    ("herald_webhooks_abandoned_total", "Webhook requests given up after retries"),
+    ("herald_webhooks_dropped_total", "Webhook events given up, by reason (queue_full, delivery_failed, shutdown)"),
+    ("herald_webhooks_abandoned_total", "Webhook responses abandoned (body too large, too slow or broken); the connection is closed"),
+    ("herald_webhooks_failed_total", "Webhook requests that failed (no answer in time, or an unsuccessful status)"),
+    ("herald_webhooks_retried_total", "Webhook requests retried after a failure"),
     ("herald_redis_published_total", "Envelopes published to Redis"),
     ("herald_redis_publish_dropped_total", "Publications dropped because the Redis publish queue was full or Redis down"),
     ("herald_redis_received_total", "Envelopes received from Redis"),
@@ -56,6 +58,8 @@ const COUNTERS: &[(&str, &str)] = &[
     ("herald_redis_nodes_reaped_total", "Dead nodes whose state this node removed"),
     ("herald_redis_reaper_bad_fields_total", "Malformed fields the reaper skipped"),
     ("herald_redis_reconcile_bad_fields_total", "Malformed fields reconcile skipped"),
+    ("herald_redis_reconnects_total", "Redis links back after an outage (command: circuit closed again; subscriber: pub/sub reconnected)"),
+    ("herald_redis_command_errors_total", "Failed Redis calls by kind (timeout, link, refused)"),
 ];
 
 /// Gauges: name, help.
@@ -64,7 +68,11 @@ const GAUGES: &[(&str, &str)] = &[
     ("herald_channels", "Occupied channels on this node"),
     ("herald_subscriptions", "Subscriptions on this node"),
     ("herald_sockets_open", "Accepted sockets open (WebSocket and HTTP)"),
-    ("herald_redis_connected", "1 while the Redis link is up"),
+    ("herald_redis_connected", "1 while the Redis link is up (reachable and subscribed)"),
+    ("herald_redis_reachable", "1 while Redis answers commands (the fail-fast circuit is closed)"),
+    ("herald_redis_subscriber_connected", "1 while the Redis pub/sub connection is up"),
+    ("herald_redis_probe_seconds", "Round trip of the last Redis lease renewal"),
+    ("herald_webhooks_queue_depth", "Webhook events waiting to be sent"),
     ("herald_uptime_seconds", "Seconds since this process started serving"),
 ];
 
@@ -75,6 +83,8 @@ const PER_APP_COUNTERS: &[&str] = &[
     "herald_webhooks_sent_total",
     "herald_webhooks_dropped_total",
     "herald_webhooks_abandoned_total",
+    "herald_webhooks_failed_total",
+    "herald_webhooks_retried_total",
 ];
 
 /// Counters without labels that start at zero.
@@ -93,6 +103,9 @@ const PLAIN_COUNTERS: &[&str] = &[
 const RELAY_LATENCY_BUCKETS: [f64; 16] =
     [0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0];
 
+/// Buckets (seconds) of the Redis call duration histogram: 0.1 ms to the longest call deadline.
+const REDIS_BUCKETS: [f64; 14] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
 /// The name of the latency histogram.
 pub(crate) const LATENCY: &str = "herald_delivery_latency_seconds";
 
@@ -100,9 +113,11 @@ pub(crate) const LATENCY: &str = "herald_delivery_latency_seconds";
 /// describes every metric.
 pub(crate) fn install() {
     HANDLE.get_or_init(|| {
-        // Histograms render as summaries (quantiles), except the relay latency, a Prometheus histogram.
+        // Histograms render as summaries (quantiles), except the relay latency and the Redis call
+        // duration, Prometheus histograms.
         let builder = PrometheusBuilder::new()
             .set_buckets_for_metric(Matcher::Full("herald_ingest_relay_latency_seconds".into()), &RELAY_LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("herald_redis_command_duration_seconds".into()), &REDIS_BUCKETS))
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let handle = builder.install_recorder().ok();
         for (name, help) in COUNTERS {
@@ -111,6 +126,11 @@ pub(crate) fn install() {
         for (name, help) in GAUGES {
             metrics::describe_gauge!(*name, *help);
         }
+        metrics::describe_histogram!(
+            "herald_redis_command_duration_seconds",
+            metrics::Unit::Seconds,
+            "Duration of Redis calls made with a deadline (client path, lease, reaper, reconcile)"
+        );
         let process = metrics_process::Collector::default();
         process.describe();
         let _ = PROCESS.set(process);
@@ -129,6 +149,7 @@ pub(crate) fn register_zero_series(engine: &Engine) {
         for name in PER_APP_COUNTERS {
             metrics::counter!(*name, "app" => app.clone()).increment(0);
         }
+        metrics::gauge!("herald_webhooks_queue_depth", "app" => app.clone()).increment(0.0);
         for status in ["200", "400", "401", "404", "413", "429"] {
             metrics::counter!("herald_api_responses_total", "app" => app.clone(), "status" => status).increment(0);
         }
@@ -191,10 +212,21 @@ fn escape(value: &str) -> String {
 
 /// The sum of every series of `name` in a rendered metrics text (for the stats endpoints).
 pub(crate) fn sum_of(text: &str, name: &str) -> f64 {
+    sum_where(text, name, "")
+}
+
+/// The sum of the series of `name` whose labels contain `label` (e.g. `kind="timeout"`).
+pub(crate) fn sum_where(text: &str, name: &str, label: &str) -> f64 {
     text.lines()
         .filter(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter(|line| label.is_empty() || line.split_once(' ').is_some_and(|(series, _)| series.contains(label)))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Whether a series of `name` exists in the text.
+pub(crate) fn has(text: &str, name: &str) -> bool {
+    text.lines().any(|line| line.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
 }
 
 #[cfg(test)]

@@ -6,7 +6,13 @@
 //! - `GET /stats/apps/{app_id}`: one app.
 //! - `GET /stats/apps/{app_id}/channels/{channel}`: one channel: subscribers and users (cluster-wide
 //!   when the engine is Redis, as the HTTP API counts them), messages, bytes, peak subscribers (this
-//!   node: those counters live in the channel's entry while it is occupied here).
+//!   node: those counters live in the channel's entry while it is occupied here), and the channel's
+//!   delivery latency p50/p95/p99 on this node, all fronts (`herald_core::latency`: a bounded table
+//!   of per-channel histograms per app, a slot taken when the channel becomes occupied here and given
+//!   back when it is vacated; `latency` is `null` for a channel that got no slot).
+//!
+//! Node and app answers carry `latency` (every front merged) and `latency_by_front` (each front's
+//! histogram that exists: `pusher`, `centrifugo`, `relay`, ...).
 //!
 //! Each answer says its `scope` (`node` or `cluster`) per figure. Without an `admin_token` in the
 //! config the endpoints answer 404; a missing or wrong token is 401 (logged at debug with the reason).
@@ -118,10 +124,20 @@ fn live(hubs: &[&Arc<Hub>]) -> (usize, usize, usize) {
 fn summary(hubs: &[&Arc<Hub>], uptime: Duration) -> Value {
     let mut counts = HubStatsSnapshot::default();
     let mut latency = LatencySnapshot::default();
+    let mut by_front: Vec<(&'static str, LatencySnapshot)> = Vec::new();
     for hub in hubs {
         add(&mut counts, &hub.stats().snapshot());
-        latency.merge(&hub.latency().merged());
+        for (front, histogram) in hub.latency().all() {
+            let snapshot = histogram.snapshot();
+            latency.merge(&snapshot);
+            match by_front.iter_mut().find(|(f, _)| *f == front) {
+                Some((_, total)) => total.merge(&snapshot),
+                None => by_front.push((front, snapshot)),
+            }
+        }
     }
+    by_front.sort_by_key(|(front, _)| *front);
+    let by_front: Map<String, Value> = by_front.iter().map(|(front, s)| ((*front).to_string(), latency_json(s))).collect();
     let (open, channels, users) = live(hubs);
     let disconnections: Map<String, Value> = counts.disconnections.iter().map(|(r, n)| ((*r).to_string(), json!(n))).collect();
     json!({
@@ -134,6 +150,46 @@ fn summary(hubs: &[&Arc<Hub>], uptime: Duration) -> Value {
         "channels": channels,
         "users": users,
         "latency": latency_json(&latency),
+        "latency_by_front": by_front,
+    })
+}
+
+/// The Redis link's health (this process), from the metrics `herald_redis::health` keeps.
+fn redis_json(text: &str) -> Value {
+    let n = |name: &str| metrics_http::sum_of(text, name);
+    let by = |name: &str, label: &str| metrics_http::sum_where(text, name, label) as u64;
+    json!({
+        "scope": "node",
+        "connected": n("herald_redis_connected") > 0.0,
+        "reachable": n("herald_redis_reachable") > 0.0,
+        "subscriber_connected": n("herald_redis_subscriber_connected") > 0.0,
+        "reconnects": {
+            "command": by("herald_redis_reconnects_total", "connection=\"command\""),
+            "subscriber": by("herald_redis_reconnects_total", "connection=\"subscriber\""),
+        },
+        "command_errors": {
+            "timeout": by("herald_redis_command_errors_total", "kind=\"timeout\""),
+            "link": by("herald_redis_command_errors_total", "kind=\"link\""),
+            "refused": by("herald_redis_command_errors_total", "kind=\"refused\""),
+        },
+        "fail_fast": n("herald_redis_fail_fast_total") as u64,
+        "probe_ms": (n("herald_redis_probe_seconds") * 1e6).round() / 1e3,
+        "published": n("herald_redis_published_total") as u64,
+        "publish_dropped": n("herald_redis_publish_dropped_total") as u64,
+        "received": n("herald_redis_received_total") as u64,
+    })
+}
+
+/// Webhook deliveries by outcome and the queue depth (this process, every app).
+fn webhooks_json(text: &str) -> Value {
+    let n = |name: &str| metrics_http::sum_of(text, name) as u64;
+    json!({
+        "scope": "node",
+        "sent": n("herald_webhooks_sent_total"),
+        "failed": n("herald_webhooks_failed_total"),
+        "retried": n("herald_webhooks_retried_total"),
+        "dropped": n("herald_webhooks_dropped_total"),
+        "queue_depth": n("herald_webhooks_queue_depth"),
     })
 }
 
@@ -150,6 +206,10 @@ pub(crate) fn node_stats(herald: &Herald) -> Value {
     if let Some(broker) = broker {
         body["backend"] = json!(if broker.healthy() { "up" } else { "down" });
     }
+    if metrics_http::has(&text, "herald_redis_reachable") {
+        body["redis"] = redis_json(&text);
+    }
+    body["webhooks"] = webhooks_json(&text);
     body["apps"] = hubs
         .iter()
         .map(|hub| {
@@ -201,6 +261,7 @@ async fn channel(State(herald): State<Herald>, headers: HeaderMap, Path((app_id,
         }
     }
     let stats = local.map(|(_, stats)| stats);
+    let latency = hub.channel_latency(&channel);
     Json(json!({
         "channel": channel,
         "occupied": info.is_some(),
@@ -212,8 +273,7 @@ async fn channel(State(herald): State<Herald>, headers: HeaderMap, Path((app_id,
         "peak_subscribers": stats.map_or(0, |s| s.peak_subscribers),
         "occupied_secs": stats.map_or(0, |s| s.occupied_secs),
         "traffic_scope": "node",
-        "latency": latency_json(&hub.latency().merged()),
-        "latency_of": "app",
+        "latency": latency.as_ref().map(latency_json),
     }))
     .into_response()
 }

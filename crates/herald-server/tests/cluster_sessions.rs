@@ -111,3 +111,56 @@ async fn the_centrifugo_front_counts_in_the_same_cluster_wide_quota() {
     assert_eq!(refused.expect("pusher:error").await["data"]["code"], 4004, "the Centrifugo connection counts cluster-wide");
     drop(held);
 }
+
+#[tokio::test]
+async fn redis_link_health_is_in_metrics_and_stats() {
+    let redis = RedisServer::start().await;
+    let mut config = config(&redis, vec![AppConfig::dev()], PusherConfig::default(), Duration::from_secs(2));
+    config.admin_token = Some(herald_server::Secret("an-admin-token-for-tests".into()));
+    let server = serve(Herald::start(&config).await.unwrap()).await;
+    let text = metrics_text(server.addr).await;
+    for name in [
+        "herald_redis_reachable",
+        "herald_redis_subscriber_connected",
+        "herald_redis_reconnects_total",
+        "herald_redis_command_errors_total",
+    ] {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has HELP:\n{text}");
+        assert!(text.contains(&format!("# TYPE {name} ")), "{name} has TYPE:\n{text}");
+    }
+    assert!(text.contains("herald_redis_command_errors_total{kind=\"timeout\"} "), "present from start:\n{text}");
+    assert!(text.contains("# TYPE herald_redis_command_duration_seconds histogram"), "{text}");
+    let stats = |server: &Server| {
+        let addr = server.addr;
+        async move {
+            let request = "GET /stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer an-admin-token-for-tests\r\nConnection: close\r\n\r\n";
+            http_raw(addr, request).await.1
+        }
+    };
+    // The subscriber connects (it may take a moment after start).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let before = loop {
+        let s = stats(&server).await;
+        if s["redis"]["subscriber_connected"] == true {
+            break s;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "subscriber never connected: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(before["redis"]["reachable"], true, "{before}");
+    assert_eq!(before["redis"]["connected"], true, "{before}");
+    // Redis drops the pub/sub connection (a pub/sub client once it follows a channel): it comes back
+    // and is counted as a reconnect.
+    let mut client = server.client().await;
+    client.subscribe("news").await;
+    let subscriber_before = before["redis"]["reconnects"]["subscriber"].as_u64().unwrap();
+    redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+    loop {
+        let s = stats(&server).await;
+        if s["redis"]["reconnects"]["subscriber"].as_u64().unwrap() > subscriber_before && s["redis"]["subscriber_connected"] == true {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline + Duration::from_secs(5), "no subscriber reconnect counted: {s}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -140,6 +140,43 @@ async fn deliveries_over_sockets_are_timed_directly_written_or_batched() {
     eventually(|| async { (histogram.snapshot().count() - before == 40).then_some(()) }).await;
     let (_, s) = get(server.addr, "/stats", Some(TOKEN)).await;
     assert!(s["latency"]["count"].as_u64().unwrap() >= 40, "{s}");
+    assert!(s["latency_by_front"]["pusher"]["count"].as_u64().unwrap() >= 40, "{s}");
+    // The channel's own latency: these 40 deliveries, none of another channel's.
+    let mut c = server.client().await;
+    c.subscribe("other").await;
+    let (status, _) = server.api("POST", "/apps/app-id/events", "", Some(json!({"name":"x","channel":"other","data":"1"}))).await;
+    assert_eq!(status, 200);
+    c.expect("x").await;
+    let (_, ch) = get(server.addr, "/stats/apps/app-id/channels/timed", Some(TOKEN)).await;
+    assert_eq!(ch["latency"]["count"], 40, "{ch}");
+    assert!(ch["latency"]["p99_ms"].as_f64().unwrap() > 0.0, "{ch}");
+    let ch = eventually(|| async {
+        let (_, ch) = get(server.addr, "/stats/apps/app-id/channels/other", Some(TOKEN)).await;
+        (ch["latency"]["count"] == 1).then_some(ch)
+    })
+    .await;
+    assert_eq!(ch["latency"]["scope"], "node");
+    // Gone with the channel.
+    drop(c);
+    let ch = eventually(|| async {
+        let (_, ch) = get(server.addr, "/stats/apps/app-id/channels/other", Some(TOKEN)).await;
+        (ch["occupied"] == false).then_some(ch)
+    })
+    .await;
+    assert_eq!(ch["latency"], Value::Null, "{ch}");
+}
+
+#[tokio::test]
+async fn every_front_histogram_is_listed() {
+    let server = start_admin().await;
+    let hub = server.herald.pusher().engine().by_id("app-id").unwrap().clone();
+    hub.latency().front("relay").record_duration(Duration::from_millis(2));
+    let (_, s) = get(server.addr, "/stats", Some(TOKEN)).await;
+    assert_eq!(s["latency_by_front"]["relay"]["count"], 1, "{s}");
+    assert!(s["latency_by_front"]["pusher"].is_object(), "{s}");
+    assert_eq!(s["apps"][0]["latency_by_front"]["relay"]["count"], 1, "{s}");
+    let text = metrics_text(server.addr).await;
+    assert!(text.contains("herald_delivery_latency_seconds_count{app=\"app-id\",front=\"relay\"} 1"), "{text}");
 }
 
 /// A Centrifugo client of the dev app with a server-side subscription to `channel` (the token's

@@ -233,3 +233,69 @@ async fn webhooks_are_one_event_per_request_unless_the_app_batches() {
     let batched = events_per_request(true).await;
     assert!(batched.len() < 20 && batched.iter().any(|&n| n > 1), "batched: {batched:?}");
 }
+
+/// A receiver that answers 500 to its first request and 200 after, counting requests.
+async fn flaky_receiver() -> (String, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let counted = counted.clone();
+            let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                let counted = counted.clone();
+                async move {
+                    let _ = req.into_body().collect().await;
+                    let mut response = hyper::Response::new(Full::new(Bytes::new()));
+                    if counted.fetch_add(1, Ordering::SeqCst) == 0 {
+                        *response.status_mut() = hyper::StatusCode::INTERNAL_SERVER_ERROR;
+                    }
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(stream), service));
+        }
+    });
+    (url, requests)
+}
+
+#[tokio::test]
+async fn webhook_outcomes_and_queue_depth_are_counted() {
+    // An app of its own, so the process-wide counters of other tests do not mix in.
+    let id = "webhook-outcomes";
+    let (url, requests) = flaky_receiver().await;
+    let targets = vec![WebhookTarget { url, event_types: vec!["channel_occupied".into()], headers: vec![] }];
+    let config = PusherConfig { webhooks: HashMap::from([(id.to_string(), targets)]), ..PusherConfig::default() };
+    let mut app = AppConfig::dev();
+    app.app.id = id.into();
+    app.pusher.id = id.into();
+    let server = start(vec![app], config).await;
+    let line = |text: &str, name: &str| {
+        let prefix = format!("{name}{{app=\"{id}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&prefix).map(|v| v.to_string()))
+    };
+    let text = metrics_text(server.addr).await;
+    for name in
+        ["herald_webhooks_failed_total", "herald_webhooks_retried_total", "herald_webhooks_sent_total", "herald_webhooks_queue_depth"]
+    {
+        assert_eq!(line(&text, name).as_deref(), Some("0"), "{name} present from start at 0:\n{text}");
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has HELP");
+    }
+    let mut client = server.client().await;
+    client.subscribe("room").await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = metrics_text(server.addr).await;
+        if line(&text, "herald_webhooks_sent_total").as_deref() == Some("1") {
+            assert_eq!(line(&text, "herald_webhooks_failed_total").as_deref(), Some("1"), "{text}");
+            assert_eq!(line(&text, "herald_webhooks_retried_total").as_deref(), Some("1"), "{text}");
+            assert_eq!(line(&text, "herald_webhooks_queue_depth").as_deref(), Some("0"), "{text}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the retried webhook was not delivered:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 2);
+}

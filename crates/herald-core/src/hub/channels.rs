@@ -70,7 +70,16 @@ impl Hub {
                     return Err(SubscribeError::TooManyChannels { limit: limits.max_channels_per_connection });
                 }
                 let presence = member.as_ref().map(|_| Presence::default());
-                (entry.insert(Channel { subscribers: HashMap::new(), presence, last: None, stats: ChannelStats::new(), holding: 0 }), true)
+                (
+                    entry.insert(Channel {
+                        subscribers: HashMap::new(),
+                        presence,
+                        last: None,
+                        stats: ChannelStats::new(self.channel_latency_slot()),
+                        holding: 0,
+                    }),
+                    true,
+                )
             }
         };
         let ch = entry.value_mut();
@@ -110,6 +119,14 @@ impl Hub {
             self.interest_changed(Topic::Channel(name.clone()));
         }
         Ok(Subscribed { already: false, change: ChannelChange { channel: name, subscribers, transitions }, members })
+    }
+
+    /// A latency slot for a channel becoming occupied (none while recording is off or all are taken).
+    fn channel_latency_slot(&self) -> Option<crate::latency::ChannelLatency> {
+        if !self.latency.recording() {
+            return None;
+        }
+        self.latency.channels().acquire()
     }
 
     /// Unsubscribes `socket` from `channel` on this node. `None` if it was not subscribed.
@@ -182,7 +199,8 @@ impl Hub {
             .filter(|(_, sub)| sub.gate.as_ref().is_none_or(|g| g.admits(position)))
             .map(|(id, sub)| (id, &sub.outbox));
         let except_device = publication.except_device.as_deref();
-        let delivered = self.push_all(targets, publication.except, except_device, &mut encoded, &mut claimed);
+        let tag = ch.stats.latency().map(|l| l.tag());
+        let delivered = self.push_all(targets, publication.except, except_device, &mut encoded, &mut claimed, tag);
         let not_excluded = |sub: &Subscriber| except_device.is_none() || sub.outbox.device() != except_device;
         ch.hold_all(&mut |outbox| encoded.frame(outbox.codec()).cloned(), position, publication.except, &not_excluded, self.hold_bounds());
         delivered
@@ -211,7 +229,7 @@ impl Hub {
             .iter()
             .filter(|(_, sub)| wants(sub) && sub.gate.as_ref().is_none_or(|g| g.admits(None)))
             .map(|(id, sub)| (id, &sub.outbox));
-        let delivered = self.push_all(targets, except, None, &mut encoded, &mut claimed);
+        let delivered = self.push_all(targets, except, None, &mut encoded, &mut claimed, None);
         ch.hold_all(&mut |outbox| encoded.frame(outbox.codec()).cloned(), None, except, &wants, self.hold_bounds());
         delivered
     }

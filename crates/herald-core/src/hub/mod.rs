@@ -38,7 +38,7 @@ use crate::codec::{Codecs, Encoded};
 use crate::history::MemoryHistory;
 use crate::idempotency::{Idempotency, IdempotencyLimits, IdempotencyStore};
 use crate::ids::SocketId;
-use crate::latency::{Latencies, Stamp};
+use crate::latency::{ChannelTag, Latencies, LatencySnapshot, Stamp};
 use crate::outbox::{Claimed, Outbox};
 use crate::presence::{Member, Presence};
 use crate::publication::StreamPosition;
@@ -208,6 +208,12 @@ impl Hub {
         self.channels.get(name).map(|ch| (ch.info(), ch.stats.snapshot()))
     }
 
+    /// An occupied channel's delivery latency on this node (all fronts), if it has a latency slot
+    /// (see [`crate::latency`] for the bound).
+    pub fn channel_latency(&self, name: &str) -> Option<LatencySnapshot> {
+        self.channels.get(name).and_then(|ch| ch.stats.latency().map(|l| l.snapshot()))
+    }
+
     /// Occupied channels on this node and their presence users.
     pub fn channel_count(&self) -> usize {
         self.channels.len()
@@ -319,13 +325,17 @@ impl Hub {
         except_device: Option<&str>,
         encoded: &mut Encoded<'_, F>,
         claimed: &mut Claimed,
+        channel: Option<ChannelTag>,
     ) -> usize
     where
         F: Fn(&dyn crate::codec::Codec) -> Option<Bytes>,
     {
         let (mut delivered, mut bytes) = (0usize, 0usize);
         // Delivery latency runs from here (once per publication on this node) to the socket write.
-        let stamp = Stamp::now();
+        let stamp = match channel {
+            Some(tag) => Stamp::now().for_channel(tag),
+            None => Stamp::now(),
+        };
         for (id, outbox) in targets {
             if Some(*id) == except || (except_device.is_some() && outbox.device() == except_device) {
                 continue;

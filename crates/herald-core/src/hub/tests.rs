@@ -414,3 +414,33 @@ async fn a_confirmed_publish_is_delivered_once_per_idempotency_key() {
     let long = "k".repeat(300);
     assert!(hub.publish_confirmed(&plain, None, Some(&long)).await.is_err(), "keys are bounded");
 }
+
+#[tokio::test]
+async fn channels_have_their_own_latency_while_occupied() {
+    let hub = hub();
+    let front = hub.latency().front("test");
+    let (a, oa) = connect(&hub);
+    let (b, ob) = connect(&hub);
+    hub.subscribe(a, "news", None).unwrap();
+    hub.subscribe(b, "sport", None).unwrap();
+    hub.publish_raw("news", &Bytes::from("1"), None);
+    hub.publish_raw("news", &Bytes::from("2"), None);
+    hub.publish_raw("sport", &Bytes::from("3"), None);
+    for outbox in [&oa, &ob] {
+        let (mut out, mut stamps) = (Vec::new(), Vec::new());
+        outbox.drain_stamped(&mut out, Some(&mut stamps)).await;
+        let now = Stamp::now();
+        stamps.iter().for_each(|s| front.record_n(*s, now, 1));
+        outbox.written();
+    }
+    assert_eq!(front.snapshot().count(), 3);
+    assert_eq!(hub.channel_latency("news").map(|s| s.count()), Some(2));
+    assert_eq!(hub.channel_latency("sport").map(|s| s.count()), Some(1));
+    assert_eq!(hub.latency().channels().in_use(), 2);
+    hub.unsubscribe(b, "sport");
+    assert_eq!(hub.channel_latency("sport"), None, "gone with the channel");
+    assert_eq!(hub.latency().channels().in_use(), 1, "its slot is given back");
+    hub.latency().set_recording(false);
+    hub.subscribe(b, "quiet", None).unwrap();
+    assert_eq!(hub.channel_latency("quiet"), None, "no slot while recording is off");
+}

@@ -113,6 +113,7 @@ impl Hub {
             publication.except_device.as_deref(),
             &mut encoded,
             &mut claimed,
+            None,
         )
     }
 
