@@ -9,11 +9,15 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { collect, connect, disconnectAll, eventually, next, startBackend, startHerald, startPostgres, startRedis } from './harness.js';
+import { connToken, connected, disconnectCentrifuges } from './centrifugo-harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const EXAMPLE = fs.readFileSync(path.join(here, '..', '..', 'examples', 'relay', 'seed-sync.toml'), 'utf8');
 
-after(() => disconnectAll());
+after(() => {
+  disconnectCentrifuges();
+  disconnectAll();
+});
 
 /** Encodes one Redis command (RESP). */
 function resp(args) {
@@ -112,6 +116,7 @@ test('the shipped seed-sync example delivers the mapped payloads to every device
   const backend = await startBackend(herald);
   try {
     const [a, b, c] = await devices(herald, backend);
+    const [ca, cb, cc] = await centrifugeDevices(herald);
     const up = async () => (await (await fetch(`http://127.0.0.1:${herald.port}/up`)).json());
     await eventually(async () => (await up()).sources?.sync?.bus === 'up', { timeout: 10000, message: 'source up' });
     const progressOnA = collect(a.user, 'progress_update');
@@ -148,6 +153,22 @@ test('the shipped seed-sync example delivers the mapped payloads to every device
     assert.equal(progressOnA.length, 0, 'device-a made the progress change and got none of it');
     assert.equal(watchlistOnB.length, 0, 'device-b made the watchlist change');
     assert.equal(commandOnC.length, 0, 'device-c made the handoff');
+    // The centrifuge-js devices: the same payloads on the personal channel #u1, none of their own
+    // changes (the marker, sent after everything, has reached device-b and -c on this front too).
+    const on = (got, type) => got.filter((p) => p.data.type === type);
+    const marked = { channel: '#u1', data: { ...expected.progress, position: 1 } };
+    await eventually(() => {
+      assert.deepEqual(on(cb, 'progress_update'), [{ channel: '#u1', data: expected.progress }, marked]);
+      assert.deepEqual(on(cc, 'progress_update'), [{ channel: '#u1', data: expected.progress }, marked]);
+      assert.deepEqual(on(ca, 'watchlist_update'), [{ channel: '#u1', data: expected.watchlist }]);
+      assert.deepEqual(on(cc, 'watchlist_update'), [{ channel: '#u1', data: expected.watchlist }]);
+      assert.deepEqual(on(ca, 'device_command'), [{ channel: '#u1', data: expected.command }]);
+      assert.deepEqual(on(cb, 'device_command'), [{ channel: '#u1', data: expected.command }]);
+    }, { timeout: 10000, message: 'the centrifuge-js devices got the mapped payloads on #u1' });
+    // Each device got a message published after the one it made (frames arrive in order per connection).
+    assert.equal(on(ca, 'progress_update').length, 0, 'centrifuge device-a made the progress changes');
+    assert.equal(on(cb, 'watchlist_update').length, 0, 'centrifuge device-b made the watchlist change');
+    assert.equal(on(cc, 'device_command').length, 0, 'centrifuge device-c made the handoff');
 
     // Relay latency is a Prometheus histogram (p50/p95/p99 by histogram_quantile), per source.
     const metrics = await (await fetch(`http://127.0.0.1:${herald.port}/metrics`)).text();

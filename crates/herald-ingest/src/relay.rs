@@ -59,6 +59,11 @@ impl Relay {
         &self.source
     }
 
+    /// The app's hub the source publishes into.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
     fn labels(&self) -> [(&'static str, String); 2] {
         [("source", self.source.clone()), ("app", self.hub.app().id.clone())]
     }
