@@ -107,7 +107,7 @@ async function startNats() {
   const port = await freePort();
   const store = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-js-nats-'));
   const bin = ['/usr/sbin/nats-server', '/usr/bin/nats-server'].find((p) => fs.existsSync(p)) ?? 'nats-server';
-  const proc = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', store], { stdio: ['ignore', 'ignore', 'inherit'] });
+  const proc = spawn(bin, ['-js', '-a', '127.0.0.1', '-p', String(port), '-sd', store], { stdio: 'ignore' });
   const exited = new Promise((resolve) => proc.on('exit', resolve));
   // nats-server starts JetStream before it listens.
   await eventually(async () => {

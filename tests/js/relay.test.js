@@ -97,6 +97,18 @@ function exampleConfig(url, extra = '') {
   return `log = "warn"\n${config}`;
 }
 
+/** Three centrifuge-js devices of u1 (token claim `device`); each collects what reaches its personal channel. */
+async function centrifugeDevices(herald) {
+  const all = [];
+  for (const device of ['device-a', 'device-b', 'device-c']) {
+    const c = await connected(herald, 'u1', { token: connToken('u1', { device }) });
+    const got = [];
+    c.on('publication', (ctx) => got.push({ channel: ctx.channel, data: ctx.data }));
+    all.push(got);
+  }
+  return all;
+}
+
 /** Three pusher-js devices of u1 on `herald`, signed in, user channel subscribed. */
 async function devices(herald, backend) {
   const all = [];
