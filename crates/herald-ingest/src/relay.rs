@@ -270,8 +270,7 @@ mod tests {
             .map(|i| (format!("{i}-0"), format!(r#"{{"type":"n{i}","user_id":"u{}","device_id":"phone"}}"#, 1 + i % 2)))
             .chain([("x-0".to_owned(), "not json".to_owned())])
             .collect();
-        let messages: Vec<_> =
-            payloads.iter().map(|(id, p)| (BusMessage { origin: "sync", id, payload: p.as_bytes() }, None)).collect();
+        let messages: Vec<_> = payloads.iter().map(|(id, p)| (BusMessage { origin: "sync", id, payload: p.as_bytes() }, None)).collect();
         let outcomes = relay.relay_batch(&messages).await;
         assert_eq!(outcomes.len(), 201);
         assert!(outcomes[..200].iter().all(|o| *o == Some(Ok(Outcome::Delivered))), "{outcomes:?}");
@@ -281,7 +280,8 @@ mod tests {
             assert_eq!(outbox.drain(&mut frames).await, Drained::Frames);
             let events: Vec<String> = frames.iter().map(|f| String::from_utf8_lossy(f).into_owned()).collect();
             let expected: Vec<String> = (0..200).filter(|i| i % 2 == k).map(|i| format!("n{i}")).collect();
-            let seen: Vec<String> = events.iter().map(|e| expected.iter().find(|x| e.contains(&format!("\"{x}\""))).cloned().unwrap_or_default()).collect();
+            let seen: Vec<String> =
+                events.iter().map(|e| expected.iter().find(|x| e.contains(&format!("\"{x}\""))).cloned().unwrap_or_default()).collect();
             assert_eq!(seen, expected, "user {k}: in bus order");
         }
         let again = relay.relay_batch(&messages[..2]).await;

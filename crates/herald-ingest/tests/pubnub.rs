@@ -115,7 +115,8 @@ async fn serve(mut socket: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
     } else {
         let mut waited = 0;
         loop {
-            let found: Vec<(u64, String, String)> = state.lock().messages.iter().filter(|m| m.0 > tt && wanted(&m.1)).take(100).cloned().collect();
+            let found: Vec<(u64, String, String)> =
+                state.lock().messages.iter().filter(|m| m.0 > tt && wanted(&m.1)).take(100).cloned().collect();
             if !found.is_empty() || waited >= 25 {
                 let next = found.last().map_or(tt, |m| m.0);
                 let m: Vec<serde_json::Value> = found
@@ -226,10 +227,8 @@ fn polled_channel_lists(pubnub: &FakePubNub, from: &mut usize) -> Vec<String> {
 }
 
 fn interest_config(origin: &str, lock: &str, uuid: &str) -> String {
-    config(origin, lock, uuid).replace(
-        r#"channels = ["user.*"]"#,
-        "user_channels = [\"user.{user}.sync\"]\ninterest_refresh = 0.1\nmax_users = 2",
-    )
+    config(origin, lock, uuid)
+        .replace(r#"channels = ["user.*"]"#, "user_channels = [\"user.{user}.sync\"]\ninterest_refresh = 0.1\nmax_users = 2")
 }
 
 /// A connection of `node` signed in as `user` from `device`: its id and outbox.

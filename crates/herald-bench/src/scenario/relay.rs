@@ -147,7 +147,8 @@ impl Writer {
                 // The stream, created if missing (an "already in use" answer is fine).
                 let create = serde_json::json!({ "name": args.nats_stream, "subjects": ["bench.>"], "storage": "memory" }).to_string();
                 let inbox = "_INBOX.herald-bench.create";
-                let request = format!("SUB {inbox} 1\r\nPUB $JS.API.STREAM.CREATE.{} {inbox} {}\r\n{create}\r\n", args.nats_stream, create.len());
+                let request =
+                    format!("SUB {inbox} 1\r\nPUB $JS.API.STREAM.CREATE.{} {inbox} {}\r\n{create}\r\n", args.nats_stream, create.len());
                 socket.write_all(request.as_bytes()).await?;
                 let mut reader = BufReader::new(&mut socket);
                 loop {

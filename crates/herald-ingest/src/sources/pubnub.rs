@@ -290,8 +290,12 @@ impl Subscriber {
         let dropped = total.saturating_sub(users.len());
         metrics::gauge!("herald_ingest_interest_dropped_users", "source" => self.relay.source().to_owned()).set(dropped as f64);
         if dropped > 0 {
-            tracing::warn!(source = self.relay.source(), dropped, max_users = self.config.max_users,
-                "more users connected than pubnub.max_users: some are not subscribed for");
+            tracing::warn!(
+                source = self.relay.source(),
+                dropped,
+                max_users = self.config.max_users,
+                "more users connected than pubnub.max_users: some are not subscribed for"
+            );
         }
         Ok(users)
     }
