@@ -19,6 +19,7 @@ use futures_util::StreamExt;
 use herald_core::{ConfirmError, DataKind, Hub, Publication, Published};
 use parking_lot::Mutex;
 
+use crate::health::SourceHealth;
 use crate::mapping::{BusMessage, Rules, Skip, Target};
 
 /// The channel name user publications carry: the Pusher front's user channel, which pusher-js
@@ -52,6 +53,7 @@ pub enum Outcome {
 /// One source's mapping and publishing.
 pub struct Relay {
     source: String,
+    health: Arc<SourceHealth>,
     hub: Arc<Hub>,
     rules: Rules,
     max_message: usize,
@@ -62,7 +64,17 @@ pub struct Relay {
 impl Relay {
     /// Relays into `hub` with `rules`; messages above `max_message` bytes are skipped.
     pub fn new(source: &str, hub: Arc<Hub>, rules: Rules, max_message: usize) -> Relay {
-        Relay { source: source.to_owned(), hub, rules, max_message, logged: Mutex::new(HashMap::new()) }
+        Relay::with_health(source, hub, rules, max_message, Arc::new(SourceHealth::new(source, "test")))
+    }
+
+    /// Like [`Relay::new`], counting into `health` (what the stats endpoints show).
+    pub fn with_health(source: &str, hub: Arc<Hub>, rules: Rules, max_message: usize, health: Arc<SourceHealth>) -> Relay {
+        Relay { source: source.to_owned(), health, hub, rules, max_message, logged: Mutex::new(HashMap::new()) }
+    }
+
+    /// The source's health and counters.
+    pub fn health(&self) -> &Arc<SourceHealth> {
+        &self.health
     }
 
     /// The source's name.
@@ -136,6 +148,7 @@ impl Relay {
     fn prepare(&self, message: &BusMessage<'_>, sent_at: Option<SystemTime>) -> Result<Prepared, Skip> {
         let received = SystemTime::now();
         metrics::counter!("herald_ingest_consumed_total", &self.labels()).increment(1);
+        self.health.consumed();
         let mapped = if message.payload.len() > self.max_message {
             Err(Skip::TooLarge)
         } else {
@@ -171,16 +184,19 @@ impl Relay {
         match published {
             Ok(Published::Repeat) => {
                 metrics::counter!("herald_ingest_repeats_total", &self.labels()).increment(1);
+                self.health.repeat();
                 Ok(Outcome::Repeat)
             }
             Ok(_) => {
                 let latency = SystemTime::now().duration_since(prepared.since).unwrap_or_default();
                 metrics::histogram!("herald_ingest_relay_latency_seconds", &self.labels()).record(latency.as_secs_f64());
                 metrics::counter!("herald_ingest_delivered_total", &self.labels()).increment(1);
+                self.health.delivered(latency);
                 Ok(Outcome::Delivered)
             }
             Err(e) => {
                 metrics::counter!("herald_ingest_engine_errors_total", &self.labels()).increment(1);
+                self.health.engine_error();
                 Err(e)
             }
         }
@@ -190,6 +206,7 @@ impl Relay {
         let reason = skip.reason();
         let labels = [("source", self.source.clone()), ("app", self.hub.app().id.clone()), ("reason", reason.to_owned())];
         metrics::counter!("herald_ingest_skipped_total", &labels).increment(1);
+        self.health.skipped(reason);
         let now = Instant::now();
         let log = {
             let mut logged = self.logged.lock();

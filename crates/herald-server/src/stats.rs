@@ -150,6 +150,11 @@ pub(crate) fn node_stats(herald: &Herald) -> Value {
     if let Some(broker) = broker {
         body["backend"] = json!(if broker.healthy() { "up" } else { "down" });
     }
+    // The bus sources (herald-ingest): counters, position and bus → engine lag.
+    let sources = herald.ingest().sources();
+    if !sources.is_empty() {
+        body["sources"] = Value::Object(sources.iter().map(|s| (s.name().to_owned(), s.stats_json())).collect());
+    }
     body["apps"] = hubs
         .iter()
         .map(|hub| {

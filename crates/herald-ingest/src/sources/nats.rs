@@ -118,7 +118,6 @@ async fn fetch(
     let request = consumer.fetch().max_messages(config.batch).expires(FETCH_WAIT).messages();
     let messages = tokio::time::timeout(timeout, request).await.map_err(|_| StepError::Timeout)?.map_err(nats)?;
     health.up();
-    let source = relay.source().to_owned();
     // What has arrived of the batch so far, relayed together (see `Relay::relay_batch`).
     let mut chunks = messages.ready_chunks(config.batch);
     loop {
@@ -142,9 +141,9 @@ async fn fetch(
             .map(|message| match message.info() {
                 Ok(info) => {
                     if info.delivered > 1 {
-                        metrics::counter!("herald_ingest_redelivered_total", "source" => source.clone()).increment(1);
+                        relay.health().redelivered();
                     }
-                    metrics::gauge!("herald_ingest_position", "source" => source.clone()).set(info.stream_sequence as f64);
+                    relay.health().position(info.stream_sequence as f64);
                     let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
                     let sent_at = UNIX_EPOCH.checked_add(Duration::from_nanos(nanos)).filter(|t| *t <= SystemTime::now());
                     (info.stream_sequence.to_string(), sent_at)

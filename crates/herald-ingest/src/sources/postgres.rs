@@ -185,7 +185,7 @@ impl Outbox {
                 Ok(Outcome::Repeat) => {
                     // Claimed again: its earlier claim published it but did not delete it (a node
                     // killed before its commit, or a failed commit).
-                    metrics::counter!("herald_ingest_redelivered_total", "source" => self.relay.source().to_owned()).increment(1);
+                    self.relay.health().redelivered();
                     done.push(id);
                 }
                 Ok(Outcome::Delivered | Outcome::Skipped(_)) => done.push(id),
@@ -200,7 +200,7 @@ impl Outbox {
         }
         self.timed(tx.commit()).await?;
         if let Some(last) = done.last() {
-            metrics::gauge!("herald_ingest_position", "source" => self.relay.source().to_owned()).set(*last as f64);
+            self.relay.health().position(*last as f64);
         }
         match refused {
             Some(e) => Err(StepError::Engine(e)),

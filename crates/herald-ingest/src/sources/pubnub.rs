@@ -473,6 +473,7 @@ impl Subscriber {
             for envelope in &response.m {
                 if envelope.e.is_some_and(|e| e != 0 && e != 1) {
                     metrics::counter!("herald_ingest_skipped_total", "source" => source.clone(), "reason" => "not_a_message").increment(1);
+                    self.relay.health().skipped("not_a_message");
                     continue;
                 }
                 let id = envelope.p.as_ref().map_or(response.t.t.as_str(), |p| p.t.as_str());
@@ -480,7 +481,7 @@ impl Subscriber {
                 match self.relay.relay(&message, timetoken_time(id).filter(|t| *t <= SystemTime::now())).await {
                     // Seen again after resuming from an older cursor (a new leader, or a retry).
                     Ok(crate::relay::Outcome::Repeat) => {
-                        metrics::counter!("herald_ingest_redelivered_total", "source" => source.clone()).increment(1);
+                        self.relay.health().redelivered();
                     }
                     Ok(_) => {}
                     Err(e) => {
@@ -500,7 +501,7 @@ impl Subscriber {
             backoff.reset();
             cursor = response.t;
             if let Ok(tt) = cursor.t.parse::<f64>() {
-                metrics::gauge!("herald_ingest_position", "source" => source.clone()).set(tt);
+                self.relay.health().position(tt);
             }
             let saved = format!("{}:{}", cursor.t, cursor.r.map_or(String::new(), |r| r.to_string()));
             let stored: redis::RedisResult<()> = redis::cmd("SET").arg(&self.cursor_key).arg(saved).query_async(&mut redis).await;

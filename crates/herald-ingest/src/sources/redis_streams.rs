@@ -269,11 +269,12 @@ impl Consumer {
                 let Some(fields) = &entry.fields else {
                     // Trimmed from the stream while pending: nothing left to relay.
                     metrics::counter!("herald_ingest_skipped_total", "source" => source.clone(), "reason" => "trimmed").increment(1);
+                    self.relay.health().skipped("trimmed");
                     acks.push(entry.id.clone());
                     continue;
                 };
                 if redelivered {
-                    metrics::counter!("herald_ingest_redelivered_total", "source" => source.clone()).increment(1);
+                    self.relay.health().redelivered();
                 }
                 let payload = fields.iter().find(|(name, _)| *name == self.settings.field).map_or(&[][..], |(_, value)| value.as_slice());
                 present.push((entry, payload));
@@ -334,7 +335,7 @@ impl Consumer {
         ack.arg(stream).arg(&self.settings.group).arg(ids);
         self.call(conn, &ack, self.settings.timeout).await?;
         if let Some(at) = entry_millis(last) {
-            metrics::gauge!("herald_ingest_position", "source" => self.relay.source().to_owned()).set(at as f64);
+            self.relay.health().position(at as f64);
         }
         Ok(())
     }
