@@ -1,7 +1,9 @@
-// Relaying from a bus: the shipped examples/relay/seed-sync.toml with a real redis-server and pusher-js
-// devices signed in with a device_id; then two Redis-backed Herald nodes consuming one stream (and one
-// PostgreSQL outbox, on a cluster of the test's own), one of them killed with SIGKILL mid-batch: its
-// pending entries (rows) are taken over and every message reaches the client exactly once.
+// Relaying from a bus: the shipped examples/relay/seed-sync.toml with a real redis-server, pusher-js
+// devices signed in with a device_id and centrifuge-js devices with a `device` token claim; then two
+// Redis-backed Herald nodes consuming one stream (and one PostgreSQL outbox, on a cluster of the test's
+// own), one of them killed with SIGKILL mid-batch: its pending entries (rows) are taken over and every
+// message reaches each pusher-js and centrifuge-js device exactly once (NATS and PubNub:
+// relay-buses.test.js).
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -9,11 +11,16 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { collect, connect, disconnectAll, eventually, next, startBackend, startHerald, startPostgres, startRedis } from './harness.js';
+import { connToken, connected, disconnectCentrifuges } from './centrifugo-harness.js';
+import { assertExactlyOnce, devices as allDevices } from './relay-harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const EXAMPLE = fs.readFileSync(path.join(here, '..', '..', 'examples', 'relay', 'seed-sync.toml'), 'utf8');
 
-after(() => disconnectAll());
+after(() => {
+  disconnectCentrifuges();
+  disconnectAll();
+});
 
 /** Encodes one Redis command (RESP). */
 function resp(args) {
@@ -93,6 +100,18 @@ function exampleConfig(url, extra = '') {
   return `log = "warn"\n${config}`;
 }
 
+/** Three centrifuge-js devices of u1 (token claim `device`); each collects what reaches its personal channel. */
+async function centrifugeDevices(herald) {
+  const all = [];
+  for (const device of ['device-a', 'device-b', 'device-c']) {
+    const c = await connected(herald, 'u1', { token: connToken('u1', { device }) });
+    const got = [];
+    c.on('publication', (ctx) => got.push({ channel: ctx.channel, data: ctx.data }));
+    all.push(got);
+  }
+  return all;
+}
+
 /** Three pusher-js devices of u1 on `herald`, signed in, user channel subscribed. */
 async function devices(herald, backend) {
   const all = [];
@@ -112,6 +131,7 @@ test('the shipped seed-sync example delivers the mapped payloads to every device
   const backend = await startBackend(herald);
   try {
     const [a, b, c] = await devices(herald, backend);
+    const [ca, cb, cc] = await centrifugeDevices(herald);
     const up = async () => (await (await fetch(`http://127.0.0.1:${herald.port}/up`)).json());
     await eventually(async () => (await up()).sources?.sync?.bus === 'up', { timeout: 10000, message: 'source up' });
     const progressOnA = collect(a.user, 'progress_update');
@@ -148,6 +168,22 @@ test('the shipped seed-sync example delivers the mapped payloads to every device
     assert.equal(progressOnA.length, 0, 'device-a made the progress change and got none of it');
     assert.equal(watchlistOnB.length, 0, 'device-b made the watchlist change');
     assert.equal(commandOnC.length, 0, 'device-c made the handoff');
+    // The centrifuge-js devices: the same payloads on the personal channel #u1, none of their own
+    // changes (the marker, sent after everything, has reached device-b and -c on this front too).
+    const on = (got, type) => got.filter((p) => p.data.type === type);
+    const marked = { channel: '#u1', data: { ...expected.progress, position: 1 } };
+    await eventually(() => {
+      assert.deepEqual(on(cb, 'progress_update'), [{ channel: '#u1', data: expected.progress }, marked]);
+      assert.deepEqual(on(cc, 'progress_update'), [{ channel: '#u1', data: expected.progress }, marked]);
+      assert.deepEqual(on(ca, 'watchlist_update'), [{ channel: '#u1', data: expected.watchlist }]);
+      assert.deepEqual(on(cc, 'watchlist_update'), [{ channel: '#u1', data: expected.watchlist }]);
+      assert.deepEqual(on(ca, 'device_command'), [{ channel: '#u1', data: expected.command }]);
+      assert.deepEqual(on(cb, 'device_command'), [{ channel: '#u1', data: expected.command }]);
+    }, { timeout: 10000, message: 'the centrifuge-js devices got the mapped payloads on #u1' });
+    // Each device got a message published after the one it made (frames arrive in order per connection).
+    assert.equal(on(ca, 'progress_update').length, 0, 'centrifuge device-a made the progress changes');
+    assert.equal(on(cb, 'watchlist_update').length, 0, 'centrifuge device-b made the watchlist change');
+    assert.equal(on(cc, 'device_command').length, 0, 'centrifuge device-c made the handoff');
 
     // Relay latency is a Prometheus histogram (p50/p95/p99 by histogram_quantile), per source.
     const metrics = await (await fetch(`http://127.0.0.1:${herald.port}/metrics`)).text();
@@ -182,36 +218,21 @@ test('a node killed mid-batch: its pending entries are claimed and each message 
   const survivor = await node('node-b');
   const backend = await startBackend(survivor);
   try {
-    const [a, b, c] = await devices(survivor, backend);
-    const onA = collect(a.user, 'progress_update');
-    const onB = collect(b.user, 'progress_update');
-    const onC = collect(c.user, 'progress_update');
+    const devs = await allDevices(survivor, backend);
+    const [, pb] = devs.pusher;
     const commands = [];
     for (let i = 1; i <= N; i++) commands.push(['XADD', 'sync', '*', 'data', progress('device-a', i)]);
     await redis(redisServer.port, commands);
-    await eventually(() => onB.length >= 300, { timeout: 20000, message: () => `300 relayed before the kill (${onB.length})` });
+    await eventually(() => pb.progress.length >= 300, { timeout: 20000, message: () => `300 relayed before the kill (${pb.progress.length})` });
     doomed.proc.kill('SIGKILL');
     await doomed.exited;
     const [pendingOfA] = await redis(redisServer.port, [['XPENDING', 'sync', 'herald', '-', '+', '1000', 'node-a']]);
     assert.ok(pendingOfA.length > 0, 'the killed node had read entries it had not acked');
-    await eventually(() => onB.length >= N && onC.length >= N, {
-      timeout: 60000,
-      message: () => `all ${N} on b and c (b ${onB.length}, c ${onC.length})`,
-    });
+    await assertExactlyOnce(devs, N, () => redis(redisServer.port, [['XADD', 'sync', '*', 'data', watchlist('device-a')]]));
     await eventually(async () => (await redis(redisServer.port, [['XPENDING', 'sync', 'herald']]))[0][0] === 0, {
       timeout: 20000,
       message: 'every entry acked (the dead node\'s claimed by the survivor)',
     });
-    // A marker after everything: a late duplicate would arrive before it.
-    const marker = next(b.user, 'watchlist_update', 10000);
-    await redis(redisServer.port, [['XADD', 'sync', '*', 'data', watchlist('device-a')]]);
-    await marker;
-    for (const [name, seen] of [['b', onB], ['c', onC]]) {
-      const positions = seen.map((m) => m.position);
-      assert.equal(new Set(positions).size, N, `device-${name}: ${N} distinct messages`);
-      assert.equal(positions.length, N, `device-${name}: no duplicates`);
-    }
-    assert.equal(onA.length, 0, 'the origin device got none');
   } finally {
     await backend.close();
     await survivor.stop();
@@ -235,29 +256,20 @@ test('PostgreSQL outbox: a node killed mid-batch; its rows are claimed by the ot
   const survivor = await startHerald(args, { config });
   const backend = await startBackend(survivor);
   try {
-    const [a, b, c] = await devices(survivor, backend);
-    const onA = collect(a.user, 'progress_update');
-    const onB = collect(b.user, 'progress_update');
-    const onC = collect(c.user, 'progress_update');
+    const devs = await allDevices(survivor, backend);
+    const [, pb] = devs.pusher;
     pg.sql(
       `INSERT INTO herald_outbox (channel, payload) SELECT 'sync', json_build_object('type', 'progress_update', 'user_id', 'u1', ` +
         `'device_id', 'device-a', 'content_id', 'c1', 'position_seconds', i, 'duration_seconds', 7200)::jsonb FROM generate_series(1, ${N}) i; ` +
         'NOTIFY herald_outbox;',
     );
-    await eventually(() => onB.length >= 200, { timeout: 20000, message: () => `200 relayed before the kill (${onB.length})` });
+    await eventually(() => pb.progress.length >= 200, { timeout: 20000, message: () => `200 relayed before the kill (${pb.progress.length})` });
     doomed.proc.kill('SIGKILL');
     await doomed.exited;
-    await eventually(() => onB.length >= N && onC.length >= N, { timeout: 60000, message: () => `all ${N} on b and c (b ${onB.length}, c ${onC.length})` });
+    await assertExactlyOnce(devs, N, () =>
+      pg.sql(`INSERT INTO herald_outbox (channel, payload) VALUES ('sync', '${watchlist('device-a')}'); NOTIFY herald_outbox;`),
+    );
     await eventually(() => pg.sql('SELECT count(*) FROM herald_outbox') === '0', { timeout: 20000, message: 'every row deleted' });
-    const marker = next(b.user, 'watchlist_update', 10000);
-    pg.sql(`INSERT INTO herald_outbox (channel, payload) VALUES ('sync', '${watchlist('device-a')}'); NOTIFY herald_outbox;`);
-    await marker;
-    for (const [name, seen] of [['b', onB], ['c', onC]]) {
-      const positions = seen.map((m) => m.position);
-      assert.equal(new Set(positions).size, N, `device-${name}: ${N} distinct messages`);
-      assert.equal(positions.length, N, `device-${name}: no duplicates`);
-    }
-    assert.equal(onA.length, 0, 'the origin device got none');
   } finally {
     await backend.close();
     await survivor.stop();

@@ -126,6 +126,9 @@ enum Scenario {
     Fanout(scenario::fanout::FanoutArgs),
     /// The same fan-out against an in-process raw WebSocket server: the machine's ceiling.
     Ceiling(scenario::fanout::FanoutArgs),
+    /// Users × devices signed in, messages written to a Redis stream or JetStream and relayed by
+    /// Herald (`examples/relay/bench.toml`): messages/s relayed, bus → socket latency.
+    Relay(scenario::relay::RelayArgs),
     /// Prints a markdown table comparing JSON results (written by --json), grouped by scenario.
     Table {
         /// Result files.
@@ -158,6 +161,7 @@ fn main() -> anyhow::Result<()> {
             Scenario::Connect(a) => scenario::connect::run(&cli.common, a).await,
             Scenario::Fanout(a) => scenario::fanout::run(&cli.common, a, false).await,
             Scenario::Ceiling(a) => scenario::fanout::run(&cli.common, a, true).await,
+            Scenario::Relay(a) => scenario::relay::run(&cli.common, a).await,
             Scenario::Table { .. } => unreachable!("handled above"),
         }
     })?;

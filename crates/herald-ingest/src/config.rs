@@ -162,6 +162,22 @@ pub struct PubNubConfig {
     /// Seconds a long-poll may take before it is retried [default: 310].
     #[serde(default = "default_long_poll")]
     pub timeout: f64,
+    /// Interest: subscribe only to these channels of the users connected to the cluster, `{user}`
+    /// standing for the user id (the seed's `subscribe_user_channel`, e.g. `user.{user}.sync`), in
+    /// addition to `channels` and `channel_groups`. The list follows users as they sign in and leave
+    /// (the long-poll restarts with the new list from the same timetoken).
+    #[serde(default)]
+    pub user_channels: Vec<String>,
+    /// Most users subscribed for by `user_channels` (1 to 10 000) [default: 1000]. Over it, the users
+    /// first in id order are kept, the rest are not subscribed for (logged, and counted in
+    /// `herald_ingest_interest_dropped_users`): use a wildcard channel or channel groups at that scale
+    /// (each user adds its channels to the subscribe URL).
+    #[serde(default = "default_max_users")]
+    pub max_users: usize,
+    /// Seconds between refreshes of the connected users (every node writes its own to Redis, the
+    /// leader reads them all) [default: 1]. A node's users expire after three refreshes without it.
+    #[serde(default = "one")]
+    pub interest_refresh: f64,
 }
 
 /// One `[[sources.rules]]` table: when it applies, and what it makes of a message.
@@ -226,6 +242,9 @@ fn two() -> f64 {
 }
 fn five() -> f64 {
     5.0
+}
+fn default_max_users() -> usize {
+    1000
 }
 fn ten() -> f64 {
     10.0
@@ -363,9 +382,18 @@ impl SourceConfig {
             if !p.origin.starts_with("http://") {
                 return Err(named(IngestConfigError::Invalid("pubnub.origin must be http:// (put a TLS proxy in front for https)".into())));
             }
-            if p.subscribe_key.is_empty() || (p.channels.is_empty() && p.channel_groups.is_empty()) {
-                return Err(named(IngestConfigError::Invalid("pubnub needs a subscribe_key and channels or channel_groups".into())));
+            if p.subscribe_key.is_empty() || (p.channels.is_empty() && p.channel_groups.is_empty() && p.user_channels.is_empty()) {
+                return Err(named(IngestConfigError::Invalid(
+                    "pubnub needs a subscribe_key and channels, channel_groups or user_channels".into(),
+                )));
             }
+            if let Some(bad) = p.user_channels.iter().find(|c| !c.contains("{user}")) {
+                return Err(named(IngestConfigError::Invalid(format!("pubnub.user_channels: {bad:?} has no {{user}}"))));
+            }
+            if !(1..=10_000).contains(&p.max_users) {
+                return Err(named(IngestConfigError::Invalid("pubnub.max_users must be 1 to 10000".into())));
+            }
+            seconds("pubnub.interest_refresh", p.interest_refresh).map_err(named)?;
             seconds("pubnub.lock_ttl", p.lock_ttl).map_err(named)?;
             seconds("pubnub.timeout", p.timeout).map_err(named)?;
             redis::Client::open(p.lock_url.as_str())

@@ -56,7 +56,7 @@ impl Ingest {
             let hub = engine.by_id(&source.app).cloned().ok_or_else(|| IngestConfigError::Invalid(format!("no app {:?}", source.app)))?;
             let kind = source.kind()?;
             let health = Arc::new(SourceHealth::new(&source.name, kind.name()));
-            let relay = Relay::new(&source.name, hub, rules, source.max_message_bytes);
+            let relay = Relay::with_health(&source.name, hub, rules, source.max_message_bytes, health.clone());
             let token = shutdown.clone();
             match kind {
                 #[cfg(feature = "redis-streams")]

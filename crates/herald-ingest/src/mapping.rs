@@ -29,7 +29,7 @@ pub struct BusMessage<'a> {
 }
 
 /// Where a mapped message goes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// Subscribers of a channel.
     Channel(String),

@@ -210,6 +210,11 @@ pub(crate) fn node_stats(herald: &Herald) -> Value {
         body["redis"] = redis_json(&text);
     }
     body["webhooks"] = webhooks_json(&text);
+    // The bus sources (herald-ingest): counters, position and bus → engine lag.
+    let sources = herald.ingest().sources();
+    if !sources.is_empty() {
+        body["sources"] = Value::Object(sources.iter().map(|s| (s.name().to_owned(), s.stats_json())).collect());
+    }
     body["apps"] = hubs
         .iter()
         .map(|hub| {

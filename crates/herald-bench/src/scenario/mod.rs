@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod fanout;
 pub mod idle;
+pub mod relay;
 
 use std::time::{Duration, Instant};
 

@@ -224,6 +224,12 @@ impl Hub {
         self.users.len()
     }
 
+    /// Up to `limit` users signed in with a connection on this node, in no particular order (a bus
+    /// source subscribing only to connected users' channels reads them).
+    pub fn local_users(&self, limit: usize) -> Vec<Arc<str>> {
+        self.users.iter().take(limit).map(|e| e.key().clone()).collect()
+    }
+
     /// The `n` occupied channels with the most subscribers on this node, most first.
     pub fn top_channels(&self, n: usize) -> Vec<(Arc<str>, ChannelInfo, ChannelStatsSnapshot)> {
         let mut all: Vec<_> = self.channels.iter().map(|e| (e.key().clone(), e.value().info(), e.value().stats.snapshot())).collect();

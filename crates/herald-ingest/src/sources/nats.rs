@@ -1,9 +1,11 @@
 //! NATS JetStream: a durable pull consumer shared by every Herald node (the server hands each message
 //! to one of them), explicit acks.
 //!
-//! The loop fetches up to `batch` messages (waiting up to a second for the first), relays each and acks
-//! it only if the engine accepted it (delivered or a repeat) or it is skipped; a message the engine
-//! refuses is nak'ed with a delay and the rest of the batch is left to redeliver after `ack_wait`. A
+//! The loop fetches up to `batch` messages (waiting up to a second for the first), relays what has
+//! arrived together ([`Relay::relay_batch`]: one target's in order, different targets concurrently) and
+//! acks each only if the engine accepted it (delivered or a repeat) or it is skipped; a message the
+//! engine refuses, and the later ones of its target, are nak'ed with a delay (redelivered after a
+//! second), and the rest of the batch is left to redeliver after `ack_wait`. A
 //! node that dies mid-batch never acks: the server redelivers its messages to a live node after
 //! `ack_wait`, and their idempotency keys (by default subject and stream sequence) keep clients from
 //! seeing them twice. The stream must exist (the backend owns it); the consumer is created if missing.
@@ -114,38 +116,63 @@ async fn fetch(
     shutdown: &CancellationToken,
 ) -> Result<(), StepError> {
     let request = consumer.fetch().max_messages(config.batch).expires(FETCH_WAIT).messages();
-    let mut messages = tokio::time::timeout(timeout, request).await.map_err(|_| StepError::Timeout)?.map_err(nats)?;
+    let messages = tokio::time::timeout(timeout, request).await.map_err(|_| StepError::Timeout)?.map_err(nats)?;
     health.up();
-    let source = relay.source().to_owned();
+    // What has arrived of the batch so far, relayed together (see `Relay::relay_batch`).
+    let mut chunks = messages.ready_chunks(config.batch);
     loop {
         let next = tokio::select! {
             // Unacked messages of this batch are redelivered after ack_wait.
             _ = shutdown.cancelled() => return Ok(()),
-            next = tokio::time::timeout(FETCH_WAIT + timeout, messages.next()) => next,
+            next = tokio::time::timeout(FETCH_WAIT + timeout, chunks.next()) => next,
         };
-        let message = match next {
+        let chunk = match next {
             Err(_) => return Err(StepError::Timeout),
             Ok(None) => return Ok(()),
-            Ok(Some(message)) => message.map_err(nats)?,
+            Ok(Some(chunk)) => chunk,
         };
-        let (id, sent_at) = match message.info() {
-            Ok(info) => {
-                if info.delivered > 1 {
-                    metrics::counter!("herald_ingest_redelivered_total", "source" => source.clone()).increment(1);
+        let mut received = Vec::with_capacity(chunk.len());
+        for message in chunk {
+            // An error ends the step; what was not acked is redelivered after ack_wait.
+            received.push(message.map_err(nats)?);
+        }
+        let meta: Vec<(String, Option<SystemTime>)> = received
+            .iter()
+            .map(|message| match message.info() {
+                Ok(info) => {
+                    if info.delivered > 1 {
+                        relay.health().redelivered();
+                    }
+                    relay.health().position(info.stream_sequence as f64);
+                    let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
+                    let sent_at = UNIX_EPOCH.checked_add(Duration::from_nanos(nanos)).filter(|t| *t <= SystemTime::now());
+                    (info.stream_sequence.to_string(), sent_at)
                 }
-                metrics::gauge!("herald_ingest_position", "source" => source.clone()).set(info.stream_sequence as f64);
-                let nanos = u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0);
-                (info.stream_sequence.to_string(), UNIX_EPOCH.checked_add(Duration::from_nanos(nanos)))
+                Err(_) => (String::new(), None),
+            })
+            .collect();
+        let bus: Vec<(BusMessage<'_>, Option<SystemTime>)> = received
+            .iter()
+            .zip(&meta)
+            .map(|(message, (id, sent_at))| (BusMessage { origin: message.subject.as_str(), id, payload: &message.payload }, *sent_at))
+            .collect();
+        let outcomes = relay.relay_batch(&bus).await;
+        let mut refused = None;
+        for (message, outcome) in received.iter().zip(outcomes) {
+            match outcome {
+                Some(Ok(_)) => message.ack().await.map_err(nats)?,
+                // Refused, or behind a refused one of its target: redelivered after a second.
+                Some(Err(e)) => {
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                    refused = refused.or(Some(e));
+                }
+                None => {
+                    let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                }
             }
-            Err(_) => (String::new(), None),
-        };
-        let bus = BusMessage { origin: message.subject.as_str(), id: &id, payload: &message.payload };
-        match relay.relay(&bus, sent_at.filter(|t| *t <= SystemTime::now())).await {
-            Ok(_) => message.ack().await.map_err(nats)?,
-            Err(e) => {
-                let _ = message.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
-                return Err(StepError::Engine(e));
-            }
+        }
+        if let Some(e) = refused {
+            return Err(StepError::Engine(e));
         }
     }
 }

@@ -182,7 +182,13 @@ impl Outbox {
                 BusMessage { origin: origin.as_deref().unwrap_or(""), id: &id_text, payload: payload.as_deref().unwrap_or("").as_bytes() };
             let sent_at = created.and_then(|secs| Duration::try_from_secs_f64(secs).ok()).and_then(|d| UNIX_EPOCH.checked_add(d));
             match self.relay.relay(&message, sent_at.filter(|t| *t <= SystemTime::now())).await {
-                Ok(Outcome::Delivered | Outcome::Repeat | Outcome::Skipped(_)) => done.push(id),
+                Ok(Outcome::Repeat) => {
+                    // Claimed again: its earlier claim published it but did not delete it (a node
+                    // killed before its commit, or a failed commit).
+                    self.relay.health().redelivered();
+                    done.push(id);
+                }
+                Ok(Outcome::Delivered | Outcome::Skipped(_)) => done.push(id),
                 Err(e) => {
                     refused = Some(e);
                     break;
@@ -194,7 +200,7 @@ impl Outbox {
         }
         self.timed(tx.commit()).await?;
         if let Some(last) = done.last() {
-            metrics::gauge!("herald_ingest_position", "source" => self.relay.source().to_owned()).set(*last as f64);
+            self.relay.health().position(*last as f64);
         }
         match refused {
             Some(e) => Err(StepError::Engine(e)),

@@ -11,6 +11,18 @@
 //! from the same timetoken; the source is down on `/up` meanwhile. Responses are read up to a size
 //! bound; bodies are untrusted input (never a panic).
 //!
+//! Interest (`user_channels`, the seed's `subscribe_user_channel`): instead of (or beside) fixed
+//! channels, the leader subscribes to `user.{user}.sync`-like channels of the users connected to the
+//! cluster. Every node running the source, leader or not, writes the users signed in on it to the
+//! Redis sorted set `{lock_key}:users` every `interest_refresh` (score: when the entry expires, three
+//! refreshes later), so the users of a node that died drop out by themselves; the leader reads the live
+//! entries at the same pace (at most `max_users`), and when its channel list changes it abandons the
+//! running long-poll and polls again from the same timetoken with the new list. With nobody connected
+//! and no fixed channels it does not poll at all. Bounded: `max_users` users (the first in id order
+//! are kept, so the list does not flap; the rest are counted in `herald_ingest_interest_dropped_users`
+//! and logged), at most [`MAX_INTEREST_READ`] entries read, user ids longer than [`MAX_USER_ID`] bytes
+//! ignored (the set is in Redis: untrusted).
+//!
 //! Each request uses its own HTTP/1 connection, driven inside this task (no background tasks).
 
 use std::sync::Arc;
@@ -22,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use redis::aio::ConnectionManager;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -32,6 +45,12 @@ use crate::relay::Relay;
 
 /// Largest subscribe response read.
 const MAX_RESPONSE: usize = 16 * 1024 * 1024;
+
+/// Longest user id read back from the interest set (longer entries are ignored).
+const MAX_USER_ID: usize = 256;
+
+/// Most entries of the interest set read at once (every node writes at most `max_users`).
+const MAX_INTEREST_READ: usize = 20_000;
 
 #[derive(Debug, thiserror::Error)]
 enum PollError {
@@ -108,10 +127,9 @@ fn encode(segment: &str) -> String {
     out
 }
 
-/// The request path and query for `cursor`.
-pub(crate) fn subscribe_path(config: &PubNubConfig, cursor: &Cursor) -> String {
-    let channels =
-        if config.channels.is_empty() { ",".to_owned() } else { config.channels.iter().map(|c| encode(c)).collect::<Vec<_>>().join(",") };
+/// The request path and query for `cursor`, subscribing to `channels`.
+pub(crate) fn subscribe_path(config: &PubNubConfig, channels: &[String], cursor: &Cursor) -> String {
+    let channels = if channels.is_empty() { ",".to_owned() } else { channels.iter().map(|c| encode(c)).collect::<Vec<_>>().join(",") };
     let mut path = format!("/v2/subscribe/{}/{}/0?tt={}&uuid={}", encode(&config.subscribe_key), channels, cursor.t, encode(&config.uuid));
     if let Some(region) = cursor.r {
         path.push_str(&format!("&tr={region}"));
@@ -137,6 +155,27 @@ struct Subscriber {
     cursor_key: String,
     lock_ttl: Duration,
     timeout: Duration,
+    /// The interest set (`{lock_key}:users`).
+    users_key: String,
+    interest_refresh: Duration,
+}
+
+/// The channels for `users`: the fixed ones, then each user channel template per user; sorted, no
+/// repeats.
+fn channels_for(config: &PubNubConfig, users: &[String]) -> Vec<String> {
+    let mut channels = config.channels.clone();
+    for user in users {
+        for template in &config.user_channels {
+            channels.push(template.replace("{user}", user));
+        }
+    }
+    channels.sort();
+    channels.dedup();
+    channels
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// Runs the source until `shutdown`.
@@ -144,6 +183,8 @@ pub(crate) async fn run(config: PubNubConfig, relay: Relay, health: Arc<SourceHe
     let lock_key = config.lock_key.clone().unwrap_or_else(|| format!("herald:ingest:{}:leader", relay.source()));
     let subscriber = Subscriber {
         cursor_key: format!("{lock_key}:cursor"),
+        users_key: format!("{lock_key}:users"),
+        interest_refresh: seconds("interest_refresh", config.interest_refresh).unwrap_or(Duration::from_secs(1)),
         lock_key,
         node: format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..)),
         lock_ttl: seconds("lock_ttl", config.lock_ttl).unwrap_or(Duration::from_secs(10)),
@@ -152,7 +193,6 @@ pub(crate) async fn run(config: PubNubConfig, relay: Relay, health: Arc<SourceHe
         relay,
         health,
     };
-    let mut backoff = Backoff::default();
     let client = match redis::Client::open(subscriber.config.lock_url.as_str()) {
         Ok(client) => client,
         Err(e) => {
@@ -160,32 +200,11 @@ pub(crate) async fn run(config: PubNubConfig, relay: Relay, health: Arc<SourceHe
             return;
         }
     };
-    while !shutdown.is_cancelled() {
-        let redis_timeout = Duration::from_secs(2).min(subscriber.lock_ttl / 3);
-        let manager_config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(redis_timeout))
-            .set_response_timeout(Some(redis_timeout))
-            .set_number_of_retries(1);
-        let connect = ConnectionManager::new_with_config(client.clone(), manager_config);
-        let mut redis = match tokio::time::timeout(redis_timeout * 2, connect).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                subscriber.health.down(&format!("leader lock: {e}"));
-                if !backoff.wait(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-            Err(_) => {
-                subscriber.health.down(&"leader lock: redis timed out");
-                if !backoff.wait(&shutdown).await {
-                    break;
-                }
-                continue;
-            }
-        };
-        backoff.reset();
-        subscriber.lead_or_wait(&mut redis, &shutdown).await;
+    let lead = subscriber.lead_loop(&client, &shutdown);
+    if subscriber.config.user_channels.is_empty() {
+        lead.await;
+    } else {
+        tokio::join!(lead, subscriber.write_interest(&client, &shutdown));
     }
     tracing::info!(source = subscriber.relay.source(), "pubnub source stopped");
 }
@@ -194,6 +213,137 @@ const RENEW: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 
 impl Subscriber {
+    /// A Redis connection for the lock (or the interest set), with short timeouts.
+    async fn connect(&self, client: &redis::Client) -> Result<ConnectionManager, String> {
+        let redis_timeout = Duration::from_secs(2).min(self.lock_ttl / 3);
+        let manager_config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(redis_timeout))
+            .set_response_timeout(Some(redis_timeout))
+            .set_number_of_retries(1);
+        let connect = ConnectionManager::new_with_config(client.clone(), manager_config);
+        match tokio::time::timeout(redis_timeout * 2, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("redis timed out".into()),
+        }
+    }
+
+    /// Writes the users signed in on this node to the interest set every `interest_refresh`, until
+    /// `shutdown` (every node does, leader or not).
+    async fn write_interest(&self, client: &redis::Client, shutdown: &CancellationToken) {
+        let mut redis = None;
+        let hub = self.relay.hub().clone();
+        loop {
+            if redis.is_none() {
+                redis = self.connect(client).await.ok();
+            }
+            if let Some(conn) = redis.as_mut() {
+                let users = hub.local_users(self.config.max_users);
+                if !users.is_empty() {
+                    let lifetime = self.interest_refresh * 3;
+                    let expires = now_ms() + lifetime.as_millis() as u64;
+                    let mut zadd = redis::cmd("ZADD");
+                    zadd.arg(&self.users_key);
+                    for user in &users {
+                        zadd.arg(expires).arg(user.as_ref());
+                    }
+                    let mut pipe = redis::pipe();
+                    pipe.add_command(zadd).ignore();
+                    // The whole set goes when no node refreshes it any more.
+                    pipe.cmd("PEXPIRE").arg(&self.users_key).arg(lifetime.as_millis() as u64).ignore();
+                    let written: redis::RedisResult<()> = pipe.query_async(conn).await;
+                    if let Err(e) = written {
+                        tracing::debug!(source = self.relay.source(), error = %e, "interest not written");
+                    }
+                }
+            }
+            if !crate::backoff::sleep(self.interest_refresh, shutdown).await {
+                return;
+            }
+        }
+    }
+
+    /// Reads the users connected to the cluster (live entries of the interest set, at most
+    /// `max_users`), sorted.
+    async fn read_interest(&self, redis: &mut ConnectionManager) -> redis::RedisResult<Vec<String>> {
+        let now = now_ms();
+        let (_, total, users): ((), usize, Vec<String>) = redis::pipe()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&self.users_key)
+            .arg("-inf")
+            .arg(format!("({now}"))
+            .cmd("ZCARD")
+            .arg(&self.users_key)
+            .cmd("ZRANGEBYSCORE")
+            .arg(&self.users_key)
+            .arg(now)
+            .arg("+inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(MAX_INTEREST_READ)
+            .query_async(redis)
+            .await?;
+        let mut users: Vec<String> = users.into_iter().filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID).collect();
+        // The first in id order, so the list does not flap between refreshes.
+        users.sort();
+        users.truncate(self.config.max_users);
+        let dropped = total.saturating_sub(users.len());
+        metrics::gauge!("herald_ingest_interest_dropped_users", "source" => self.relay.source().to_owned()).set(dropped as f64);
+        if dropped > 0 {
+            tracing::warn!(
+                source = self.relay.source(),
+                dropped,
+                max_users = self.config.max_users,
+                "more users connected than pubnub.max_users: some are not subscribed for"
+            );
+        }
+        Ok(users)
+    }
+
+    /// Keeps `interest` on the channels of the users connected to the cluster (only changes are sent).
+    /// Returns when the interest set can't be read (the caller treats it like a lost lock).
+    async fn follow_interest(&self, mut redis: ConnectionManager, interest: watch::Sender<Vec<String>>) {
+        loop {
+            match self.read_interest(&mut redis).await {
+                Ok(users) => {
+                    let channels = channels_for(&self.config, &users);
+                    metrics::gauge!("herald_ingest_interest_users", "source" => self.relay.source().to_owned()).set(users.len() as f64);
+                    interest.send_if_modified(|current| {
+                        if *current == channels {
+                            return false;
+                        }
+                        *current = channels;
+                        true
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(source = self.relay.source(), error = %e, "interest not read; standing by");
+                    return;
+                }
+            }
+            tokio::time::sleep(self.interest_refresh).await;
+        }
+    }
+
+    /// Connects to Redis, leads or stands by, and again after a Redis error, until `shutdown`.
+    async fn lead_loop(&self, client: &redis::Client, shutdown: &CancellationToken) {
+        let mut backoff = Backoff::default();
+        while !shutdown.is_cancelled() {
+            let mut redis = match self.connect(client).await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    self.health.down(&format!("leader lock: {e}"));
+                    if !backoff.wait(shutdown).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            backoff.reset();
+            self.lead_or_wait(&mut redis, shutdown).await;
+        }
+    }
+
     /// Takes the lock when free and subscribes while holding it; otherwise waits a third of the ttl.
     /// Returns after a Redis error (the caller reconnects) or at shutdown.
     async fn lead_or_wait(&self, redis: &mut ConnectionManager, shutdown: &CancellationToken) {
@@ -251,19 +401,64 @@ impl Subscriber {
                 }
             }
         };
+        if self.config.user_channels.is_empty() {
+            return tokio::select! {
+                _ = shutdown.cancelled() => Ok(()),
+                _ = renew => Err(()),
+                _ = self.subscribe(cursor, redis.clone(), None, shutdown) => Ok(()),
+            };
+        }
+        // The first list before the first poll, then changes as users come and go.
+        let users = self.read_interest(redis).await.map_err(|_| ())?;
+        let (interest, channels) = watch::channel(channels_for(&self.config, &users));
         tokio::select! {
             _ = shutdown.cancelled() => Ok(()),
             _ = renew => Err(()),
-            _ = self.subscribe(cursor, redis.clone(), shutdown) => Ok(()),
+            _ = self.follow_interest(redis.clone(), interest) => Err(()),
+            _ = self.subscribe(cursor, redis.clone(), Some(channels), shutdown) => Ok(()),
         }
     }
 
-    /// The long-poll loop from `cursor` (runs until cancelled by the caller).
-    async fn subscribe(&self, mut cursor: Cursor, mut redis: ConnectionManager, shutdown: &CancellationToken) {
+    /// The long-poll loop from `cursor` (runs until cancelled by the caller), on the fixed channels or,
+    /// with `interest`, on its channel list: a change abandons the running poll (nothing of it was
+    /// relayed) and polls again from the same cursor.
+    async fn subscribe(
+        &self,
+        mut cursor: Cursor,
+        mut redis: ConnectionManager,
+        mut interest: Option<watch::Receiver<Vec<String>>>,
+        shutdown: &CancellationToken,
+    ) {
         let mut backoff = Backoff::default();
         let source = self.relay.source().to_owned();
         loop {
-            let response = match self.poll(&cursor).await {
+            let channels = match &mut interest {
+                Some(interest) => interest.borrow_and_update().clone(),
+                None => self.config.channels.clone(),
+            };
+            metrics::gauge!("herald_ingest_subscribed_channels", "source" => source.clone()).set(channels.len() as f64);
+            let polled = match &mut interest {
+                Some(interest) if channels.is_empty() && self.config.channel_groups.is_empty() => {
+                    // Nobody connected: nothing to poll for until someone is.
+                    self.health.up();
+                    if interest.changed().await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                Some(interest) => tokio::select! {
+                    polled = self.poll(&cursor, &channels) => polled,
+                    changed = interest.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        metrics::counter!("herald_ingest_interest_changes_total", "source" => source.clone()).increment(1);
+                        continue;
+                    }
+                },
+                None => self.poll(&cursor, &channels).await,
+            };
+            let response = match polled {
                 Ok(response) => response,
                 Err(e) => {
                     self.health.down(&e);
@@ -278,13 +473,21 @@ impl Subscriber {
             for envelope in &response.m {
                 if envelope.e.is_some_and(|e| e != 0 && e != 1) {
                     metrics::counter!("herald_ingest_skipped_total", "source" => source.clone(), "reason" => "not_a_message").increment(1);
+                    self.relay.health().skipped("not_a_message");
                     continue;
                 }
                 let id = envelope.p.as_ref().map_or(response.t.t.as_str(), |p| p.t.as_str());
                 let message = BusMessage { origin: &envelope.c, id, payload: envelope.d.get().as_bytes() };
-                if let Err(e) = self.relay.relay(&message, timetoken_time(id).filter(|t| *t <= SystemTime::now())).await {
-                    refused = Some(e);
-                    break;
+                match self.relay.relay(&message, timetoken_time(id).filter(|t| *t <= SystemTime::now())).await {
+                    // Seen again after resuming from an older cursor (a new leader, or a retry).
+                    Ok(crate::relay::Outcome::Repeat) => {
+                        self.relay.health().redelivered();
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        refused = Some(e);
+                        break;
+                    }
                 }
             }
             if let Some(e) = refused {
@@ -298,7 +501,7 @@ impl Subscriber {
             backoff.reset();
             cursor = response.t;
             if let Ok(tt) = cursor.t.parse::<f64>() {
-                metrics::gauge!("herald_ingest_position", "source" => source.clone()).set(tt);
+                self.relay.health().position(tt);
             }
             let saved = format!("{}:{}", cursor.t, cursor.r.map_or(String::new(), |r| r.to_string()));
             let stored: redis::RedisResult<()> = redis::cmd("SET").arg(&self.cursor_key).arg(saved).query_async(&mut redis).await;
@@ -310,7 +513,7 @@ impl Subscriber {
     }
 
     /// One long-poll request.
-    async fn poll(&self, cursor: &Cursor) -> Result<Response, PollError> {
+    async fn poll(&self, cursor: &Cursor, channels: &[String]) -> Result<Response, PollError> {
         let uri: hyper::Uri = self.config.origin.parse().map_err(|e| PollError::Http(format!("origin: {e}")))?;
         let host = uri.host().ok_or_else(|| PollError::Http("origin has no host".into()))?.to_owned();
         let port = uri.port_u16().unwrap_or(80);
@@ -319,7 +522,7 @@ impl Subscriber {
             let _ = stream.set_nodelay(true);
             let (mut sender, connection) =
                 hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| PollError::Http(e.to_string()))?;
-            let request = hyper::Request::get(subscribe_path(&self.config, cursor))
+            let request = hyper::Request::get(subscribe_path(&self.config, channels, cursor))
                 .header(hyper::header::HOST, format!("{host}:{port}"))
                 .body(Empty::<Bytes>::new())
                 .map_err(|e| PollError::Http(e.to_string()))?;
@@ -390,12 +593,17 @@ mod tests {
             lock_key: None,
             lock_ttl: 10.0,
             timeout: 310.0,
+            user_channels: vec!["user.{user}.sync".into(), "user.{user}.devices".into()],
+            max_users: 10,
+            interest_refresh: 1.0,
         };
-        let path = subscribe_path(&config, &Cursor { t: "123".into(), r: Some(4) });
+        let path = subscribe_path(&config, &config.channels, &Cursor { t: "123".into(), r: Some(4) });
         assert_eq!(path, "/v2/subscribe/sub-c-1/user.*,a%20b/0?tt=123&uuid=herald&tr=4&channel-group=g1");
         assert_eq!(parse_cursor("123:4"), Some(Cursor { t: "123".into(), r: Some(4) }));
         assert_eq!(parse_cursor("123:"), Some(Cursor { t: "123".into(), r: None }));
         assert_eq!(parse_cursor("x:1"), None);
+        let channels = channels_for(&config, &["u2".into(), "u1".into()]);
+        assert_eq!(channels, ["a b", "user.*", "user.u1.devices", "user.u1.sync", "user.u2.devices", "user.u2.sync"]);
         assert_eq!(timetoken_time("17000000000000000"), UNIX_EPOCH.checked_add(Duration::from_secs(1_700_000_000)));
     }
 }

@@ -7,10 +7,12 @@
 //!    `claim_idle` (`XAUTOCLAIM`: a node that died mid-batch);
 //! 3. otherwise read new entries (`XREADGROUP ... >`, `COUNT batch`, `BLOCK block`).
 //!
-//! Each entry is relayed, then acked (`XACK`, once per stream per batch) only if the engine accepted it
-//! (delivered, or a repeat of an idempotency key) or it is skipped (unmatched or invalid: first copied to
-//! the dead-letter stream if one is configured). If the engine refuses one, the entries before it are
-//! acked, it and those after stay pending, and the loop backs off and starts again at 1. Entries the
+//! A batch's entries are relayed together ([`Relay::relay_batch`]: one target's in order, different
+//! targets concurrently, so their engine round trips overlap), then acked (`XACK`, once per stream per
+//! batch) only if the engine accepted them (delivered, or a repeat of an idempotency key) or they are
+//! skipped (unmatched or invalid: first copied to the dead-letter stream if one is configured). If the
+//! engine refuses one, the accepted ones are acked, it and the later ones of its target stay pending,
+//! and the loop backs off and starts again at 1. Entries the
 //! stream trimmed while pending are acked (nothing is left to relay). Redis unreachable: the source is
 //! down on `/up`, connections stay up, and it reconnects with backoff.
 //!
@@ -259,22 +261,32 @@ impl Consumer {
     ) -> Result<(), StepError> {
         let source = self.relay.source().to_owned();
         let mut refused = None;
-        'streams: for (stream, entries) in batches {
+        for (stream, entries) in batches {
             let mut acks: Vec<String> = Vec::with_capacity(entries.len());
-            for entry in entries {
+            // The entries still in the stream, relayed together (see `Relay::relay_batch`).
+            let mut present: Vec<(&Entry, &[u8])> = Vec::with_capacity(entries.len());
+            for entry in &entries {
                 let Some(fields) = &entry.fields else {
                     // Trimmed from the stream while pending: nothing left to relay.
                     metrics::counter!("herald_ingest_skipped_total", "source" => source.clone(), "reason" => "trimmed").increment(1);
-                    acks.push(entry.id);
+                    self.relay.health().skipped("trimmed");
+                    acks.push(entry.id.clone());
                     continue;
                 };
                 if redelivered {
-                    metrics::counter!("herald_ingest_redelivered_total", "source" => source.clone()).increment(1);
+                    self.relay.health().redelivered();
                 }
                 let payload = fields.iter().find(|(name, _)| *name == self.settings.field).map_or(&[][..], |(_, value)| value.as_slice());
-                let message = BusMessage { origin: &stream, id: &entry.id, payload };
-                match self.relay.relay(&message, entry_time(&entry.id)).await {
-                    Ok(Outcome::Skipped(skip)) => {
+                present.push((entry, payload));
+            }
+            let messages: Vec<(BusMessage<'_>, Option<SystemTime>)> = present
+                .iter()
+                .map(|(entry, payload)| (BusMessage { origin: &stream, id: &entry.id, payload }, entry_time(&entry.id)))
+                .collect();
+            let outcomes = self.relay.relay_batch(&messages).await;
+            for ((entry, payload), outcome) in present.iter().zip(outcomes) {
+                match outcome {
+                    Some(Ok(Outcome::Skipped(skip))) => {
                         if let Some(dead) = &self.settings.dead_letter {
                             let mut add = redis::cmd("XADD");
                             add.arg(dead)
@@ -291,24 +303,25 @@ impl Consumer {
                                 .arg("reason")
                                 .arg(skip.reason())
                                 .arg(&self.settings.field[..])
-                                .arg(payload);
+                                .arg(*payload);
                             if let Err(e) = self.call(conn, &add, self.settings.timeout).await {
                                 self.ack(conn, &stream, &acks).await?;
                                 return Err(e);
                             }
                             metrics::counter!("herald_ingest_dead_lettered_total", "source" => source.clone()).increment(1);
                         }
-                        acks.push(entry.id);
+                        acks.push(entry.id.clone());
                     }
-                    Ok(_) => acks.push(entry.id),
-                    Err(e) => {
-                        self.ack(conn, &stream, &acks).await?;
-                        refused = Some(e);
-                        break 'streams;
-                    }
+                    Some(Ok(_)) => acks.push(entry.id.clone()),
+                    Some(Err(e)) => refused = refused.or(Some(e)),
+                    // Behind a refused one of its target: stays pending, retried in order with it.
+                    None => {}
                 }
             }
             self.ack(conn, &stream, &acks).await?;
+            if refused.is_some() {
+                break;
+            }
         }
         match refused {
             Some(e) => Err(StepError::Engine(e)),
@@ -322,7 +335,7 @@ impl Consumer {
         ack.arg(stream).arg(&self.settings.group).arg(ids);
         self.call(conn, &ack, self.settings.timeout).await?;
         if let Some(at) = entry_millis(last) {
-            metrics::gauge!("herald_ingest_position", "source" => self.relay.source().to_owned()).set(at as f64);
+            self.relay.health().position(at as f64);
         }
         Ok(())
     }
