@@ -270,7 +270,8 @@ pub(crate) struct Release {
 }
 
 impl Release {
-    fn new(ctx: &Ctx, channel: &str) -> Release {
+    /// A release for `channel`'s subscription of this connection (held deliveries flow once dropped).
+    pub(super) fn new(ctx: &Ctx, channel: &str) -> Release {
         Release { hub: ctx.hub.clone(), socket: ctx.id, channel: channel.to_string(), held: false, after: None }
     }
 }
