@@ -270,7 +270,7 @@ pub(crate) struct Release {
 }
 
 impl Release {
-    fn new(ctx: &Ctx, channel: &str) -> Release {
+    pub(super) fn new(ctx: &Ctx, channel: &str) -> Release {
         Release { hub: ctx.hub.clone(), socket: ctx.id, channel: channel.to_string(), held: false, after: None }
     }
 }

@@ -370,7 +370,7 @@ async fn finish(socket: &SharedSocket, ending: Ending) {
         Ending::Custom(code, reason) => {
             debug!(code, reason, "closing on request");
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, &reason))).await.is_ok_and(|sent| sent.is_ok()) {
-                linger(&mut socket).await;
+                socket.linger(CLOSE_LINGER).await;
             }
         }
         Ending::Echo => {

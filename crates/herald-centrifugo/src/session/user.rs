@@ -7,7 +7,7 @@
 
 use herald_core::UserAction;
 
-use super::commands::{join, State};
+use super::commands::{join, Release, State};
 use super::{Ctx, Ending};
 use crate::codec::{ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes;
@@ -49,11 +49,14 @@ pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> O
                 return None;
             }
             let request = SubscribeRequest { channel: channel.to_string(), ..Default::default() };
-            match join(ctx, state, &request, None).await {
+            // Deliveries are held until the subscribe push is queued, as for a subscribe reply.
+            let mut release = Release::new(ctx, &channel);
+            match join(ctx, state, &request, None, &mut release).await {
                 Ok(mut result) => {
                     // JSON clients take JSON data only.
                     result.data = data.filter(|d| ctx.encoding == Encoding::Protobuf || json::is_json(d));
                     ctx.send(ctx.encoding.push(&channel, &Push::Subscribe(result)));
+                    drop(release);
                 }
                 Err(e) => {
                     tracing::debug!(%channel, code = e.code, "server-side subscription refused");
