@@ -259,7 +259,8 @@ pub async fn run(common: &Common, args: &RelayArgs) -> anyhow::Result<Report> {
         let (stats, stop) = (stats.clone(), stop_readers.clone());
         let origin_got = origin_got.clone();
         readers.spawn(async move {
-            let seen = client::receive(ws, &stats, i, stop).await;
+            // Devices sign in over the Pusher protocol (pusher:signin above).
+            let seen = client::receive(ws, client::Protocol::Pusher, &stats, i, stop).await;
             if i % devices == 0 {
                 origin_got.fetch_add(seen.events, Ordering::Relaxed);
             }
