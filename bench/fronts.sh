@@ -26,19 +26,20 @@ PAYLOAD=${PAYLOAD:-100}          # bytes of event data
 MAX=${MAX:-1}                    # 1: also fan-out as fast as the server accepts publishes
 PROTOCOLS=${PROTOCOLS:-"pusher centrifugo-json centrifugo-protobuf"}
 PORT=${PORT:-6111}
-BUILD=${BUILD:-1}                # 0: use the release binaries already built
+BUILD=${BUILD:-1}                # 0: use the binaries already built
+PROFILE=${PROFILE:-release}      # release (numbers to keep) or debug (a quick check of the script)
 
 if [ "$BUILD" = 1 ]; then
-  echo "== building herald and herald-bench (release)"
-  cargo build --release -j2 -p herald-server -p herald-bench
+  echo "== building herald and herald-bench ($PROFILE)"
+  if [ "$PROFILE" = release ]; then cargo build --release -j2 -p herald-server -p herald-bench; else cargo build -j2 -p herald-server -p herald-bench; fi
 fi
-bench="$root/target/release/herald-bench"
+bench="$root/target/$PROFILE/herald-bench"
 out="bench/results/fronts-$(date -u +%Y%m%d-%H%M%S)"
 mkdir -p "$out"
 
 pid=""
 start() {
-  "$root/target/release/herald" --port "$PORT" --log warn &
+  "$root/target/$PROFILE/herald" --port "$PORT" --log warn &
   pid=$!
   for _ in $(seq 100); do
     (exec 3<>/dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
@@ -75,7 +76,7 @@ pid=""
 {
   echo "# Herald's fronts side by side — $(date -u +%Y-%m-%dT%H:%MZ)"
   echo
-  echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load generator on the same machine."
+  echo "Build: $PROFILE. Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo); load generator on the same machine."
   echo "Command: \`IDLE_N=$IDLE_N FANOUT_S=$FANOUT_S FANOUT_C=$FANOUT_C FANOUT_R=$FANOUT_R DURATION=$DURATION PAYLOAD=$PAYLOAD MAX=$MAX bash bench/fronts.sh\`"
   echo
   echo "Protocols: Pusher v7 (JSON text frames), Centrifugo v2 JSON, Centrifugo v2 protobuf (\`centrifuge-protobuf\`)."
