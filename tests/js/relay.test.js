@@ -127,7 +127,7 @@ async function devices(herald, backend) {
 
 test('the shipped seed-sync example delivers the mapped payloads to every device but the origin', async () => {
   const redisServer = await startRedis();
-  const herald = await startHerald([], { config: exampleConfig(redisServer.url) });
+  const herald = await startHerald([], { config: exampleConfig(redisServer.url).replace('log = "warn"\n', 'log = "warn"\nadmin_token = "relay-admin-token-0123"\n') });
   const backend = await startBackend(herald);
   try {
     const [a, b, c] = await devices(herald, backend);
@@ -189,6 +189,17 @@ test('the shipped seed-sync example delivers the mapped payloads to every device
     const metrics = await (await fetch(`http://127.0.0.1:${herald.port}/metrics`)).text();
     assert.match(metrics, /herald_ingest_relay_latency_seconds_bucket\{[^}]*source="sync"[^}]*le="0.01"\} \d+/);
     assert.match(metrics, /herald_ingest_delivered_total\{[^}]*source="sync"[^}]*\} 4/);
+    assert.match(metrics, /herald_ingest_position\{[^}]*source="sync"[^}]*\} \d+/);
+    // The stats endpoint: the source's counters, position (the last entry's time, ms) and lag.
+    const stats = await (await fetch(`http://127.0.0.1:${herald.port}/stats`, { headers: { authorization: 'Bearer relay-admin-token-0123' } })).json();
+    const sync = stats.sources.sync;
+    assert.deepEqual(
+      { kind: sync.kind, consumed: sync.consumed, delivered: sync.delivered, repeats: sync.repeats, redelivered: sync.redelivered, skipped: sync.skipped },
+      { kind: 'redis_streams', consumed: 4, delivered: 4, repeats: 0, redelivered: 0, skipped: {} },
+    );
+    assert.ok(Math.abs(sync.position - Date.now()) < 60000, `position is the last entry's time (${sync.position})`);
+    assert.equal(sync.lag.count, 4);
+    assert.ok(sync.lag.p99_ms >= sync.lag.p50_ms && sync.lag.p50_ms > 0, JSON.stringify(sync.lag));
 
     // Redis goes away: the source is degraded on /up, the devices stay connected.
     await redisServer.stop();

@@ -417,3 +417,27 @@ pub fn validate_all(sources: &[SourceConfig], app_exists: impl Fn(&str) -> bool)
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pubnub(extra: &str) -> Result<Rules, IngestConfigError> {
+        let text = format!(
+            "name = 'pn'\napp = 'a'\n[pubnub]\norigin = 'http://x'\nsubscribe_key = 'k'\nlock_url = 'redis://127.0.0.1'\n{extra}\n\
+             [[rules]]\nuser = '{{user_id}}'\nevent = 'e'\n"
+        );
+        let source: SourceConfig = toml::from_str(&text).unwrap();
+        source.validate()
+    }
+
+    #[test]
+    fn pubnub_interest_is_checked() {
+        assert!(pubnub("user_channels = ['user.{user}.sync']").is_ok(), "user channels alone are enough");
+        assert!(pubnub("").unwrap_err().to_string().contains("user_channels"), "something to subscribe to");
+        assert!(pubnub("user_channels = ['user.sync']").unwrap_err().to_string().contains("{user}"));
+        assert!(pubnub("user_channels = ['user.{user}.sync']\nmax_users = 0").unwrap_err().to_string().contains("max_users"));
+        assert!(pubnub("user_channels = ['user.{user}.sync']\nmax_users = 10001").is_err());
+        assert!(pubnub("user_channels = ['user.{user}.sync']\ninterest_refresh = 0").unwrap_err().to_string().contains("interest_refresh"));
+    }
+}

@@ -970,6 +970,9 @@ mod tests {
         assert_eq!(c.sources.len(), 1);
         assert_eq!((c.sources[0].name.as_str(), c.sources[0].app.as_str()), ("sync", "app-id"));
         assert_eq!(c.sources[0].rules.len(), 3);
+        let bench = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/relay/bench.toml"));
+        let c = Config::load(&Cli { config: Some(bench), ..Cli::default() }).unwrap();
+        assert_eq!(c.sources.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["bench-redis", "bench-nats"]);
         let err = |text: &str| Config::resolve(parse(text), &Cli::default()).unwrap_err().to_string();
         // The default config's dev app.
         let source = format!(

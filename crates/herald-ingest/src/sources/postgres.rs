@@ -170,6 +170,7 @@ impl Outbox {
         let claimed = rows.len();
         let mut done: Vec<i64> = Vec::with_capacity(claimed);
         let mut refused = None;
+        let mut claimed_rows = Vec::with_capacity(claimed);
         for row in &rows {
             let (id, origin, payload, created): (i64, Option<String>, Option<String>, Option<f64>) =
                 match (row.try_get(0), row.try_get(1), row.try_get(2), row.try_get(3)) {
@@ -177,29 +178,41 @@ impl Outbox {
                     (Ok(id), ..) => (id, None, None, None),
                     _ => continue,
                 };
-            let id_text = id.to_string();
-            let message =
-                BusMessage { origin: origin.as_deref().unwrap_or(""), id: &id_text, payload: payload.as_deref().unwrap_or("").as_bytes() };
             let sent_at = created.and_then(|secs| Duration::try_from_secs_f64(secs).ok()).and_then(|d| UNIX_EPOCH.checked_add(d));
-            match self.relay.relay(&message, sent_at.filter(|t| *t <= SystemTime::now())).await {
-                Ok(Outcome::Repeat) => {
+            claimed_rows.push((id, id.to_string(), origin, payload, sent_at.filter(|t| *t <= SystemTime::now())));
+        }
+        // Relayed together (see `Relay::relay_batch`): rows of one target in id order.
+        let messages: Vec<(BusMessage<'_>, Option<SystemTime>)> = claimed_rows
+            .iter()
+            .map(|(_, id_text, origin, payload, sent_at)| {
+                let message = BusMessage {
+                    origin: origin.as_deref().unwrap_or(""),
+                    id: id_text,
+                    payload: payload.as_deref().unwrap_or("").as_bytes(),
+                };
+                (message, *sent_at)
+            })
+            .collect();
+        let outcomes = self.relay.relay_batch(&messages).await;
+        for ((id, ..), outcome) in claimed_rows.iter().zip(outcomes) {
+            match outcome {
+                Some(Ok(Outcome::Repeat)) => {
                     // Claimed again: its earlier claim published it but did not delete it (a node
                     // killed before its commit, or a failed commit).
                     self.relay.health().redelivered();
-                    done.push(id);
+                    done.push(*id);
                 }
-                Ok(Outcome::Delivered | Outcome::Skipped(_)) => done.push(id),
-                Err(e) => {
-                    refused = Some(e);
-                    break;
-                }
+                Some(Ok(Outcome::Delivered | Outcome::Skipped(_))) => done.push(*id),
+                Some(Err(e)) => refused = refused.or(Some(e)),
+                // Behind a refused row of its target: kept, claimed again in order with it.
+                None => {}
             }
         }
         if !done.is_empty() {
             self.timed(tx.execute(self.delete.as_str(), &[&done])).await?;
         }
         self.timed(tx.commit()).await?;
-        if let Some(last) = done.last() {
+        if let Some(last) = done.iter().max() {
             self.relay.health().position(*last as f64);
         }
         match refused {

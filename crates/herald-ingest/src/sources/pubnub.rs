@@ -469,7 +469,7 @@ impl Subscriber {
                 }
             };
             self.health.up();
-            let mut refused = None;
+            let mut messages = Vec::with_capacity(response.m.len());
             for envelope in &response.m {
                 if envelope.e.is_some_and(|e| e != 0 && e != 1) {
                     metrics::counter!("herald_ingest_skipped_total", "source" => source.clone(), "reason" => "not_a_message").increment(1);
@@ -478,16 +478,16 @@ impl Subscriber {
                 }
                 let id = envelope.p.as_ref().map_or(response.t.t.as_str(), |p| p.t.as_str());
                 let message = BusMessage { origin: &envelope.c, id, payload: envelope.d.get().as_bytes() };
-                match self.relay.relay(&message, timetoken_time(id).filter(|t| *t <= SystemTime::now())).await {
+                messages.push((message, timetoken_time(id).filter(|t| *t <= SystemTime::now())));
+            }
+            // Relayed together (see `Relay::relay_batch`); any refusal retries the whole response.
+            let mut refused = None;
+            for outcome in self.relay.relay_batch(&messages).await.into_iter().flatten() {
+                match outcome {
                     // Seen again after resuming from an older cursor (a new leader, or a retry).
-                    Ok(crate::relay::Outcome::Repeat) => {
-                        self.relay.health().redelivered();
-                    }
+                    Ok(crate::relay::Outcome::Repeat) => self.relay.health().redelivered(),
                     Ok(_) => {}
-                    Err(e) => {
-                        refused = Some(e);
-                        break;
-                    }
+                    Err(e) => refused = refused.or(Some(e)),
                 }
             }
             if let Some(e) = refused {
