@@ -5,6 +5,7 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { eventually, startHerald } from './harness.js';
 import { centrifuge, connToken, connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
+import WebSocket from 'ws';
 
 const API_KEY = 'api-key-for-tests';
 const CONFIG = `
@@ -181,4 +182,19 @@ test('refresh: expired closes with 3005 (the client reconnects); a past expire_a
   const expireAt = Math.floor(Date.now() / 1000);
   assert.deepEqual((await api('refresh', { user: 'hank', client: hank.id, expire_at: expireAt })).body, { result: {} });
   await eventually(() => hankCodes.includes(3005), { timeout: 6000, message: 'expired after the 1 s grace' });
+});
+
+test('disconnect reaches a uni_websocket connection as a disconnect push before the close', async () => {
+  const ws = new WebSocket(`ws://127.0.0.1:${herald.port}/connection/uni_websocket`);
+  const received = [];
+  ws.on('message', (m) => received.push(JSON.parse(m.toString())));
+  const closed = new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: reason.toString() })));
+  await new Promise((resolve) => ws.once('open', resolve));
+  ws.send(JSON.stringify({ token: connToken('ulla') }));
+  await eventually(() => received.some((m) => m.connect), { message: 'connect push' });
+  const answer = await api('disconnect', { user: 'ulla', disconnect: { code: 4503, reason: 'go away' } });
+  assert.deepEqual(answer.body, { result: {} });
+  assert.deepEqual(await closed, { code: 4503, reason: 'go away' });
+  const push = received.find((m) => m.disconnect);
+  assert.deepEqual(push?.disconnect, { code: 4503, reason: 'go away' }, `pushes: ${JSON.stringify(received)}`);
 });

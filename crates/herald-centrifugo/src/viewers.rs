@@ -74,19 +74,27 @@ impl Counts {
         !std::mem::replace(&mut t.flushing, true)
     }
 
-    /// Whether there is a change to push; if not, the flusher ends (and an untouched channel is
-    /// forgotten).
-    fn take_dirty(&self, channel: &str) -> bool {
+    /// Whether there is a change to push; if not, the flusher ends, and a channel with no peak or no
+    /// subscriber on this node (`local`) is forgotten: another node may decide its vacating, so this
+    /// node would never hear a count of 0 for it.
+    fn take_dirty(&self, channel: &str, local: bool) -> bool {
         let mut channels = self.lock();
         let Some(t) = channels.get_mut(channel) else { return false };
         if std::mem::take(&mut t.dirty) {
             return true;
         }
         t.flushing = false;
-        if t.peak == 0 {
+        if t.peak == 0 || !local {
             channels.remove(channel);
         }
         false
+    }
+
+    /// Marks `channel` changed again (its count could not be read).
+    fn retry(&self, channel: &str) {
+        if let Some(t) = self.lock().get_mut(channel) {
+            t.dirty = true;
+        }
     }
 
     /// Notes a pushed `count`; the peak.
@@ -99,14 +107,27 @@ impl Counts {
 }
 
 /// Pushes `channel`'s count until no change is pending: `read` gives the current count, `push` sends
-/// it with the peak. One runs per channel at a time ([`Counts::change`]).
-pub(crate) async fn flush<R, F>(counts: &Counts, channel: &str, read: R, push: impl Fn(usize, usize), shutdown: &CancellationToken)
-where
+/// it with the peak, `local` says whether this node still has subscribers. One runs per channel at a
+/// time ([`Counts::change`]); a count that can't be read is tried again a second later.
+pub(crate) async fn flush<R, F>(
+    counts: &Counts,
+    channel: &str,
+    read: R,
+    push: impl Fn(usize, usize),
+    local: impl Fn() -> bool,
+    shutdown: &CancellationToken,
+) where
     R: Fn() -> F,
     F: Future<Output = Option<usize>>,
 {
-    while counts.take_dirty(channel) {
-        let Some(count) = read().await else { continue };
+    while counts.take_dirty(channel, local()) {
+        let Some(count) = read().await else {
+            counts.retry(channel);
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(COALESCE_EVERY) => continue,
+            }
+        };
         let peak = counts.observe(channel, count);
         if count > 0 {
             push(count, peak);
@@ -166,7 +187,8 @@ impl EngineListener for Listener {
                     // Not through history: a count is state, not a position a client recovers from.
                     hub.publish(&Publication::new(channel.clone(), EVENT, data(count, peak), DataKind::Json));
                 };
-                flush(&counts, &channel, || current(&hub, &channel), push, &shutdown).await;
+                let local = || hub.channel(&channel).is_some();
+                flush(&counts, &channel, || current(&hub, &channel), push, local, &shutdown).await;
             },
             &runtime,
         );
@@ -196,14 +218,14 @@ mod tests {
         now.store(3, Ordering::SeqCst);
         assert!(counts.change(&ch, false));
         assert!(!counts.change(&ch, false), "one flusher per channel");
-        flush(&counts, &ch, read, push, &shutdown).await;
+        flush(&counts, &ch, read, push, || true, &shutdown).await;
         assert_eq!(*pushed.lock().unwrap(), [(3, 3, 0)], "two changes before the read: one push");
 
         // Above 100: the flusher waits a second after each push; changes meanwhile are coalesced.
         pushed.lock().unwrap().clear();
         now.store(150, Ordering::SeqCst);
         assert!(counts.change(&ch, false));
-        let flusher = flush(&counts, &ch, read, push, &shutdown);
+        let flusher = flush(&counts, &ch, read, push, || true, &shutdown);
         let changes = async {
             for n in 151..=160 {
                 tokio::time::sleep(Duration::from_millis(150)).await;
@@ -224,12 +246,37 @@ mod tests {
         // Vacated: the peak starts again.
         now.store(0, Ordering::SeqCst);
         assert!(counts.change(&ch, true));
-        flush(&counts, &ch, read, |_, _| panic!("nothing to tell an empty channel"), &shutdown).await;
+        flush(&counts, &ch, read, |_, _| panic!("nothing to tell an empty channel"), || true, &shutdown).await;
         assert!(counts.lock().is_empty(), "a vacated channel is forgotten");
     }
 
     #[test]
     fn data_is_the_documented_json() {
         assert_eq!(&data(3, 7)[..], br#"{"viewer_count":3,"peak_viewers":7}"#);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_channel_without_local_subscribers_is_forgotten_and_a_failed_read_is_retried() {
+        let counts = Counts::default();
+        let ch: Arc<str> = Arc::from("live");
+        let shutdown = CancellationToken::new();
+        let pushed = Mutex::new(Vec::new());
+        let push = |count, peak| pushed.lock().unwrap().push((count, peak));
+        // Another node decides the vacating: this one pushed a peak, then loses its subscribers.
+        assert!(counts.change(&ch, false));
+        flush(&counts, &ch, || async { Some(5) }, push, || false, &shutdown).await;
+        assert_eq!(*pushed.lock().unwrap(), [(5, 5)]);
+        assert!(counts.lock().is_empty(), "no subscriber here: not kept for a count of 0 it may never hear");
+
+        // The first read fails (cluster state unavailable): the change is pushed once it can be read.
+        let reads = AtomicUsize::new(0);
+        let read = || {
+            let n = reads.fetch_add(1, Ordering::SeqCst);
+            async move { (n > 0).then_some(7) }
+        };
+        assert!(counts.change(&ch, false));
+        flush(&counts, &ch, read, push, || true, &shutdown).await;
+        assert_eq!(pushed.lock().unwrap().last(), Some(&(7, 7)), "pushed after the retry");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
     }
 }

@@ -285,7 +285,7 @@ impl Drop for Release {
 }
 
 /// Whether `channel` is a name clients may use.
-fn valid_channel(channel: &str) -> bool {
+pub(super) fn valid_channel(channel: &str) -> bool {
     !channel.is_empty() && channel.len() <= MAX_CHANNEL_LENGTH && !channel.chars().any(char::is_control)
 }
 
@@ -354,7 +354,8 @@ pub(super) async fn join(
     let recoverable = history.is_some() && (options.force_recovery || options.allow_recovery);
     let recovering = recoverable && (options.force_recovery || req.recover);
     let positioned = history.is_some() && (recovering || options.force_positioning || (options.allow_positioning && req.positioned));
-    if !state.subs.contains_key(channel) {
+    let fresh = !state.subs.contains_key(channel);
+    if fresh {
         let member = (options.presence && !state.user.is_empty()).then(|| MemberJoin {
             user_id: state.user.clone(),
             info: token.as_ref().and_then(|t| t.info.clone()).or_else(|| state.info.clone()).unwrap_or_default(),
@@ -374,21 +375,36 @@ pub(super) async fn join(
     if history.is_none() {
         return Ok(result);
     }
-    if recovering && req.recover {
+    let read = if recovering && req.recover {
         let since = StreamPosition { offset: req.offset, epoch: Arc::from(req.epoch.as_str()) };
-        let recovery = ctx.hub.history(channel, Some(&since), MAX_RECOVERED).await.map_err(|_| codes::INTERNAL)?;
-        result.recovered = recovery.recovered;
-        result.publications = recovery.publications.iter().map(to_pub).collect();
-        result.offset = recovery.position.offset;
-        result.epoch = recovery.position.epoch.to_string();
-        release.after = Some(recovery.position);
+        ctx.hub.history(channel, Some(&since), MAX_RECOVERED).await.map(|recovery| {
+            result.recovered = recovery.recovered;
+            result.publications = recovery.publications.iter().map(to_pub).collect();
+            recovery.position
+        })
     } else {
-        let position = ctx.hub.stream_position(channel).await.map_err(|_| codes::INTERNAL)?;
-        result.offset = position.offset;
-        result.epoch = position.epoch.to_string();
-        release.after = Some(position);
+        ctx.hub.stream_position(channel).await
+    };
+    match read {
+        Ok(position) => {
+            result.offset = position.offset;
+            result.epoch = position.epoch.to_string();
+            release.after = Some(position);
+            Ok(result)
+        }
+        Err(_) => {
+            // The client is told the subscribe failed: a subscription made here must not stay behind
+            // (nor its held deliveries go out unfiltered).
+            if fresh {
+                release.held = false;
+                state.subs.remove(channel);
+                if let Some(change) = ctx.hub.leave(ctx.id, channel).await {
+                    ctx.hub.announce(&change, Some(ctx.id));
+                }
+            }
+            Err(codes::INTERNAL)
+        }
     }
-    Ok(result)
 }
 
 async fn publish(ctx: &Ctx, state: &mut State, id: u32, channel: &str, data: Bytes) {

@@ -90,8 +90,9 @@ fn close(code: u16, reason: &str) -> Message {
 pub(crate) enum Ending {
     /// Send this close code and reason.
     Close(DisconnectCode),
-    /// Send an operator's close code and reason (the server API's `disconnect`).
-    Custom(u16, String),
+    /// Send an operator's close code and reason (the server API's `disconnect`), after this frame
+    /// (a unidirectional connection's `disconnect` push).
+    Custom(u16, String, Option<Bytes>),
     /// The client sent a close frame: echo it.
     Echo,
     /// The socket is broken or stuck: drop it.
@@ -266,23 +267,21 @@ impl Session {
                     Drained::Closed(reason) => return Ending::Close(codes::disconnect(reason)),
                 },
                 action = inbox.next(), if state.is_some() => {
-                    let Some(s) = state.as_mut() else { continue };
-                    if let Some(ending) = user::apply(&ctx, s, action).await {
-                        return ending;
-                    }
+                    // Handled like a frame: the loop keeps writing and reading meanwhile.
+                    let Some(s) = state.take() else { continue };
+                    busy = Some(Box::new(Busy { work: Box::pin(user::run(ctx.clone(), s, action)), waiting: VecDeque::new() }));
                 },
                 handled = async { match busy.as_mut() { Some(b) => b.work.as_mut().await, None => std::future::pending().await } } => {
-                    let (mut done, ending) = handled;
+                    let (done, ending) = handled;
                     if let Some(ending) = ending {
                         return ending;
                     }
-                    // Commands that waited for this frame go first, so a busy client can't starve them.
-                    while let Some(action) = inbox.try_next() {
-                        if let Some(ending) = user::apply(&ctx, &mut done, action).await {
-                            return ending;
-                        }
-                    }
                     let mut waiting = busy.take().map_or_else(VecDeque::new, |b| b.waiting);
+                    // Commands that waited for this frame go first, so a busy client can't starve them.
+                    if let Some(action) = inbox.try_next() {
+                        busy = Some(Box::new(Busy { work: Box::pin(user::run(ctx.clone(), done, action)), waiting }));
+                        continue;
+                    }
                     match waiting.pop_front() {
                         Some(frame) => busy = Some(Box::new(Busy { work: Box::pin(commands::handle(ctx.clone(), done, frame)), waiting })),
                         None => state = Some(done),
@@ -367,8 +366,13 @@ async fn finish(socket: &SharedSocket, ending: Ending) {
                 socket.linger(CLOSE_LINGER).await;
             }
         }
-        Ending::Custom(code, reason) => {
+        Ending::Custom(code, reason, push) => {
             debug!(code, reason, "closing on request");
+            if let Some(push) = push {
+                if !socket.write_batch(&mut vec![push], CLOSE_LINGER).await {
+                    return;
+                }
+            }
             if tokio::time::timeout(CLOSE_LINGER, socket.send(close(code, &reason))).await.is_ok_and(|sent| sent.is_ok()) {
                 socket.linger(CLOSE_LINGER).await;
             }

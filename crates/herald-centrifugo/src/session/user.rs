@@ -8,7 +8,7 @@
 use herald_core::UserAction;
 
 use super::commands::{join, Release, State};
-use super::{Ctx, Ending};
+use super::{Ctx, Ending, Handled};
 use crate::codec::{ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes;
 use crate::protocol::{Push, SubscribeRequest};
@@ -17,6 +17,13 @@ use crate::{json, Encoding};
 /// Longest close reason a WebSocket close frame carries (125 bytes of payload less the code).
 const MAX_CLOSE_REASON: usize = 123;
 
+/// Applies `action` as the session's work of the moment (it owns the state meanwhile, so the session
+/// keeps writing deliveries and reading frames while a command waits on the cluster).
+pub(super) async fn run(ctx: Ctx, mut state: Box<State>, action: UserAction) -> Handled {
+    let ending = apply(&ctx, &mut state, action).await;
+    (state, ending)
+}
+
 /// Applies `action` to this connection; `Some` when the session must end.
 pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Ending> {
     match action {
@@ -24,17 +31,20 @@ pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> O
             // Centrifugo's disconnect codes are 3000-4999; anything else is its default API disconnect.
             let code = u16::try_from(code).ok().filter(|c| (3000..5000).contains(c)).unwrap_or(codes::FORCE_NO_RECONNECT.0);
             let reason = if reason.is_empty() { codes::FORCE_NO_RECONNECT.1.to_string() } else { close_reason(&reason) };
-            if ctx.encoding == Encoding::UniJson {
-                ctx.send(ctx.encoding.push("", &Push::Disconnect { code: u32::from(code), reason: reason.clone() }));
-            }
-            Some(Ending::Custom(code, reason))
+            // Written just before the close (the outbox is closed by then, so it can't go through it).
+            let push = (ctx.encoding == Encoding::UniJson)
+                .then(|| ctx.encoding.push("", &Push::Disconnect { code: u32::from(code), reason: reason.clone() }));
+            Some(Ending::Custom(code, reason, push))
         }
         UserAction::Unsubscribe { channel } => {
-            let sub = state.subs.remove(&*channel)?;
-            if !sub.personal {
-                if let Some(change) = ctx.hub.leave(ctx.id, &channel).await {
-                    ctx.hub.announce(&change, Some(ctx.id));
-                }
+            // The personal channel is the user's own delivery, not a subscription that can be left:
+            // it stays (telling the client otherwise while its publications keep coming would lie).
+            if state.subs.get(&*channel)?.personal {
+                return None;
+            }
+            state.subs.remove(&*channel);
+            if let Some(change) = ctx.hub.leave(ctx.id, &channel).await {
+                ctx.hub.announce(&change, Some(ctx.id));
             }
             let (code, reason) = codes::UNSUBSCRIBE_SERVER;
             ctx.send(ctx.encoding.push(&channel, &Push::Unsubscribe { code, reason: reason.into() }));
@@ -42,6 +52,7 @@ pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> O
         }
         UserAction::Subscribe { channel, data } => {
             if !state.connected
+                || !super::commands::valid_channel(&channel)
                 || state.subs.contains_key(&*channel)
                 || channel.starts_with(ENGINE_USER_PREFIX)
                 || channel.starts_with(PERSONAL_PREFIX)
