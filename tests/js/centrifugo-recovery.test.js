@@ -219,12 +219,11 @@ test('a gap on a live subscription: unsubscribe push 2500, resubscribe with reco
 // Centrifugo (centrifugal/centrifuge client.go, writePublicationUpdatePosition) compares each
 // publication of a recoverable/positioned subscription with the client's position: another epoch, or
 // an offset other than the next one, is insufficient state (unsubscribe push 2500, the client
-// resubscribes and learns recovered false and the new epoch). Herald only checks an offset skipped in
-// the same epoch (herald-core hub/history.rs `deliver_in_order`), so a stream that starts over while a
-// client is subscribed (Redis restarted or flushed) goes unnoticed.
+// resubscribes and learns recovered false and the new epoch). Herald's `deliver_in_order` (herald-core
+// hub/history.rs) does the same for an offset skipped in the same epoch and for a new epoch, so a
+// stream that starts over while a client is subscribed (Redis restarted or flushed) is noticed.
 test(
   'a new epoch on a live subscription (Redis flushed while subscribed): unsubscribe push 2500, resubscribe learns the new epoch',
-  { todo: 'Herald does not treat an epoch change on a live subscription as insufficient state (see the comment above)' },
   async () => {
     const channel = 'hist:live-epoch';
     const c = await connected(node1, 'epoch-user');

@@ -175,13 +175,22 @@ impl Hub {
     }
 
     /// Delivers a publication that carries its stream position, noting the channel's last offset; a
-    /// gap (an offset skipped in the same epoch) is counted and told to the subscribers first.
+    /// gap (an offset skipped in the same epoch, or a new epoch: the stream was lost, so subscribers
+    /// can't know what they missed) is counted and told to the subscribers first. An offset at or
+    /// before the last one in the same epoch (two publishes crossing on the sharded path) is delivered
+    /// but doesn't move the last offset back, so it causes no second, spurious gap.
     pub(super) fn deliver_in_order(&self, publication: &Publication) -> usize {
         let Some(position) = &publication.position else { return self.deliver(publication) };
         let gap = match self.channels.get_mut(&*publication.channel) {
             Some(mut ch) => {
-                let gap = ch.last.as_ref().is_some_and(|last| last.epoch == position.epoch && last.offset + 1 < position.offset);
-                ch.last = Some(position.clone());
+                let (gap, newer) = match ch.last.as_ref() {
+                    None => (false, true),
+                    Some(last) if last.epoch != position.epoch => (true, true),
+                    Some(last) => (last.offset + 1 < position.offset, last.offset < position.offset),
+                };
+                if newer {
+                    ch.last = Some(position.clone());
+                }
                 gap
             }
             None => return 0,

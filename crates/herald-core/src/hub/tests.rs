@@ -379,17 +379,25 @@ async fn a_gap_in_offsets_from_other_nodes_is_told_to_subscribers() {
     let hub = engine.by_id("app-id").unwrap().clone();
     let (id, outbox) = hub.connect_with(codec).unwrap();
     hub.subscribe(id, "stream-1", None).unwrap();
-    let at = |offset: u64| {
+    let in_epoch = |epoch: &str, offset: u64| {
         let mut p = Publication::new("stream-1", "e", Bytes::from(offset.to_string()), DataKind::Text);
-        p.position = Some(StreamPosition { offset, epoch: Arc::from("ep") });
+        p.position = Some(StreamPosition { offset, epoch: Arc::from(epoch) });
         Remote::Publish { publication: p }
     };
+    let at = |offset: u64| in_epoch("ep", offset);
     let topic = Topic::Channel(Arc::from("stream-1"));
     hub.receive(&topic, at(1));
     hub.receive(&topic, at(2));
     hub.receive(&topic, at(4));
     let got = frames(&outbox).await;
     assert_eq!(got, vec![Bytes::from("c:1"), Bytes::from("c:2"), Bytes::from("c:event:stream-1"), Bytes::from("c:4")]);
+    // A late offset is delivered without moving the last one back: 5 follows 4 with no second gap.
+    hub.receive(&topic, at(3));
+    hub.receive(&topic, at(5));
+    assert_eq!(frames(&outbox).await, vec![Bytes::from("c:3"), Bytes::from("c:5")]);
+    // A new epoch (the stream was lost, e.g. Redis restarted) is a gap too.
+    hub.receive(&topic, in_epoch("ep2", 1));
+    assert_eq!(frames(&outbox).await, vec![Bytes::from("c:event:stream-1"), Bytes::from("c:1")]);
 }
 
 #[tokio::test]
