@@ -47,7 +47,7 @@ pub use command::{
 pub use engine::Engine;
 pub use error::{ConnectError, SignInError, SubscribeError};
 pub use history::{HistoryBroadcast, HistoryClock, HistoryError, HistoryOptions, HistoryStore, MemoryHistory, Recovery};
-pub use hub::{ChannelInfo, ConfirmError, Delivery, Departure, EngineListener, Hub, Published, Subscribed, CLUSTER_WAIT};
+pub use hub::{Admission, ChannelInfo, ConfirmError, Delivery, Departure, EngineListener, Hub, Published, Subscribed, CLUSTER_WAIT};
 pub use idempotency::{Idempotency, IdempotencyError, IdempotencyLimits, IdempotencyStore, MAX_IDEMPOTENCY_KEY};
 pub use ids::{ParseSocketIdError, SocketId};
 pub use keepalive::{activity_clock, KeepalivePolicy, Swept};

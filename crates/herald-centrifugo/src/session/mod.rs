@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{Drained, Hub, Outbox, SocketId, CLUSTER_WAIT};
+use herald_core::{Admission, Drained, Hub, Outbox, SocketId, CLUSTER_WAIT};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -120,44 +120,22 @@ impl Registered {
     /// app has one and this node is in a cluster. Refused: 3504. If the cluster can't be asked in
     /// time, the connection is admitted on this node's own count (counted in `herald_errors_total`).
     async fn count_in_cluster(&mut self) -> Result<(), DisconnectCode> {
-        let hub = &self.ctx.hub;
-        let (Some(state), Some(limit)) = (hub.state(), hub.app().limits.max_connections) else { return Ok(()) };
-        match tokio::time::timeout(CLUSTER_WAIT, state.connect(&hub.app().id, limit)).await {
-            Ok(Ok(true)) => {
-                self.counted = true;
-                Ok(())
-            }
-            Ok(Ok(false)) => Err(codes::CONNECTION_LIMIT),
-            Ok(Err(_)) | Err(_) => {
-                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
-                Ok(())
-            }
+        match self.ctx.hub.admit().await {
+            Admission::Counted => self.counted = true,
+            Admission::Uncounted => {}
+            Admission::OverQuota => return Err(codes::CONNECTION_LIMIT),
         }
+        Ok(())
     }
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
         let ctx = &self.ctx;
-        let departure = ctx.hub.depart(ctx.id);
-        if departure.is_none() && !self.counted {
-            return;
-        }
+        let Some(departure) = ctx.hub.depart(ctx.id, self.counted) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (hub, counted) = (ctx.hub.clone(), self.counted);
-        ctx.front.tasks.spawn_on(
-            async move {
-                if let Some(departure) = departure {
-                    hub.settle(departure).await;
-                }
-                if let (true, Some(state)) = (counted, hub.state()) {
-                    if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&hub.app().id)).await, Ok(Ok(()))) {
-                        metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
-                    }
-                }
-            },
-            &runtime,
-        );
+        let hub = ctx.hub.clone();
+        ctx.front.tasks.spawn_on(async move { hub.settle(departure).await }, &runtime);
     }
 }
 

@@ -105,12 +105,27 @@ pub const CLUSTER_WAIT: Duration = Duration::from_secs(2);
 /// Cluster leaves of one departing connection that run at once.
 const LEAVE_CONCURRENCY: usize = 16;
 
-/// A connection that left this node but whose subscriptions the cluster still counts: settle it with
-/// [`Hub::settle`] (a front runs that on a tracked task, so nothing waits for Redis).
+/// A connection that left this node but whose subscriptions (and place in the app's connection
+/// quota) the cluster still counts: settle it with [`Hub::settle`] (a front runs that on a tracked
+/// task, so nothing waits for Redis).
 #[must_use = "the cluster still counts these subscriptions until the departure is settled"]
 #[derive(Debug)]
 pub struct Departure {
     subscriptions: Vec<(Arc<str>, Option<Arc<str>>)>,
+    /// The connection holds a place in the cluster-wide quota ([`Admission::Counted`]).
+    counted: bool,
+}
+
+/// A new connection against its app's cluster-wide connection quota ([`Hub::admit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Counted in the cluster: give the place back with the connection's [`Departure`].
+    Counted,
+    /// Admitted without a cluster count: no quota, no cluster, or the cluster could not be asked in
+    /// time (then this node's own count is the only limit; counted in `herald_errors_total`).
+    Uncounted,
+    /// The app is at its quota across the cluster: refuse the connection.
+    OverQuota,
 }
 
 impl Hub {
@@ -176,9 +191,24 @@ impl Hub {
         }
     }
 
+    /// Counts a new connection against the app's cluster-wide connection quota, when the app has one
+    /// and this node is in a cluster (bounded by [`CLUSTER_WAIT`]). Both fronts share the quota.
+    pub async fn admit(&self) -> Admission {
+        let (Some(state), Some(limit)) = (self.state(), self.app.limits.max_connections) else { return Admission::Uncounted };
+        match tokio::time::timeout(CLUSTER_WAIT, state.connect(&self.app.id, limit)).await {
+            Ok(Ok(true)) => Admission::Counted,
+            Ok(Ok(false)) => Admission::OverQuota,
+            Ok(Err(_)) | Err(_) => {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+                Admission::Uncounted
+            }
+        }
+    }
+
     /// Unregisters `socket` from this node. Without a cluster, announces what that changed and returns
-    /// `None`; in a cluster returns the [`Departure`] to [`Hub::settle`].
-    pub fn depart(&self, socket: SocketId) -> Option<Departure> {
+    /// `None`; in a cluster returns the [`Departure`] to [`Hub::settle`] (`counted`: the connection
+    /// was [`Admission::Counted`]), or `None` when the cluster holds nothing of it.
+    pub fn depart(&self, socket: SocketId, counted: bool) -> Option<Departure> {
         if self.state().is_none() {
             for change in self.disconnect(socket) {
                 self.announce(&change, None);
@@ -187,11 +217,11 @@ impl Hub {
         }
         let subscriptions = self.subscriptions_of(socket);
         self.disconnect(socket);
-        (!subscriptions.is_empty()).then_some(Departure { subscriptions })
+        (!subscriptions.is_empty() || counted).then_some(Departure { subscriptions, counted })
     }
 
     /// Takes a departed connection's subscriptions out of the cluster counts, concurrently (bounded),
-    /// each under a deadline, and announces what the cluster decided.
+    /// each under a deadline, announces what the cluster decided, and gives back its quota place.
     pub async fn settle(&self, departure: Departure) {
         futures_util::stream::iter(departure.subscriptions)
             .for_each_concurrent(LEAVE_CONCURRENCY, |(channel, user)| async move {
@@ -200,6 +230,11 @@ impl Hub {
                 }
             })
             .await;
+        if let (true, Some(state)) = (departure.counted, self.state()) {
+            if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&self.app.id)).await, Ok(Ok(()))) {
+                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
+            }
+        }
     }
 
     /// One cluster leave: the cluster's decision, or `None` (counted) if it could not be asked in time.

@@ -18,7 +18,7 @@ mod gate;
 mod history;
 mod users;
 
-pub use cluster::{Departure, CLUSTER_WAIT};
+pub use cluster::{Admission, Departure, CLUSTER_WAIT};
 pub use gate::Delivery;
 pub use history::{ConfirmError, Published};
 

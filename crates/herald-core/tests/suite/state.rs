@@ -263,7 +263,7 @@ pub async fn the_cluster_protocol_announces_each_change_once(cluster: &impl Clus
 
     // Every connection goes away (closed sockets): depart, then settle with the cluster.
     for (node, id, _) in &sockets {
-        let departure = node.hub().depart(*id).expect("in a cluster a departure is settled");
+        let departure = node.hub().depart(*id, false).expect("in a cluster a departure is settled");
         node.hub().settle(departure).await;
     }
     assert_eq!(count(&both, removed("alice")), 1, "removed once, when her last tab (on either node) left");

@@ -6,7 +6,7 @@
 
 use std::ops::Deref;
 
-use herald_core::CLUSTER_WAIT;
+use herald_core::Admission;
 
 use super::commands::Ctx;
 use crate::codes;
@@ -27,24 +27,15 @@ impl Registered {
         Registered { ctx, counted: false }
     }
 
-    /// Counts the connection against the app's cluster-wide quota, when the app has one and this node
-    /// is in a cluster. Refused: the close code and reason. If the cluster can't be asked in time, the
-    /// connection is admitted on this node's own count (counted in `herald_errors_total`).
+    /// Counts the connection against the app's cluster-wide quota ([`herald_core::Hub::admit`]).
+    /// Refused: the close code and reason.
     pub(crate) async fn count_in_cluster(&mut self) -> Result<(), (u16, &'static str)> {
-        let (Some(state), Some(limit)) = (self.ctx.hub.state(), self.ctx.hub.app().limits.max_connections) else {
-            return Ok(());
-        };
-        match tokio::time::timeout(CLUSTER_WAIT, state.connect(&self.ctx.hub.app().id, limit)).await {
-            Ok(Ok(true)) => {
-                self.counted = true;
-                Ok(())
-            }
-            Ok(Ok(false)) => Err((codes::OVER_QUOTA, "App is over its connection quota")),
-            Ok(Err(_)) | Err(_) => {
-                metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
-                Ok(())
-            }
+        match self.ctx.hub.admit().await {
+            Admission::Counted => self.counted = true,
+            Admission::Uncounted => {}
+            Admission::OverQuota => return Err((codes::OVER_QUOTA, "App is over its connection quota")),
         }
+        Ok(())
     }
 }
 
@@ -59,26 +50,11 @@ impl Deref for Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         let ctx = &self.ctx;
-        let departure = ctx.hub.depart(ctx.id);
-        if departure.is_none() && !self.counted {
-            return;
-        }
         // In a cluster, what the connection held is taken back from Redis on a tracked task.
+        let Some(departure) = ctx.hub.depart(ctx.id, self.counted) else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let (hub, counted) = (ctx.hub.clone(), self.counted);
-        ctx.front.tasks.spawn_on(
-            async move {
-                if let Some(departure) = departure {
-                    hub.settle(departure).await;
-                }
-                if let (true, Some(state)) = (counted, hub.state()) {
-                    if !matches!(tokio::time::timeout(CLUSTER_WAIT, state.disconnect(&hub.app().id)).await, Ok(Ok(()))) {
-                        metrics::counter!("herald_errors_total", "kind" => "cluster_state_unavailable").increment(1);
-                    }
-                }
-            },
-            &runtime,
-        );
+        let hub = ctx.hub.clone();
+        ctx.front.tasks.spawn_on(async move { hub.settle(departure).await }, &runtime);
     }
 }
 
