@@ -67,7 +67,7 @@ pub(crate) async fn run(config: NatsConfig, relay: Relay, health: Arc<SourceHeal
     let mut consumer: Option<(async_nats::Client, PullConsumer)> = None;
     while !shutdown.is_cancelled() {
         let step = async {
-            let (client, current) = match &consumer {
+            let current = match &consumer {
                 Some(c) => c.clone(),
                 None => {
                     let c = connect(&config, timeout, ack_wait).await?;
@@ -75,7 +75,7 @@ pub(crate) async fn run(config: NatsConfig, relay: Relay, health: Arc<SourceHeal
                     c
                 }
             };
-            consume(&client, &current, &config, &relay, &health, &mut backoff, timeout, &shutdown).await
+            consume(&current, &config, &relay, &health, &mut backoff, timeout, &shutdown).await
         };
         let result = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -126,8 +126,7 @@ async fn connect(config: &NatsConfig, timeout: Duration, ack_wait: Duration) -> 
 /// Consumes the pull stream until `shutdown` (`Ok`) or an error: relays what has arrived in bounded
 /// chunks, one chunk at a time, while the stream keeps pulling the next messages.
 async fn consume(
-    client: &async_nats::Client,
-    consumer: &PullConsumer,
+    (client, consumer): &(async_nats::Client, PullConsumer),
     config: &NatsConfig,
     relay: &Relay,
     health: &SourceHealth,
