@@ -1,5 +1,5 @@
 //! The NATS JetStream source against a real `nats-server -js` on a free port: messages reach the user's
-//! other devices and are acked, a dead consumer's unacked messages are redelivered without duplicates,
+//! other devices and are acked (a burst over many pull requests too, each user's in order), a dead consumer's unacked messages are redelivered without duplicates,
 //! and a server restart is survived.
 
 mod common;
@@ -78,6 +78,38 @@ async fn messages_reach_the_users_other_devices_and_are_acked() {
     publish(&js, "sync.u1", progress("tv", 99)).await;
     let marker = eventually(10, "the phone gets the tv's change", || async { Some(take(&a).await).filter(|f| !f.is_empty()) }).await;
     assert_eq!(marker, vec![json!({"type":"progress_update","position":99})], "and none of its own");
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_many_pulls_keeps_each_users_order_and_is_all_acked() {
+    let nats = NatsServer::start().await;
+    let js = setup(&nats.url()).await;
+    let node = Node::start(&config(&nats.url()));
+    let users = ["u1", "u2", "u3", "u4"];
+    let tvs: Vec<_> = users.iter().map(|u| node.device(u, "tv")).collect();
+    eventually(10, "source up", || async { node.up().then_some(()) }).await;
+    // 200 messages, users interleaved, written without waiting for each ack: 20 pull requests of
+    // `batch` (10), relayed in chunks while the next ones are prefetched.
+    let mut acks = Vec::new();
+    for position in 1..=50 {
+        for user in users {
+            acks.push(js.publish(format!("sync.{user}"), progress("phone", position)).await.unwrap());
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    for (user, tv) in users.iter().zip(&tvs) {
+        let got = collect(tv, 50, 15).await;
+        let positions: Vec<u64> = got.iter().map(|v| v["position"].as_u64().unwrap()).collect();
+        assert_eq!(positions, (1..=50).collect::<Vec<_>>(), "{user}'s messages in bus order, each once");
+    }
+    eventually(10, "all acked", || {
+        let js = &js;
+        async move { (unacked(js).await == (0, 0)).then_some(()) }
+    })
+    .await;
     node.stop().await;
 }
 
