@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 use crate::app::ReadyApp;
 use crate::codec::{to_pub, ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes::{self, ErrorCode};
-use crate::options::MAX_CHANNEL_LENGTH;
+use crate::options::valid_channel;
 use crate::Centrifugo;
 
 /// Largest request body the API reads (HTTP 413 beyond).
@@ -252,10 +252,6 @@ struct ChannelsRequest {
 struct Api<'a> {
     hub: &'a Arc<Hub>,
     app: &'a ReadyApp,
-}
-
-fn valid_channel(channel: &str) -> bool {
-    !channel.is_empty() && channel.len() <= MAX_CHANNEL_LENGTH && !channel.chars().any(char::is_control)
 }
 
 /// A publication's payload: JSON `data`, else base64 `b64data` (binary).

@@ -17,6 +17,12 @@ pub const USER_BOUNDARY: char = '#';
 pub const USER_SEPARATOR: char = ',';
 /// Longest channel name accepted.
 pub const MAX_CHANNEL_LENGTH: usize = 255;
+
+/// Whether `channel` is a name a client, the server API or a peer node may use: not empty, at most
+/// [`MAX_CHANNEL_LENGTH`] bytes, no control characters.
+pub fn valid_channel(channel: &str) -> bool {
+    !channel.is_empty() && channel.len() <= MAX_CHANNEL_LENGTH && !channel.chars().any(char::is_control)
+}
 /// Largest `history_size` accepted.
 pub const MAX_HISTORY_SIZE: usize = 10_000;
 

@@ -15,7 +15,7 @@ use super::{Ctx, Ending, Handled};
 use crate::codec::{to_pub, ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes::{self, ErrorCode};
 use crate::json::{self, DecodeError};
-use crate::options::{allowed_users, namespace_of, ChannelOptions, MAX_CHANNEL_LENGTH};
+use crate::options::{allowed_users, namespace_of, valid_channel, ChannelOptions};
 use crate::protocol::{
     ClientInfo, Command, ConnectRequest, ConnectResult, HistoryRequest, Method, Reply, SubscribeRequest, SubscribeResult,
 };
@@ -282,11 +282,6 @@ impl Drop for Release {
             self.hub.release(self.socket, &self.channel, self.after.as_ref());
         }
     }
-}
-
-/// Whether `channel` is a name clients may use.
-pub(super) fn valid_channel(channel: &str) -> bool {
-    !channel.is_empty() && channel.len() <= MAX_CHANNEL_LENGTH && !channel.chars().any(char::is_control)
 }
 
 async fn subscribe(ctx: &Ctx, state: &mut State, id: u32, req: SubscribeRequest) -> Result<(), Ending> {

@@ -25,7 +25,7 @@ pub(super) async fn run(ctx: Ctx, mut state: Box<State>, action: UserAction) -> 
 }
 
 /// Applies `action` to this connection; `Some` when the session must end.
-pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Ending> {
+async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Ending> {
     match action {
         UserAction::Disconnect { code, reason } => {
             // Centrifugo's disconnect codes are 3000-4999; anything else is its default API disconnect.
@@ -52,7 +52,7 @@ pub(super) async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> O
         }
         UserAction::Subscribe { channel, data } => {
             if !state.connected
-                || !super::commands::valid_channel(&channel)
+                || !crate::options::valid_channel(&channel)
                 || state.subs.contains_key(&*channel)
                 || channel.starts_with(ENGINE_USER_PREFIX)
                 || channel.starts_with(PERSONAL_PREFIX)
