@@ -123,6 +123,31 @@ test('the personal channel #user is the engine user delivery (Pusher sendToUser 
   assert.deepEqual(got[0].data, { hi: 1 });
 });
 
+test('the server API cannot unsubscribe the personal channel: it stays, and its publications keep arriving', async () => {
+  const c = centrifuge(herald, { token: connToken('pia') });
+  const got = [];
+  const subscribed = [];
+  const unsubscribed = [];
+  c.on('publication', (ctx) => got.push(ctx));
+  c.on('subscribed', (ctx) => subscribed.push(ctx.channel));
+  c.on('unsubscribed', (ctx) => unsubscribed.push(ctx.channel));
+  c.connect();
+  await eventually(() => subscribed.includes('#pia'), { message: 'personal channel' });
+  const api = (method, body) =>
+    fetch(`http://127.0.0.1:${herald.port}/api/${method}`, {
+      method: 'POST',
+      headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
+      body: JSON.stringify(body),
+    }).then((r) => r.json());
+  assert.deepEqual(await api('unsubscribe', { user: 'pia', channel: '#pia' }), { result: {} });
+  // Commands reach a connection in order: once this one's push is seen, the unsubscribe was handled.
+  assert.deepEqual(await api('subscribe', { user: 'pia', channel: 'after-personal' }), { result: {} });
+  await eventually(() => subscribed.includes('after-personal'), { message: 'server-side subscribe' });
+  assert.deepEqual(unsubscribed, [], 'no unsubscribe push for the personal channel');
+  await sdk(herald).sendToUser('pia', 'note', { n: 1 });
+  await eventually(() => got.some((p) => p.channel === '#pia'), { message: 'personal publication after the API unsubscribe' });
+});
+
 test('an invalid token closes with 3500 and a reason; the client does not reconnect', async () => {
   const c = centrifuge(herald, { token: jwt({ sub: 'eve', exp: now() + 60 }, { key: 'wrong-secret' }) });
   const disconnected = new Promise((resolve) => c.on('disconnected', resolve));
