@@ -170,6 +170,70 @@ test('subscribe makes a server-side subscription (subscribe push with data); pub
   assert.equal((await api('subscribe', { user: 'frank', channel: 'nope:x' })).body.error.code, 102);
 });
 
+test('subscribe with recover_since: centrifuge-js gets recovered, then the missed publications before live ones; a wrong epoch recovers nothing', async () => {
+  const first = await api('publish', { channel: 'hist:since', data: { n: 1 } });
+  const { epoch } = first.body.result;
+  for (const n of [2, 3]) await api('publish', { channel: 'hist:since', data: { n } });
+  const { c: iris } = await withId('iris');
+  const subscribedCtx = new Promise((resolve) => iris.once('subscribed', resolve));
+  const publications = [];
+  iris.on('publication', (ctx) => publications.push(ctx));
+  const answer = await api('subscribe', { user: 'iris', channel: 'hist:since', recover_since: { offset: 1, epoch } });
+  assert.deepEqual(answer.body, { result: {} });
+  const ctx = await subscribedCtx;
+  assert.equal(ctx.recovered, true);
+  assert.equal(ctx.wasRecovering, true);
+  assert.deepEqual(ctx.streamPosition, { offset: 1, epoch });
+  await api('publish', { channel: 'hist:since', data: { n: 4 } });
+  await eventually(() => publications.length === 3, { message: 'two missed and one live publication' });
+  assert.deepEqual(publications.map((p) => [p.data.n, p.offset]), [[2, 2], [3, 3], [4, 4]]);
+
+  const { c: jack } = await withId('jack');
+  const jackCtx = new Promise((resolve) => jack.once('subscribed', resolve));
+  const jackPubs = [];
+  jack.on('publication', (p) => jackPubs.push(p.data.n));
+  await api('subscribe', { user: 'jack', channel: 'hist:since', recover_since: { offset: 1, epoch: 'wrong' } });
+  const wrong = await jackCtx;
+  assert.equal(wrong.recovered, false);
+  assert.equal(wrong.wasRecovering, true);
+  assert.deepEqual(wrong.streamPosition, { offset: 4, epoch });
+  await api('publish', { channel: 'hist:since', data: { n: 5 } });
+  await eventually(() => jackPubs.length === 1);
+  assert.deepEqual(jackPubs, [5]);
+});
+
+test('subscribe with info and override: presence and the join push show the info; join_leave turned on for one subscription', async () => {
+  // The watcher's subscription turns on join/leave pushes, which the namespace (presence only) doesn't.
+  const { c: watcher } = await withId('watcher');
+  const joins = [];
+  watcher.on('join', (ctx) => joins.push(ctx));
+  const watcherSubscribed = new Promise((resolve) => watcher.once('subscribed', resolve));
+  const on = { join_leave: { value: true }, force_push_join_leave: { value: true } };
+  assert.deepEqual((await api('subscribe', { user: 'watcher', channel: 'lobby', override: on })).body, { result: {} });
+  await watcherSubscribed;
+  const plain = await subscribed(await connected(herald, 'plain-user'), 'lobby', { joinLeave: true });
+  const plainJoins = [];
+  plain.on('join', (ctx) => plainJoins.push(ctx));
+
+  const { c: kate } = await withId('kate');
+  const kateSubscribed = new Promise((resolve) => kate.once('subscribed', resolve));
+  assert.deepEqual((await api('subscribe', { user: 'kate', channel: 'lobby', info: { role: 'host' } })).body, { result: {} });
+  await kateSubscribed;
+  await eventually(() => joins.some((j) => j.info.user === 'kate'), { message: 'the watcher sees kate join' });
+  assert.deepEqual(joins.find((j) => j.info.user === 'kate').info.connInfo, { role: 'host' });
+  await eventually(async () => (await api('presence', { channel: 'lobby' })).body.result.presence.kate !== undefined);
+  const presence = (await api('presence', { channel: 'lobby' })).body.result.presence;
+  assert.deepEqual(presence.kate.conn_info, { role: 'host' });
+  // A marker publication: the plain subscriber asked for joins, but the namespace has no join_leave.
+  const marker = new Promise((resolve) => plain.once('publication', resolve));
+  await api('publish', { channel: 'lobby', data: { marker: true } });
+  await marker;
+  assert.equal(plainJoins.length, 0);
+  // Too large for the app's max_presence_member_size (1024 bytes): refused with 106.
+  const big = await api('subscribe', { user: 'kate', channel: 'lobby2', info: { pad: 'x'.repeat(1100) } });
+  assert.equal(big.body.error.code, 106);
+});
+
 test('refresh: expired closes with 3005 (the client reconnects); a past expire_at expires after the grace', async () => {
   const gina = await withId('gina');
   const codes = [];

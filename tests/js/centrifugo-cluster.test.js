@@ -104,3 +104,34 @@ test('server API user commands cross nodes: subscribe, unsubscribe and a custom 
   const ctx = await closed;
   assert.deepEqual([ctx.code, ctx.reason], [4503, 'elsewhere']);
 });
+
+test('a server API subscribe with info, recover_since and override crosses nodes (Redis envelope kind 4)', async () => {
+  const first = await api(node2, 'publish', { channel: 'hist:far-since', data: { n: 1 } });
+  const { epoch } = first.result;
+  await api(node2, 'publish', { channel: 'hist:far-since', data: { n: 2 } });
+  const c = await connected(node1, 'far-since');
+  const subscribedCtx = new Promise((resolve) => c.once('subscribed', resolve));
+  const publications = [];
+  c.on('publication', (ctx) => publications.push(ctx.data.n));
+  const joins = [];
+  c.on('join', (ctx) => joins.push(ctx.info));
+  const body = {
+    user: 'far-since',
+    channel: 'hist:far-since',
+    info: { desk: 3 },
+    recover_since: { offset: 1, epoch },
+    override: { presence: { value: true }, join_leave: { value: true }, force_push_join_leave: { value: true } },
+  };
+  assert.deepEqual(await api(node2, 'subscribe', body), { result: {} });
+  const ctx = await subscribedCtx;
+  assert.equal(ctx.recovered, true);
+  assert.deepEqual(ctx.streamPosition, { offset: 1, epoch });
+  await eventually(() => assert.deepEqual(publications, [2]));
+  // Its override turned presence on (`hist` keeps none): another user's join reaches it with her info.
+  const other = await connected(node2, 'far-other');
+  const otherSubscribed = new Promise((resolve) => other.once('subscribed', resolve));
+  await api(node2, 'subscribe', { user: 'far-other', channel: 'hist:far-since', info: { desk: 4 }, override: { presence: { value: true } } });
+  await otherSubscribed;
+  await eventually(() => joins.some((i) => i.user === 'far-other'));
+  assert.deepEqual(joins.find((i) => i.user === 'far-other').connInfo, { desk: 4 });
+});

@@ -10,8 +10,16 @@
 //! `disconnect`, `unsubscribe`, `subscribe` and `refresh` act on the user's live connections (all
 //! of them, or the one named by `client`/`session`, sparing `disconnect`'s `whitelist`) on every node,
 //! as engine user commands ([`Hub::command_user`]); each connection's session does what Centrifugo
-//! does (see `session/user.rs`). An unknown `client` id matches nothing. Not supported:
-//! `subscribe`'s `info`, `recover_since` and `override` (ignored); `info` describes this node only.
+//! does (see `session/user.rs`). An unknown `client` id matches nothing.
+//!
+//! `subscribe` carries Centrifugo's `info`/`b64info` (the subscriber's member info in that channel,
+//! as a subscription token's `info` claim gives it: presence and join pushes show it; at most the
+//! app's `max_presence_member_size`, JSON), `recover_since` (the subscription recovers from that
+//! position: the `subscribe` push says whether it did, and the missed publications follow it) and
+//! `override` (`presence`, `join_leave`, `force_push_join_leave`, `force_recovery`,
+//! `force_positioning`, each `{"value": bool}`, for this subscription only) through the engine
+//! command to every node. Not supported: `subscribe`'s `expire_at` (ignored); the `info` method
+//! describes this node only.
 
 use std::sync::Arc;
 
@@ -22,7 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;
-use herald_core::{DataKind, Hub, Publication, Published, SocketId, StreamPosition, UserAction, UserCommand};
+use herald_core::{DataKind, Hub, Publication, Published, SocketId, StreamPosition, SubscribeOverrides, UserAction, UserCommand};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -109,7 +117,7 @@ async fn serve(front: &Centrifugo, app: Option<Arc<ReadyApp>>, method: &str, hea
         "broadcast" => parse(body).map(|r| api.broadcast(r)),
         "disconnect" => parse::<DisconnectRequest>(body).map(|r| api.disconnect(r)),
         "unsubscribe" => parse::<UserChannelRequest>(body).map(|r| api.unsubscribe(r)),
-        "subscribe" => parse::<UserChannelRequest>(body).map(|r| api.subscribe(r)),
+        "subscribe" => parse::<SubscribeRequest>(body).map(|r| api.subscribe(r)),
         "refresh" => parse::<RefreshRequest>(body).map(|r| api.refresh(r)),
         "presence" => parse::<ChannelRequest>(body).map(|r| api.presence(r.channel, false)),
         "presence_stats" => parse::<ChannelRequest>(body).map(|r| api.presence(r.channel, true)),
@@ -197,9 +205,17 @@ struct DisconnectRequest {
     disconnect: Option<CustomDisconnect>,
 }
 
-/// `unsubscribe`'s and `subscribe`'s body.
+/// `unsubscribe`'s body.
 #[derive(Deserialize)]
-struct UserChannelRequest<'a> {
+struct UserChannelRequest {
+    #[serde(flatten)]
+    target: Target,
+    channel: String,
+}
+
+/// `subscribe`'s body.
+#[derive(Deserialize)]
+struct SubscribeRequest<'a> {
     #[serde(flatten)]
     target: Target,
     channel: String,
@@ -207,6 +223,49 @@ struct UserChannelRequest<'a> {
     data: Option<&'a serde_json::value::RawValue>,
     #[serde(default)]
     b64data: Option<String>,
+    #[serde(borrow, default)]
+    info: Option<&'a serde_json::value::RawValue>,
+    #[serde(default)]
+    b64info: Option<String>,
+    #[serde(default)]
+    recover_since: Option<Since>,
+    #[serde(default, rename = "override")]
+    overrides: Option<Overrides>,
+}
+
+/// One override: Centrifugo's `{"value": bool}`.
+#[derive(Deserialize, Clone, Copy)]
+struct BoolValue {
+    #[serde(default)]
+    value: bool,
+}
+
+/// `subscribe`'s `override`.
+#[derive(Deserialize, Default)]
+struct Overrides {
+    #[serde(default)]
+    presence: Option<BoolValue>,
+    #[serde(default)]
+    join_leave: Option<BoolValue>,
+    #[serde(default)]
+    force_push_join_leave: Option<BoolValue>,
+    #[serde(default)]
+    force_recovery: Option<BoolValue>,
+    #[serde(default)]
+    force_positioning: Option<BoolValue>,
+}
+
+impl Overrides {
+    fn engine(&self) -> SubscribeOverrides {
+        let value = |o: Option<BoolValue>| o.map(|o| o.value);
+        SubscribeOverrides {
+            presence: value(self.presence),
+            join_leave: value(self.join_leave),
+            force_push_join_leave: value(self.force_push_join_leave),
+            force_recovery: value(self.force_recovery),
+            force_positioning: value(self.force_positioning),
+        }
+    }
 }
 
 /// `refresh`'s body.
@@ -264,6 +323,27 @@ fn payload(data: Option<&serde_json::value::RawValue>, b64data: Option<&str>) ->
             .map_err(|_| codes::BAD_REQUEST),
         (None, None) => Err(codes::BAD_REQUEST),
     }
+}
+
+/// A server-side subscription's member info: JSON `info`, else base64 `b64info` that decodes to JSON
+/// (member info reaches JSON clients and the Pusher front as JSON, as a subscription token's does);
+/// at most `limit` bytes (the app's `max_presence_member_size`).
+fn member_info(info: Option<&serde_json::value::RawValue>, b64info: Option<&str>, limit: usize) -> Result<Option<Bytes>, ErrorCode> {
+    let info = match (info, b64info) {
+        (Some(info), _) => Bytes::copy_from_slice(info.get().as_bytes()),
+        (None, Some(b64)) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|_| codes::BAD_REQUEST)?;
+            if serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
+                return Err(codes::BAD_REQUEST);
+            }
+            Bytes::from(bytes)
+        }
+        (None, None) => return Ok(None),
+    };
+    if info.len() > limit {
+        return Err(codes::LIMIT_EXCEEDED);
+    }
+    Ok(Some(info))
 }
 
 impl<'a> Api<'a> {
@@ -338,14 +418,14 @@ impl<'a> Api<'a> {
         self.command(r.target, &r.whitelist, UserAction::Disconnect { code, reason: Arc::from(reason) })
     }
 
-    fn unsubscribe(&self, r: UserChannelRequest<'a>) -> Work<'a> {
+    fn unsubscribe(&self, r: UserChannelRequest) -> Work<'a> {
         if !valid_channel(&r.channel) {
             return Box::pin(async { error_value(codes::UNKNOWN_CHANNEL) });
         }
         self.command(r.target, &[], UserAction::Unsubscribe { channel: Arc::from(r.channel) })
     }
 
-    fn subscribe(&self, r: UserChannelRequest<'a>) -> Work<'a> {
+    fn subscribe(&self, r: SubscribeRequest<'a>) -> Work<'a> {
         let channel = r.channel;
         if !valid_channel(&channel) || channel.starts_with(ENGINE_USER_PREFIX) || self.app.options(&channel).is_none() {
             return Box::pin(async { error_value(codes::UNKNOWN_CHANNEL) });
@@ -357,7 +437,18 @@ impl<'a> Api<'a> {
                 Err(code) => return Box::pin(async move { error_value(code) }),
             },
         };
-        self.command(r.target, &[], UserAction::Subscribe { channel: Arc::from(channel), data })
+        let info = match member_info(r.info, r.b64info.as_deref(), self.hub.app().limits.max_presence_member_size) {
+            Ok(info) => info,
+            Err(code) => return Box::pin(async move { error_value(code) }),
+        };
+        let action = UserAction::Subscribe {
+            channel: Arc::from(channel),
+            data,
+            info,
+            recover_since: r.recover_since.map(|s| StreamPosition { offset: s.offset, epoch: Arc::from(s.epoch) }),
+            overrides: r.overrides.unwrap_or_default().engine(),
+        };
+        self.command(r.target, &[], action)
     }
 
     fn refresh(&self, r: RefreshRequest) -> Work<'a> {

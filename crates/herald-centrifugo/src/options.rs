@@ -2,9 +2,10 @@
 //! (`channel_options`) and for each namespace (`ns:channel`). Deserialised straight from an app's
 //! `[apps.channel_options]` and `[[apps.namespaces]]` tables.
 
+use std::borrow::Cow;
 use std::time::Duration;
 
-use herald_core::HistoryOptions;
+use herald_core::{HistoryOptions, SubscribeOverrides};
 use serde::Deserialize;
 
 use crate::ratelimit::PublishLimits;
@@ -78,6 +79,27 @@ pub struct ChannelOptions {
 }
 
 impl ChannelOptions {
+    /// These options with one subscription's overrides applied (borrowed when it has none).
+    pub fn overridden(&self, overrides: &SubscribeOverrides) -> Cow<'_, ChannelOptions> {
+        if overrides.is_empty() {
+            return Cow::Borrowed(self);
+        }
+        let mut options = self.clone();
+        let pairs = [
+            (&mut options.presence, overrides.presence),
+            (&mut options.join_leave, overrides.join_leave),
+            (&mut options.force_push_join_leave, overrides.force_push_join_leave),
+            (&mut options.force_recovery, overrides.force_recovery),
+            (&mut options.force_positioning, overrides.force_positioning),
+        ];
+        for (option, value) in pairs {
+            if let Some(value) = value {
+                *option = value;
+            }
+        }
+        Cow::Owned(options)
+    }
+
     /// The history this channel keeps, if any.
     pub fn history(&self) -> Option<HistoryOptions> {
         (self.history_size > 0 && !self.history_ttl.is_zero()).then_some(HistoryOptions { size: self.history_size, ttl: self.history_ttl })

@@ -358,7 +358,7 @@ async fn a_server_side_subscribe_waiting_on_history_leaves_the_session_reading_a
     assert!(alice.subscribe(2, "plain", json!({})).await["subscribe"].is_object());
 
     server.history.hold_next_read();
-    let subscribe = UserAction::Subscribe { channel: Arc::from("hist:server"), data: None };
+    let subscribe = UserAction::subscribe("hist:server", None);
     assert_eq!(server.hub.command_user("alice", UserCommand::all(subscribe)).unwrap(), 1);
     server.history.held().await;
 
@@ -409,7 +409,7 @@ async fn a_peer_subscribe_command_to_an_invalid_channel_name_is_ignored() {
 
     let invalid = ["", "bell\u{7}", "new\nline", &"x".repeat(256)];
     for channel in invalid.iter().copied().chain(["valid"]) {
-        let subscribe = UserAction::Subscribe { channel: Arc::from(channel), data: None };
+        let subscribe = UserAction::subscribe(channel, None);
         assert_eq!(hub_b.command_user("alice", UserCommand::all(subscribe)).unwrap(), 0, "alice is on the other node");
     }
     // Commands are applied in order: the valid one's push comes after whatever the others did.

@@ -9,6 +9,10 @@
 //! what arrives there; a connection whose front takes none ignores them, except a
 //! [`UserAction::Disconnect`], which then closes it like a terminate ([`crate::Disconnect::Terminated`]).
 //!
+//! A server-side subscribe may carry what the subscription's grant would (member info, a stream
+//! position to recover from, per-subscription overrides of the front's channel options): plain bytes,
+//! booleans and positions the front interprets.
+//!
 //! Bounded: a command names at most [`MAX_EXCEPT`] spared connections, and a connection holds at most
 //! [`MAX_PENDING_COMMANDS`] commands its task has not taken yet; one more closes it as a slow consumer
 //! (a lost unsubscribe would leave the client receiving a channel it was removed from).
@@ -21,16 +25,40 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use crate::ids::SocketId;
+use crate::publication::StreamPosition;
 
 /// Most connections one command may spare ([`UserCommand::except`]).
 pub const MAX_EXCEPT: usize = 1000;
 /// Commands one connection may have waiting for its task; one more closes it
 /// ([`crate::Disconnect::SlowConsumer`]).
 pub const MAX_PENDING_COMMANDS: usize = 64;
-/// Longest reason or channel name a command carries, in bytes.
+/// Longest reason, channel name or epoch a command carries, in bytes.
 pub const MAX_COMMAND_TEXT: usize = 1024;
-/// Largest opaque payload a command carries ([`UserAction::Subscribe::data`]).
+/// Largest opaque payload a command carries ([`UserAction::Subscribe::data`], and separately its
+/// `info`).
 pub const MAX_COMMAND_DATA: usize = 64 * 1024;
+
+/// Per-subscription overrides of the front's channel options (`None`: the channel's own).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SubscribeOverrides {
+    /// The subscriber joins the channel's presence.
+    pub presence: Option<bool>,
+    /// Presence joins and leaves are announced for this subscription.
+    pub join_leave: Option<bool>,
+    /// The subscriber receives join and leave events without asking.
+    pub force_push_join_leave: Option<bool>,
+    /// The subscription recovers (and is recoverable) without asking.
+    pub force_recovery: Option<bool>,
+    /// The subscription is positioned without asking.
+    pub force_positioning: Option<bool>,
+}
+
+impl SubscribeOverrides {
+    /// No override is set.
+    pub fn is_empty(&self) -> bool {
+        *self == SubscribeOverrides::default()
+    }
+}
 
 /// What a command asks the connections to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,13 +76,19 @@ pub enum UserAction {
         /// The channel.
         channel: Arc<str>,
     },
-    /// Subscribe to `channel` on the server's initiative, telling the client; `data` is opaque to the
-    /// engine (the front's subscribe payload, e.g. JSON).
+    /// Subscribe to `channel` on the server's initiative, telling the client; `data` and `info` are
+    /// opaque to the engine (the front's subscribe payload and member info, e.g. JSON).
     Subscribe {
         /// The channel.
         channel: Arc<str>,
         /// Opaque data the front hands to its client with the subscription.
         data: Option<Bytes>,
+        /// The subscriber's presence member info for this channel (`None`: the connection's own).
+        info: Option<Bytes>,
+        /// Recover the publications after this position.
+        recover_since: Option<StreamPosition>,
+        /// Overrides of the channel options for this subscription.
+        overrides: SubscribeOverrides,
     },
     /// Take a new expiry (`expire_at`, Unix seconds), or (`expired`) expire now.
     Refresh {
@@ -63,6 +97,13 @@ pub enum UserAction {
         /// The connection is expired now.
         expired: bool,
     },
+}
+
+impl UserAction {
+    /// A plain server-side subscribe to `channel` (no info, recovery or overrides).
+    pub fn subscribe(channel: impl Into<Arc<str>>, data: Option<Bytes>) -> Self {
+        UserAction::Subscribe { channel: channel.into(), data, info: None, recover_since: None, overrides: SubscribeOverrides::default() }
+    }
 }
 
 /// A command to the connections of one user.
@@ -95,7 +136,11 @@ impl UserCommand {
         let (text, data) = match &self.action {
             UserAction::Disconnect { reason, .. } => (reason.len(), 0),
             UserAction::Unsubscribe { channel } => (channel.len(), 0),
-            UserAction::Subscribe { channel, data } => (channel.len(), data.as_ref().map_or(0, Bytes::len)),
+            UserAction::Subscribe { channel, data, info, recover_since, .. } => {
+                let epoch = recover_since.as_ref().map_or(0, |p| p.epoch.len());
+                let len = |b: &Option<Bytes>| b.as_ref().map_or(0, Bytes::len);
+                (channel.len().max(epoch), len(data).max(len(info)))
+            }
             UserAction::Refresh { .. } => (0, 0),
         };
         if text > MAX_COMMAND_TEXT {
@@ -118,14 +163,14 @@ pub enum CommandError {
         /// The limit.
         limit: usize,
     },
-    /// A reason or channel longer than [`MAX_COMMAND_TEXT`].
-    #[error("a command's reason or channel is at most {limit} bytes")]
+    /// A reason, channel or epoch longer than [`MAX_COMMAND_TEXT`].
+    #[error("a command's reason, channel or epoch is at most {limit} bytes")]
     TextTooLong {
         /// The limit.
         limit: usize,
     },
-    /// Data larger than [`MAX_COMMAND_DATA`].
-    #[error("a command's data is at most {limit} bytes")]
+    /// Data or info larger than [`MAX_COMMAND_DATA`].
+    #[error("a command's data or info is at most {limit} bytes")]
     DataTooLarge {
         /// The limit.
         limit: usize,

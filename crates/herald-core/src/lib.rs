@@ -42,7 +42,8 @@ pub use broker::{Broker, PreparedInterest, Remote, Topic};
 pub use change::{ChannelChange, ChannelEvent, MemberJoin, Transition};
 pub use codec::{Codec, CodecId, RawCodec};
 pub use command::{
-    CommandError, CommandInbox, UserAction, UserCommand, MAX_COMMAND_DATA, MAX_COMMAND_TEXT, MAX_EXCEPT, MAX_PENDING_COMMANDS,
+    CommandError, CommandInbox, SubscribeOverrides, UserAction, UserCommand, MAX_COMMAND_DATA, MAX_COMMAND_TEXT, MAX_EXCEPT,
+    MAX_PENDING_COMMANDS,
 };
 pub use engine::Engine;
 pub use error::{ConnectError, SignInError, SubscribeError};

@@ -10,9 +10,14 @@
 //!   count: u64`;
 //! - terminate (kind 2): nothing;
 //! - user command (kind 4): `only socket? | except (u16 count | socket ...) | action kind (1) |
-//!   disconnect (0): code u32 | reason; unsubscribe (1): channel; subscribe (2): channel | data?;
+//!   disconnect (0): code u32 | reason; unsubscribe (1): channel; subscribe (2): channel | data? |
+//!   [info? | recover_since? (offset u64 | epoch) | overrides set (1) | overrides values (1)];
 //!   refresh (3): expire_at? u64 | expired flag`, within the engine's command bounds
-//!   ([`herald_core::UserCommand::check`]).
+//!   ([`herald_core::UserCommand::check`]). The subscribe's bracketed tail is written only when one
+//!   of its fields is set (an older node's subscribe, without it, still decodes; an older node refuses
+//!   one with it as trailing bytes rather than subscribe without what it asks); the override bytes
+//!   are bit sets in the order presence, join_leave, force_push_join_leave, force_recovery,
+//!   force_positioning, a value bit only where its override is set.
 //!
 //! The receiving node drops its own messages (Redis echoes a publish to every subscriber, the sender
 //! included) by comparing `node`.
@@ -26,7 +31,10 @@
 use std::sync::Arc;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use herald_core::{ChannelEvent, DataKind, Member, Publication, PublisherInfo, Remote, SocketId, StreamPosition, UserAction, UserCommand};
+use herald_core::{
+    ChannelEvent, DataKind, Member, Publication, PublisherInfo, Remote, SocketId, StreamPosition, SubscribeOverrides, UserAction,
+    UserCommand,
+};
 
 const VERSION: u8 = 2;
 const PUBLISH: u8 = 0;
@@ -126,6 +134,34 @@ fn put_opt_str(b: &mut BytesMut, s: Option<&str>) {
     }
 }
 
+fn put_opt_bytes(b: &mut BytesMut, bytes: Option<&[u8]>) {
+    match bytes {
+        Some(bytes) => {
+            b.put_u8(1);
+            put_bytes(b, bytes);
+        }
+        None => b.put_u8(0),
+    }
+}
+
+/// The overrides in envelope order.
+fn override_slots(o: &mut SubscribeOverrides) -> [&mut Option<bool>; 5] {
+    [&mut o.presence, &mut o.join_leave, &mut o.force_push_join_leave, &mut o.force_recovery, &mut o.force_positioning]
+}
+
+/// The overrides as two bit sets: which are set, and their values.
+fn override_bits(overrides: &SubscribeOverrides) -> (u8, u8) {
+    let mut copy = *overrides;
+    let (mut set, mut values) = (0u8, 0u8);
+    for (bit, slot) in override_slots(&mut copy).into_iter().enumerate() {
+        if let Some(value) = *slot {
+            set |= 1 << bit;
+            values |= u8::from(value) << bit;
+        }
+    }
+    (set, values)
+}
+
 fn data_kind(kind: DataKind) -> u8 {
     match kind {
         DataKind::Text => 0,
@@ -154,15 +190,23 @@ fn put_command(b: &mut BytesMut, command: &UserCommand) {
             b.put_u8(1);
             put_bytes(b, channel.as_bytes());
         }
-        UserAction::Subscribe { channel, data } => {
+        UserAction::Subscribe { channel, data, info, recover_since, overrides } => {
             b.put_u8(2);
             put_bytes(b, channel.as_bytes());
-            match data {
-                Some(data) => {
-                    b.put_u8(1);
-                    put_bytes(b, data);
+            put_opt_bytes(b, data.as_deref());
+            if info.is_some() || recover_since.is_some() || !overrides.is_empty() {
+                put_opt_bytes(b, info.as_deref());
+                match recover_since {
+                    Some(position) => {
+                        b.put_u8(1);
+                        b.put_u64(position.offset);
+                        put_bytes(b, position.epoch.as_bytes());
+                    }
+                    None => b.put_u8(0),
                 }
-                None => b.put_u8(0),
+                let (set, values) = override_bits(overrides);
+                b.put_u8(set);
+                b.put_u8(values);
             }
         }
         UserAction::Refresh { expire_at, expired } => {
@@ -344,16 +388,37 @@ impl Reader {
                 UserAction::Disconnect { code, reason: self.str()? }
             }
             1 => UserAction::Unsubscribe { channel: self.str()? },
-            2 => {
-                let channel = self.str()?;
-                UserAction::Subscribe { channel, data: if self.flag()? { Some(self.bytes()?) } else { None } }
-            }
+            2 => self.subscribe()?,
             3 => UserAction::Refresh { expire_at: if self.flag()? { Some(self.u64()?) } else { None }, expired: self.flag()? },
             other => return Err(EnvelopeError::Kind(other)),
         };
         let command = UserCommand { only, except, action };
         command.check().map_err(|_| EnvelopeError::Bounds)?;
         Ok(command)
+    }
+
+    /// A subscribe action (the last field of its envelope: a tail follows only if bytes remain).
+    fn subscribe(&mut self) -> Result<UserAction, EnvelopeError> {
+        let channel = self.str()?;
+        let data = if self.flag()? { Some(self.bytes()?) } else { None };
+        if !self.0.has_remaining() {
+            return Ok(UserAction::subscribe(channel, data));
+        }
+        let info = if self.flag()? { Some(self.bytes()?) } else { None };
+        let recover_since = if self.flag()? { Some(StreamPosition { offset: self.u64()?, epoch: self.str()? }) } else { None };
+        let (set, values) = (self.u8()?, self.u8()?);
+        // Five overrides; a value only where set; a tail saying nothing is not what `encode` writes.
+        if set >> 5 != 0 || values & !set != 0 {
+            return Err(EnvelopeError::Flag(set));
+        }
+        if info.is_none() && recover_since.is_none() && set == 0 {
+            return Err(EnvelopeError::Trailing(4));
+        }
+        let mut overrides = SubscribeOverrides::default();
+        for (bit, slot) in override_slots(&mut overrides).into_iter().enumerate() {
+            *slot = (set & (1 << bit) != 0).then_some(values & (1 << bit) != 0);
+        }
+        Ok(UserAction::Subscribe { channel, data, info, recover_since, overrides })
     }
 
     fn event(&mut self) -> Result<ChannelEvent, EnvelopeError> {
@@ -413,6 +478,23 @@ mod tests {
         p
     }
 
+    /// A subscribe with every optional field set (overrides both ways, some left unset).
+    fn full_subscribe() -> UserAction {
+        UserAction::Subscribe {
+            channel: Arc::from("c"),
+            data: Some(Bytes::from_static(b"{}")),
+            info: Some(Bytes::from_static(b"{\"role\":\"admin\"}")),
+            recover_since: Some(StreamPosition { offset: 7, epoch: Arc::from("ep") }),
+            overrides: SubscribeOverrides {
+                presence: Some(true),
+                join_leave: Some(false),
+                force_push_join_leave: None,
+                force_recovery: Some(true),
+                force_positioning: None,
+            },
+        }
+    }
+
     #[test]
     fn round_trip() {
         for message in [
@@ -429,8 +511,9 @@ mod tests {
                 action: UserAction::Disconnect { code: 4000, reason: Arc::from("bye") },
             }),
             Remote::Command(UserCommand::all(UserAction::Unsubscribe { channel: Arc::from("news") })),
-            Remote::Command(UserCommand::all(UserAction::Subscribe { channel: Arc::from("news"), data: Some(Bytes::from_static(b"{}")) })),
-            Remote::Command(UserCommand::all(UserAction::Subscribe { channel: Arc::from("news"), data: None })),
+            Remote::Command(UserCommand::all(UserAction::subscribe("news", Some(Bytes::from_static(b"{}"))))),
+            Remote::Command(UserCommand::all(UserAction::subscribe("news", None))),
+            Remote::Command(UserCommand::all(full_subscribe())),
             Remote::Command(UserCommand::all(UserAction::Refresh { expire_at: Some(1_900_000_000), expired: false })),
             Remote::Command(UserCommand::all(UserAction::Refresh { expire_at: None, expired: true })),
         ] {
@@ -479,6 +562,83 @@ mod tests {
     }
 
     #[test]
+    fn subscribe_tails_round_trip_and_an_older_nodes_subscribe_still_decodes() {
+        let overrides = SubscribeOverrides { force_positioning: Some(false), ..Default::default() };
+        for action in [
+            UserAction::Subscribe {
+                channel: Arc::from("c"),
+                data: None,
+                info: Some(Bytes::new()),
+                recover_since: None,
+                overrides: SubscribeOverrides::default(),
+            },
+            UserAction::Subscribe {
+                channel: Arc::from("c"),
+                data: None,
+                info: None,
+                recover_since: Some(StreamPosition { offset: 0, epoch: Arc::from("") }),
+                overrides: SubscribeOverrides::default(),
+            },
+            UserAction::Subscribe { channel: Arc::from("c"), data: None, info: None, recover_since: None, overrides },
+        ] {
+            let message = Remote::Command(UserCommand::all(action));
+            assert_eq!(decoded(encode(5, &message)), Some((5, message)));
+        }
+        // A version 2 subscribe as nodes wrote it before the tail: header, no `only`, none spared,
+        // kind 2, channel "news", data `{}`.
+        let mut old = BytesMut::new();
+        old.put_u8(2);
+        old.put_u8(4);
+        old.put_u128(9);
+        old.put_u8(0);
+        old.put_u16(0);
+        old.put_u8(2);
+        put_bytes(&mut old, b"news");
+        old.put_u8(1);
+        put_bytes(&mut old, b"{}");
+        let expected = Remote::Command(UserCommand::all(UserAction::subscribe("news", Some(Bytes::from_static(b"{}")))));
+        assert_eq!(decoded(old.clone().freeze()), Some((9, expected.clone())));
+        assert_eq!(encode(9, &expected), old.freeze(), "a plain subscribe is still written the old way");
+    }
+
+    #[test]
+    fn subscribe_tails_out_of_bounds_or_saying_nothing_are_refused() {
+        let with = |info: Option<Bytes>, epoch: &str| {
+            Remote::Command(UserCommand::all(UserAction::Subscribe {
+                channel: Arc::from("c"),
+                data: None,
+                info,
+                recover_since: Some(StreamPosition { offset: 1, epoch: Arc::from(epoch) }),
+                overrides: SubscribeOverrides::default(),
+            }))
+        };
+        let big_info = with(Some(Bytes::from(vec![b'1'; herald_core::MAX_COMMAND_DATA + 1])), "e");
+        assert_eq!(decode(encode(1, &big_info)), Err(EnvelopeError::Bounds));
+        let long_epoch = with(None, &"e".repeat(herald_core::MAX_COMMAND_TEXT + 1));
+        assert_eq!(decode(encode(1, &long_epoch)), Err(EnvelopeError::Bounds));
+        assert!(decode(encode(1, &with(Some(Bytes::from(vec![b'1'; herald_core::MAX_COMMAND_DATA])), "e"))).is_ok());
+
+        // The tail of a plain subscribe: no info, no position, no override.
+        let mut empty = BytesMut::from(&encode(1, &Remote::Command(UserCommand::all(UserAction::subscribe("c", None))))[..]);
+        empty.put_slice(&[0, 0, 0, 0]);
+        assert_eq!(decode(empty.freeze()), Err(EnvelopeError::Trailing(4)));
+        let overrides = |set: u8, values: u8| {
+            let mut b = BytesMut::from(&encode(1, &Remote::Command(UserCommand::all(UserAction::subscribe("c", None))))[..]);
+            b.put_slice(&[0, 0, set, values]);
+            decode(b.freeze())
+        };
+        assert_eq!(overrides(1 << 5, 0), Err(EnvelopeError::Flag(1 << 5)), "a sixth override");
+        assert_eq!(overrides(1, 2), Err(EnvelopeError::Flag(1)), "a value for an override not set");
+        assert!(overrides(0b11, 0b10).is_ok());
+        // Cut anywhere in the tail: refused.
+        let full = encode(1, &Remote::Command(UserCommand::all(full_subscribe())));
+        let plain = encode(1, &Remote::Command(UserCommand::all(UserAction::subscribe("c", Some(Bytes::from_static(b"{}"))))));
+        for len in plain.len() + 1..full.len() {
+            assert!(decode(full.slice(..len)).is_err(), "cut at {len}");
+        }
+    }
+
+    #[test]
     fn text_that_is_not_utf8_is_refused() {
         assert_eq!(decode(deliver(&[0xff, 0xfe, 0xfd], DataKind::Text).freeze()), Err(EnvelopeError::NotUtf8));
         assert_eq!(decode(deliver(&[0xc3], DataKind::Json).freeze()), Err(EnvelopeError::NotUtf8));
@@ -503,7 +663,7 @@ mod tests {
             let command = Remote::Command(UserCommand {
                 only: Some(SocketId::random()),
                 except: vec![SocketId::random()],
-                action: UserAction::Subscribe { channel: Arc::from("c"), data: Some(Bytes::from_static(b"{}")) },
+                action: full_subscribe(),
             });
             let message = if at % 2 == 0 { Remote::Publish { publication: full() } } else { command };
             let mut bytes = BytesMut::from(&encode(9, &message)[..]);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use herald_core::{DataKind, Delivery, HistoryOptions, MemberJoin, Publication, PublisherInfo, StreamPosition};
+use herald_core::{DataKind, Delivery, HistoryOptions, MemberJoin, Publication, PublisherInfo, StreamPosition, SubscribeOverrides};
 use tokio::time::Instant;
 
 use super::{Ctx, Ending, Handled};
@@ -36,6 +36,18 @@ pub(crate) struct Sub {
     pub(super) expire_at: Option<u64>,
     /// It is the personal channel (the user's deliveries, not an engine channel).
     pub(super) personal: bool,
+}
+
+/// What a subscription's grant adds to its request: a subscription token's claims, or a server-side
+/// subscription's settings (the server API's `info` and `override`).
+#[derive(Debug, Default)]
+pub(super) struct Grant {
+    /// Member info in this channel, instead of the connection's.
+    pub(super) info: Option<Bytes>,
+    /// When the subscription expires (Unix seconds).
+    pub(super) expire_at: Option<u64>,
+    /// Overrides of the channel's options for this subscription.
+    pub(super) overrides: SubscribeOverrides,
 }
 
 /// The protocol state of one connection.
@@ -231,7 +243,7 @@ async fn connect(ctx: &Ctx, state: &mut State, id: u32, req: ConnectRequest) -> 
         let request = SubscribeRequest { channel: channel.clone(), ..recover };
         releases.push(Release::new(ctx, &channel));
         let release = releases.last_mut().expect("just pushed");
-        match join(ctx, state, &request, None, release).await {
+        match join(ctx, state, &request, Grant::default(), release).await {
             Ok(result) => subs.push((channel, result)),
             Err(e) => tracing::debug!(channel, code = e.code, "server-side subscription refused"),
         }
@@ -298,11 +310,13 @@ async fn subscribe(ctx: &Ctx, state: &mut State, id: u32, req: SubscribeRequest)
         error(ctx, id, codes::UNKNOWN_CHANNEL);
         return Ok(());
     };
-    let mut sub_token = None;
+    let mut grant = Grant::default();
     if !req.token.is_empty() {
         ctx.app.verifier.prepare(&req.token).await;
         match ctx.app.verifier.subscribe(&req.token, now_unix()) {
-            Ok(claims) if claims.channel == channel && *claims.user == *state.user => sub_token = Some(claims),
+            Ok(claims) if claims.channel == channel && *claims.user == *state.user => {
+                grant = Grant { info: claims.info, expire_at: claims.expire_at, ..Grant::default() };
+            }
             Ok(_) => {
                 debug_error("invalid_token", &"subscription token for another channel or user");
                 return Err(Ending::Close(codes::INVALID_TOKEN));
@@ -321,7 +335,7 @@ async fn subscribe(ctx: &Ctx, state: &mut State, id: u32, req: SubscribeRequest)
         }
     }
     let mut release = Release::new(ctx, &req.channel);
-    match join(ctx, state, &req, sub_token, &mut release).await {
+    match join(ctx, state, &req, grant, &mut release).await {
         Ok(result) => reply(ctx, id, &Reply::Subscribe(result)),
         Err(code) => error(ctx, id, code),
     }
@@ -335,16 +349,18 @@ fn history_of(ctx: &Ctx, options: &ChannelOptions, channel: &str) -> Option<Hist
 }
 
 /// Joins `req.channel` in the engine (unless already subscribed: then only the recovery), and builds
-/// the subscribe result with the stream position and recovered publications.
+/// the subscribe result with the stream position and recovered publications. Client subscribes,
+/// the connect token's channels and the server API's subscribes all come through here.
 pub(super) async fn join(
     ctx: &Ctx,
     state: &mut State,
     req: &SubscribeRequest,
-    token: Option<crate::token::SubscribeClaims>,
+    grant: Grant,
     release: &mut Release,
 ) -> Result<SubscribeResult, ErrorCode> {
     let channel = req.channel.as_str();
-    let options = ctx.app.options(channel).ok_or(codes::UNKNOWN_CHANNEL)?;
+    let options = ctx.app.options(channel).ok_or(codes::UNKNOWN_CHANNEL)?.overridden(&grant.overrides);
+    let options = &*options;
     let history = history_of(ctx, options, channel);
     let recoverable = history.is_some() && (options.force_recovery || options.allow_recovery);
     let recovering = recoverable && (options.force_recovery || req.recover);
@@ -353,7 +369,7 @@ pub(super) async fn join(
     if fresh {
         let member = (options.presence && !state.user.is_empty()).then(|| MemberJoin {
             user_id: state.user.clone(),
-            info: token.as_ref().and_then(|t| t.info.clone()).or_else(|| state.info.clone()).unwrap_or_default(),
+            info: grant.info.clone().or_else(|| state.info.clone()).unwrap_or_default(),
         });
         // Deliveries wait until the reply is queued ([`Release`]): the client drops publications of a
         // subscription it has no reply for, and the reply's position says where they continue.
@@ -363,9 +379,9 @@ pub(super) async fn join(
         if !subscribed.already {
             ctx.hub.announce(&subscribed.change, Some(ctx.id));
         }
-        state.subs.insert(channel.to_string(), Sub { expire_at: token.as_ref().and_then(|t| t.expire_at), personal: false });
+        state.subs.insert(channel.to_string(), Sub { expire_at: grant.expire_at, personal: false });
     }
-    let (expires, ttl) = ttl(token.as_ref().and_then(|t| t.expire_at));
+    let (expires, ttl) = ttl(grant.expire_at);
     let mut result = SubscribeResult { expires, ttl, recoverable, positioned, was_recovering: req.recover, ..Default::default() };
     if history.is_none() {
         return Ok(result);

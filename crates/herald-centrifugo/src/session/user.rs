@@ -4,10 +4,17 @@
 //! a close with the operator's code and reason (plus a `disconnect` push on unidirectional
 //! connections, which have no close frame to read it from), an `unsubscribe` push with code 2000, a
 //! `subscribe` push (a server-side subscription; publications follow), a new expiry.
+//!
+//! A server-side subscription joins like a client's ([`join`]), with the command's member info and
+//! option overrides as its grant and its `recover_since` as the request's recovery position. The
+//! `subscribe` push has no room for recovered publications (Centrifugo's protocol: position, flags
+//! and data), so when recovery succeeds the push carries the recovered-from offset and the missed
+//! publications follow it as ordinary publications, before any live one (as the client would have
+//! received them); when it fails the push carries the stream's current position and none follow.
 
-use herald_core::UserAction;
+use herald_core::{StreamPosition, UserAction};
 
-use super::commands::{join, Release, State};
+use super::commands::{join, Grant, Release, State};
 use super::{Ctx, Ending, Handled};
 use crate::codec::{ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes;
@@ -50,7 +57,7 @@ async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Endin
             ctx.send(ctx.encoding.push(&channel, &Push::Unsubscribe { code, reason: reason.into() }));
             None
         }
-        UserAction::Subscribe { channel, data } => {
+        UserAction::Subscribe { channel, data, info, recover_since, overrides } => {
             if !state.connected
                 || !crate::options::valid_channel(&channel)
                 || state.subs.contains_key(&*channel)
@@ -59,14 +66,32 @@ async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Endin
             {
                 return None;
             }
-            let request = SubscribeRequest { channel: channel.to_string(), ..Default::default() };
-            // Deliveries held until the subscribe push is queued (see `Release`).
+            let since = recover_since.as_ref();
+            let request = SubscribeRequest {
+                channel: channel.to_string(),
+                recover: since.is_some(),
+                offset: since.map_or(0, |p| p.offset),
+                epoch: since.map_or_else(String::new, |p| p.epoch.to_string()),
+                ..Default::default()
+            };
+            // Deliveries held until the subscribe push and the recovered publications are queued.
             let mut release = Release::new(ctx, &channel);
-            match join(ctx, state, &request, None, &mut release).await {
+            match join(ctx, state, &request, Grant { info, expire_at: None, overrides }, &mut release).await {
                 Ok(mut result) => {
                     // JSON clients take JSON data only.
                     result.data = data.filter(|d| ctx.encoding == Encoding::Protobuf || json::is_json(d));
+                    let missed = std::mem::take(&mut result.publications);
+                    let missed = match recover_since {
+                        Some(StreamPosition { offset, .. }) if result.recovered => {
+                            result.offset = offset;
+                            missed
+                        }
+                        _ => Vec::new(),
+                    };
                     ctx.send(ctx.encoding.push(&channel, &Push::Subscribe(result)));
+                    for publication in missed {
+                        ctx.send(ctx.encoding.push(&channel, &Push::Pub(publication)));
+                    }
                     drop(release);
                 }
                 Err(e) => {

@@ -88,7 +88,11 @@ impl Hub {
             transitions.push(Transition::Occupied);
         }
         let mut user = None;
-        if let (Some(presence), Some(m)) = (ch.presence.as_mut(), &member) {
+        if let Some(m) = &member {
+            // A channel keeps presence once a member joins, whoever subscribed first (a Centrifugo
+            // channel's first subscriber may be anonymous, or a server-side subscription without
+            // presence).
+            let presence = ch.presence.get_or_insert_with(Presence::default);
             match presence.join(&m.user_id, &m.info, limits.max_presence_members) {
                 Ok(true) => transitions.push(Transition::MemberAdded(Member { user_id: m.user_id.clone(), info: m.info.clone() })),
                 Ok(false) => {}

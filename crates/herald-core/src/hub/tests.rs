@@ -71,6 +71,21 @@ async fn occupied_and_vacated_transitions() {
 }
 
 #[tokio::test]
+async fn a_channel_keeps_presence_once_a_member_joins_whoever_came_first() {
+    let hub = hub();
+    let (anonymous, _) = connect(&hub);
+    let (alice, _) = connect(&hub);
+    hub.subscribe(anonymous, "room", None).unwrap();
+    assert_eq!(hub.members("room"), None);
+    let s = hub.subscribe(alice, "room", join("alice")).unwrap();
+    assert!(matches!(&s.change.transitions[..], [Transition::MemberAdded(m)] if &*m.user_id == "alice"), "{s:?}");
+    assert_eq!(hub.members("room").map(|m| m.len()), Some(1));
+    assert_eq!(hub.channel("room"), Some(ChannelInfo { subscribers: 2, users: Some(1) }));
+    let left = hub.unsubscribe(alice, "room").unwrap();
+    assert!(matches!(&left.transitions[..], [Transition::MemberRemoved { user_id }] if &**user_id == "alice"), "{left:?}");
+}
+
+#[tokio::test]
 async fn presence_is_per_user_across_tabs() {
     let hub = hub();
     let (tab1, _) = connect(&hub);

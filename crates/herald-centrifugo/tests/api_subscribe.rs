@@ -1,0 +1,308 @@
+//! The server API's `subscribe` with `info`/`b64info`, `recover_since` and `override`, over real HTTP
+//! and real WebSockets on 127.0.0.1: the info is the subscriber's member info in presence and join
+//! pushes, a recovering server-side subscription gets its missed publications after the `subscribe`
+//! push (none, and `recovered` unset, from a wrong epoch), and overrides change the channel options
+//! for that one subscription.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures_util::{SinkExt, StreamExt};
+use herald_centrifugo::{Centrifugo, CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace};
+use herald_core::{App, Engine};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long a test waits for something that should happen.
+const DEADLINE: Duration = Duration::from_secs(5);
+
+struct Server {
+    port: u16,
+    shutdown: CancellationToken,
+    _engine: Arc<Engine>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The dev app's front: channels without a namespace keep presence with join/leave pushes on request;
+/// `hist:` keeps history and allows recovery; `kept:` keeps history without recovery; `quiet:` has
+/// neither presence nor join/leave.
+async fn start() -> Server {
+    let engine = Arc::new(Engine::new([App::dev()]));
+    let mut app = CentrifugoApp::dev();
+    app.api_key = Some("api-key".into());
+    app.channel_options = ChannelOptions { presence: true, join_leave: true, allow_subscribe_for_client: true, ..Default::default() };
+    let history = |allow_recovery| ChannelOptions {
+        history_size: 10,
+        history_ttl: Duration::from_secs(300),
+        allow_recovery,
+        allow_subscribe_for_client: true,
+        ..Default::default()
+    };
+    app.namespaces.push(Namespace { name: "hist".into(), options: history(true) });
+    app.namespaces.push(Namespace { name: "kept".into(), options: history(false) });
+    app.namespaces
+        .push(Namespace { name: "quiet".into(), options: ChannelOptions { allow_subscribe_for_client: true, ..Default::default() } });
+    let shutdown = CancellationToken::new();
+    let front = Centrifugo::new(engine.clone(), vec![app], CentrifugoConfig::default(), shutdown.clone(), TaskTracker::new());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let router = front.router();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
+    });
+    Server { port, shutdown, _engine: engine }
+}
+
+impl Server {
+    /// Calls API `method` with `body` (HTTP 200 expected); the answer.
+    async fn api(&self, method: &str, body: Value) -> Value {
+        let body = body.to_string();
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let head = format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-API-Key: api-key\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        stream.write_all(body.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.unwrap();
+        let text = String::from_utf8_lossy(&response);
+        assert!(text.starts_with("HTTP/1.1 200"), "{method}: {text}");
+        let (_, body) = text.split_once("\r\n\r\n").unwrap();
+        serde_json::from_str(body).unwrap()
+    }
+
+    async fn publish(&self, channel: &str, n: u64) -> Value {
+        let answer = self.api("publish", json!({"channel": channel, "data": {"n": n}})).await;
+        assert!(answer["result"].is_object(), "{answer}");
+        answer["result"].clone()
+    }
+
+    /// The presence map of `channel`, once `ready` holds for it (presence is counted asynchronously).
+    async fn presence_when(&self, channel: &str, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let answer = self.api("presence", json!({"channel": channel})).await;
+            let presence = answer["result"]["presence"].clone();
+            if ready(&presence) {
+                return presence;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "presence of {channel}: {answer}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A Centrifugo JSON client.
+struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Objects of a frame not yet returned (a frame may carry several, one a line).
+    pending: std::collections::VecDeque<Value>,
+}
+
+impl Client {
+    /// Connects as `user` (an HS256 token of the dev app, no info) and waits for the connect reply.
+    async fn connect(port: u16, user: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/connection/websocket")).await.unwrap();
+        let mut client = Client { ws, pending: Default::default() };
+        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
+        let key = jsonwebtoken::EncodingKey::from_secret(b"app-secret");
+        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &json!({"sub": user, "exp": exp}), &key).unwrap();
+        client.send(json!({"id": 1, "connect": {"token": token}})).await;
+        let (_, reply) = client.until(|m| m["id"] == 1).await;
+        assert!(reply["connect"]["client"].is_string(), "{reply}");
+        client
+    }
+
+    async fn send(&mut self, command: Value) {
+        self.ws.send(Message::text(command.to_string())).await.unwrap();
+    }
+
+    /// The next message from the server (server pings skipped).
+    async fn next(&mut self) -> Value {
+        loop {
+            if let Some(m) = self.pending.pop_front() {
+                if m != json!({}) {
+                    return m;
+                }
+                continue;
+            }
+            let message = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("a message in time").expect("open").unwrap();
+            match message {
+                Message::Text(text) => self.pending.extend(text.lines().map(|line| serde_json::from_str::<Value>(line).unwrap())),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    }
+
+    /// Reads until a message matches `found`: the messages before it, and it.
+    async fn until(&mut self, found: impl Fn(&Value) -> bool) -> (Vec<Value>, Value) {
+        let mut before = Vec::new();
+        loop {
+            let m = self.next().await;
+            if found(&m) {
+                return (before, m);
+            }
+            before.push(m);
+        }
+    }
+
+    /// The `subscribe` push for `channel` (whatever came before it).
+    async fn subscribe_push(&mut self, channel: &str) -> Value {
+        let (_, push) = self.until(|m| m["push"]["channel"] == channel && m["push"]["subscribe"].is_object()).await;
+        push["push"]["subscribe"].clone()
+    }
+
+    /// The publications on `channel` up to and including the one with data `{"n": last}`.
+    async fn publications_until(&mut self, channel: &str, last: u64) -> Vec<Value> {
+        let on = |m: &Value| m["push"]["channel"] == channel && m["push"]["pub"].is_object();
+        let (before, found) = self.until(|m| on(m) && m["push"]["pub"]["data"]["n"] == last).await;
+        before.into_iter().chain([found]).filter(on).map(|m| m["push"]["pub"].clone()).collect()
+    }
+}
+
+fn offsets(pubs: &[Value]) -> Vec<u64> {
+    pubs.iter().map(|p| p["offset"].as_u64().unwrap_or(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_is_the_server_subscribed_clients_member_info_in_presence_and_join_pushes() {
+    let server = start().await;
+    let mut bob = Client::connect(server.port, "bob").await;
+    bob.send(json!({"id": 2, "subscribe": {"channel": "room", "join_leave": true}})).await;
+    let (_, reply) = bob.until(|m| m["id"] == 2).await;
+    assert!(reply["subscribe"].is_object(), "{reply}");
+
+    let mut alice = Client::connect(server.port, "alice").await;
+    let answer = server.api("subscribe", json!({"user": "alice", "channel": "room", "info": {"role": "admin"}})).await;
+    assert_eq!(answer, json!({"result": {}}));
+    alice.subscribe_push("room").await;
+    let (_, join) = bob.until(|m| m["push"]["join"].is_object()).await;
+    assert_eq!(join["push"]["join"]["info"]["user"], "alice");
+    assert_eq!(join["push"]["join"]["info"]["conn_info"], json!({"role": "admin"}), "{join}");
+    let presence = server.presence_when("room", |p| p["alice"].is_object()).await;
+    assert_eq!(presence["alice"]["conn_info"], json!({"role": "admin"}), "{presence}");
+
+    // b64info: base64 of JSON.
+    let mut carol = Client::connect(server.port, "carol").await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(br#"{"seat":7}"#);
+    assert_eq!(server.api("subscribe", json!({"user": "carol", "channel": "room", "b64info": b64})).await, json!({"result": {}}));
+    carol.subscribe_push("room").await;
+    let presence = server.presence_when("room", |p| p["carol"].is_object()).await;
+    assert_eq!(presence["carol"]["conn_info"], json!({"seat": 7}), "{presence}");
+
+    // Refused: info beyond the app's max_presence_member_size (1024), b64info that is not base64 or
+    // not JSON.
+    let big = json!({"pad": "x".repeat(1100)});
+    assert_eq!(server.api("subscribe", json!({"user": "dave", "channel": "room", "info": big})).await["error"]["code"], 106);
+    let not_json = base64::engine::general_purpose::STANDARD.encode([0xff, 0x00]);
+    assert_eq!(server.api("subscribe", json!({"user": "dave", "channel": "room", "b64info": not_json})).await["error"]["code"], 107);
+    assert_eq!(server.api("subscribe", json!({"user": "dave", "channel": "room", "b64info": "%%"})).await["error"]["code"], 107);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recover_since_delivers_the_missed_publications_after_the_subscribe_push() {
+    let server = start().await;
+    let first = server.publish("hist:feed", 1).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    server.publish("hist:feed", 2).await;
+    server.publish("hist:feed", 3).await;
+
+    let mut alice = Client::connect(server.port, "alice").await;
+    let since = json!({"offset": 1, "epoch": epoch});
+    let answer = server.api("subscribe", json!({"user": "alice", "channel": "hist:feed", "recover_since": since})).await;
+    assert_eq!(answer, json!({"result": {}}));
+    let push = alice.subscribe_push("hist:feed").await;
+    assert_eq!(push["recoverable"], true, "{push}");
+    assert_eq!(push["recovered"], true, "{push}");
+    assert_eq!(push["was_recovering"], true, "{push}");
+    assert_eq!((push["offset"].as_u64(), push["epoch"].as_str()), (Some(1), Some(epoch.as_str())), "the recovered-from position");
+    server.publish("hist:feed", 4).await;
+    let pubs = alice.publications_until("hist:feed", 4).await;
+    assert_eq!(offsets(&pubs), [2, 3, 4], "the missed ones in order, then the live one: {pubs:?}");
+
+    // A wrong epoch: not recovered, the current position, nothing missed follows.
+    let mut bob = Client::connect(server.port, "bob").await;
+    let wrong = json!({"offset": 1, "epoch": "not-the-epoch"});
+    server.api("subscribe", json!({"user": "bob", "channel": "hist:feed", "recover_since": wrong})).await;
+    let push = bob.subscribe_push("hist:feed").await;
+    assert_eq!(push["recovered"], Value::Null, "recovered is false (left out): {push}");
+    assert_eq!(push["was_recovering"], true, "{push}");
+    assert_eq!((push["offset"].as_u64(), push["epoch"].as_str()), (Some(4), Some(epoch.as_str())));
+    server.publish("hist:feed", 5).await;
+    assert_eq!(offsets(&bob.publications_until("hist:feed", 5).await), [5]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_recovery_override_makes_one_subscription_recover_where_the_namespace_does_not() {
+    let server = start().await;
+    let epoch = server.publish("kept:feed", 1).await["epoch"].as_str().unwrap().to_string();
+    server.publish("kept:feed", 2).await;
+    let since = json!({"offset": 1, "epoch": epoch});
+
+    let mut plain = Client::connect(server.port, "plain").await;
+    server.api("subscribe", json!({"user": "plain", "channel": "kept:feed", "recover_since": since})).await;
+    let push = plain.subscribe_push("kept:feed").await;
+    assert_eq!((push["recoverable"].clone(), push["recovered"].clone()), (Value::Null, Value::Null), "{push}");
+
+    let mut forced = Client::connect(server.port, "forced").await;
+    let body = json!({"user": "forced", "channel": "kept:feed", "recover_since": since, "override": {"force_recovery": {"value": true}}});
+    server.api("subscribe", body).await;
+    let push = forced.subscribe_push("kept:feed").await;
+    assert_eq!((push["recoverable"].clone(), push["recovered"].clone()), (json!(true), json!(true)), "{push}");
+    server.publish("kept:feed", 3).await;
+    assert_eq!(offsets(&forced.publications_until("kept:feed", 3).await), [2, 3]);
+    assert_eq!(offsets(&plain.publications_until("kept:feed", 3).await), [3], "the other subscription is unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_and_join_leave_overrides_apply_to_one_subscription_only() {
+    let server = start().await;
+    // `quiet:` keeps no presence and sends no join/leave; bob's subscription turns both on.
+    let mut bob = Client::connect(server.port, "bob").await;
+    let on = json!({"presence": {"value": true}, "join_leave": {"value": true}, "force_push_join_leave": {"value": true}});
+    server.api("subscribe", json!({"user": "bob", "channel": "quiet:x", "override": on})).await;
+    bob.subscribe_push("quiet:x").await;
+    let mut dave = Client::connect(server.port, "dave").await;
+    dave.send(json!({"id": 2, "subscribe": {"channel": "quiet:x", "join_leave": true}})).await;
+    dave.until(|m| m["id"] == 2).await;
+
+    // Carol joins quiet:x's presence through her override: bob is told, dave (namespace options) not.
+    let mut carol = Client::connect(server.port, "carol").await;
+    let body = json!({"user": "carol", "channel": "quiet:x", "info": {"who": "carol"}, "override": {"presence": {"value": true}}});
+    server.api("subscribe", body).await;
+    carol.subscribe_push("quiet:x").await;
+    let (_, join) = bob.until(|m| m["push"]["join"].is_object()).await;
+    assert_eq!(join["push"]["join"]["info"]["user"], "carol", "{join}");
+    assert_eq!(join["push"]["join"]["info"]["conn_info"], json!({"who": "carol"}), "{join}");
+    server.publish("quiet:x", 1).await;
+    let (before, _) = dave.until(|m| m["push"]["pub"]["data"]["n"] == 1).await;
+    assert!(before.iter().all(|m| !m["push"]["join"].is_object()), "{before:?}");
+    // As in Centrifugo, the API's presence follows the namespace, not one subscription's override.
+    assert_eq!(server.api("presence", json!({"channel": "quiet:x"})).await["error"]["code"], 108);
+
+    // And off: erin's subscription stays out of `room`'s presence, frank's (no override) is in it.
+    let mut erin = Client::connect(server.port, "erin").await;
+    server.api("subscribe", json!({"user": "erin", "channel": "room", "override": {"presence": {"value": false}}})).await;
+    erin.subscribe_push("room").await;
+    let mut frank = Client::connect(server.port, "frank").await;
+    server.api("subscribe", json!({"user": "frank", "channel": "room"})).await;
+    frank.subscribe_push("room").await;
+    let presence = server.presence_when("room", |p| p["frank"].is_object()).await;
+    assert!(presence["erin"].is_null(), "{presence}");
+    let stats = server.api("presence_stats", json!({"channel": "room"})).await;
+    assert_eq!(stats["result"], json!({"num_clients": 2, "num_users": 1}), "both subscribed, one present");
+}
