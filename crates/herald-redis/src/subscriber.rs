@@ -81,6 +81,9 @@ impl RedisBroker {
                 }
                 (false, true) => {
                     subscribed.remove(&key);
+                    // Not routed from now on: a prepare before the UNSUBSCRIBE (which may wait behind
+                    // this round's subscribes) must wait for a new SUBSCRIBE, not take the key as live.
+                    self.live.lock().keys.remove(&key);
                     remove.push(key);
                 }
                 _ => {}
@@ -98,12 +101,6 @@ impl RedisBroker {
             }
         }
         for chunk in remove.chunks(512) {
-            {
-                let mut live = self.live.lock();
-                chunk.iter().for_each(|key| {
-                    live.keys.remove(key);
-                });
-            }
             tokio::time::timeout(deadline, sink.remove(chunk)).await.map_err(|_| crate::health::timed_out())??;
         }
         self.subscriptions.store(subscribed.len(), Ordering::Release);

@@ -59,9 +59,11 @@ impl Node {
         (id, outbox)
     }
 
-    /// Waits until this node's Redis subscriptions number `n`.
+    /// Waits until this node's Redis subscriptions number `n` (up to 10 s: after a Redis restart the
+    /// subscriber reconnects with a backoff of up to 5 s).
     async fn subscriptions(&self, n: usize) {
-        for _ in 0..200 {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::time::Instant::now() < deadline {
             if self.broker.subscriptions() == n && self.broker_healthy() {
                 return;
             }
@@ -197,5 +199,33 @@ async fn counts_are_reconciled_after_the_subscriber_connection_drops() {
     }
     assert_eq!(ids, ["alice"]);
     assert_eq!(state.channel("app-id", "presence-r").await.unwrap().map(|c| c.subscribers), Some(1));
+    redis.stop().await;
+}
+
+/// One thread (the default test runtime): the subscriber task runs only while the test waits, so the
+/// test knows what its sync round saw.
+#[tokio::test]
+async fn a_first_subscriber_racing_the_unsubscribe_of_its_channel_waits_for_routing() {
+    let redis = RedisServer::start().await;
+    let a = Node::start(&redis, "t8").await;
+    let b = Node::start(&redis, "t8").await;
+    let (first, _) = b.subscriber("x");
+    b.subscriptions(1).await;
+    // Redis stalls. B's last subscriber of x leaves as y gets its first: one sync round subscribes y
+    // (waiting for Redis) and unsubscribes x after that.
+    redis.pause().await;
+    let (_, _on_y) = b.subscriber("y");
+    b.hub().unsubscribe(first, "x");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A new first subscriber of x meanwhile: x is on its way out, so it is not routed here.
+    let prepared = b.hub().prepare_channel("x");
+    redis.resume().await;
+    let mut interest = prepared.expect("x is being unsubscribed: the subscribe must wait for routing");
+    assert!(tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap(), "routed again");
+    let (_, on_x) = b.subscriber("x");
+    drop(interest);
+    let frame = Bytes::from_static(b"{\"event\":\"after\"}");
+    a.hub().publish_raw("x", &frame, None);
+    assert_eq!(next(&on_x, 2000).await.as_ref(), Some(&frame), "published after the subscribe was confirmed");
     redis.stop().await;
 }

@@ -115,6 +115,19 @@ pub async fn next(outbox: &Outbox, ms: u64) -> Option<Bytes> {
     }
 }
 
+/// Like [`next`], failing if more than one frame was queued: a duplicate delivery fails the test
+/// instead of being dropped unseen.
+pub async fn next_alone(outbox: &Outbox, ms: u64) -> Option<Bytes> {
+    let mut batch = Vec::new();
+    match tokio::time::timeout(Duration::from_millis(ms), outbox.drain(&mut batch)).await {
+        Ok(Drained::Frames) => {
+            assert_eq!(batch.len(), 1, "one frame expected, more were queued: {batch:?}");
+            batch.pop()
+        }
+        _ => None,
+    }
+}
+
 impl RedisServer {
     /// `redis-cli` against this server; its stdout.
     pub async fn cli(&self, args: &[&str]) -> String {
@@ -294,6 +307,20 @@ impl Drop for Proxy {
         self.accept.abort();
         self.cut();
     }
+}
+
+/// Frames queued in `outbox` until at least `n` arrived or `within` passed (then fewer).
+pub async fn frames_until(outbox: &Outbox, n: usize, within: Duration) -> Vec<Bytes> {
+    let mut all = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while all.len() < n {
+        let mut batch = Vec::new();
+        match tokio::time::timeout_at(deadline, outbox.drain(&mut batch)).await {
+            Ok(Drained::Frames) => all.append(&mut batch),
+            _ => break,
+        }
+    }
+    all
 }
 
 /// Every frame queued in `outbox` within `ms` (waits the whole time).
