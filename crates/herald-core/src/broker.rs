@@ -63,10 +63,26 @@ pub struct PreparedInterest {
 }
 
 impl PreparedInterest {
-    /// Prepares `topic` of `app_id` with `broker`; `None` when the node already receives it.
+    /// Prepares `topic` of `app_id` with `broker`; `None` when there is nothing to wait for.
     pub fn new(broker: &Arc<dyn Broker>, app_id: &str, topic: Topic) -> Option<PreparedInterest> {
         let ready = broker.prepare(app_id, &topic)?;
         Some(PreparedInterest { broker: broker.clone(), app_id: Arc::from(app_id), topic, ready: Some(ready), routed: false })
+    }
+
+    /// Whether the topic is routed to this node already (the broker answered at once), without
+    /// waiting.
+    pub fn routed_now(&mut self) -> bool {
+        if let Some(ready) = self.ready.as_mut() {
+            match ready.try_recv() {
+                Ok(()) => {
+                    self.ready = None;
+                    self.routed = true;
+                }
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => self.ready = None,
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        self.routed
     }
 
     /// Resolves once the backend routes the topic to this node, with `true`; `false` if the broker gave
@@ -103,8 +119,11 @@ pub trait Broker: Send + Sync + 'static {
     fn interest_changed(&self, app_id: &str, topic: Topic);
     /// Makes this node receive `topic` from other nodes *before* a first local subscriber is added, so
     /// nothing published elsewhere after the subscriber is confirmed can be missed. Returns a receiver
-    /// that resolves once the backend subscription is live, or `None` if it already is. Every `Some`
-    /// must be paired with a [`Broker::release`]; use [`PreparedInterest`], which does that on drop.
+    /// that resolves once the backend subscription is live: at once if it already is, and then the
+    /// prepare pins it, so that local interest ending meanwhile (the last subscriber leaving) cannot
+    /// drop the route before the new subscriber lands. `None` when there is nothing to wait for (the
+    /// backend is unreachable: no routing). Every `Some` must be paired with a [`Broker::release`]; use
+    /// [`PreparedInterest`], which does that on drop.
     fn prepare(&self, app_id: &str, topic: &Topic) -> Option<tokio::sync::oneshot::Receiver<()>>;
     /// Ends a [`Broker::prepare`]: from now on local interest alone decides.
     fn release(&self, app_id: &str, topic: &Topic);

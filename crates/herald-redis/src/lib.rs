@@ -297,17 +297,19 @@ impl Broker for RedisBroker {
             return None;
         }
         let key = self.key(app_id, topic);
-        let rx = {
+        let (tx, rx) = oneshot::channel();
+        {
             let mut live = self.live.lock();
+            // Counted under the `live` lock, where a sync round decides what to unsubscribe: a live key
+            // is pinned (the round sees it prepared), or the round has already taken it out of `live`
+            // and this prepare waits for a new SUBSCRIBE.
+            *self.prepared.lock().entry(key.clone()).or_default() += 1;
             if live.keys.contains(&key) {
-                // Already routed here: nothing to wait for, nothing to release.
-                return None;
+                let _ = tx.send(());
+                return Some(rx);
             }
-            let (tx, rx) = oneshot::channel();
-            live.waiting.entry(key.clone()).or_default().push(tx);
-            rx
-        };
-        *self.prepared.lock().entry(key).or_default() += 1;
+            live.waiting.entry(key).or_default().push(tx);
+        }
         self.interest_changed(app_id, topic.clone());
         Some(rx)
     }

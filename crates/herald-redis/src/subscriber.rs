@@ -73,7 +73,10 @@ impl RedisBroker {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for (app, topic) in dirty {
             let key = self.key(&app, &topic);
-            let wanted = self.prepared.lock().contains_key(&key) || engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
+            let local = engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
+            // Decided under the `live` lock, where a prepare pins a live key (see `Broker::prepare`).
+            let mut live = self.live.lock();
+            let wanted = local || self.prepared.lock().contains_key(&key);
             match (wanted, subscribed.contains_key(&key)) {
                 (true, false) => {
                     subscribed.insert(key.clone(), (app, topic));
@@ -83,7 +86,7 @@ impl RedisBroker {
                     subscribed.remove(&key);
                     // Not routed from now on: a prepare before the UNSUBSCRIBE (which may wait behind
                     // this round's subscribes) must wait for a new SUBSCRIBE, not take the key as live.
-                    self.live.lock().keys.remove(&key);
+                    live.keys.remove(&key);
                     remove.push(key);
                 }
                 _ => {}

@@ -49,21 +49,21 @@ impl Hub {
         }
     }
 
-    /// Before a connection subscribes to `channel`: if this node is in a cluster and has no local
-    /// subscriber yet, starts receiving the channel from other nodes. The guard resolves
-    /// ([`PreparedInterest::ready`]) when that is live; keep it until the local subscribe is done.
+    /// Before a connection subscribes to `channel`: if this node is in a cluster, makes sure it receives
+    /// the channel from other nodes. The guard resolves ([`PreparedInterest::ready`]) when that is
+    /// live, at once if it already is; keep it until the local subscribe is done. Asked even when the
+    /// channel has local subscribers: the last of them may leave before this subscribe lands, and the
+    /// guard keeps the route meanwhile.
     pub fn prepare_channel(&self, channel: &str) -> Option<PreparedInterest> {
-        let broker = self.broker.get()?;
-        if self.channels.contains_key(channel) {
-            return None;
-        }
-        PreparedInterest::new(broker, &self.app.id, Topic::Channel(Arc::from(channel)))
+        PreparedInterest::new(self.broker.get()?, &self.app.id, Topic::Channel(Arc::from(channel)))
     }
 
     /// After `user_id` signed in here: if this node is in a cluster and does not yet receive that user's
-    /// messages from other nodes, returns a guard that resolves when it does.
+    /// messages from other nodes, returns a guard that resolves when it does. (The sign-in is local
+    /// interest already, so an existing route needs no guard.)
     pub fn prepare_user(&self, user_id: &str) -> Option<PreparedInterest> {
-        PreparedInterest::new(self.broker.get()?, &self.app.id, Topic::User(Arc::from(user_id)))
+        let mut interest = PreparedInterest::new(self.broker.get()?, &self.app.id, Topic::User(Arc::from(user_id)))?;
+        (!interest.routed_now()).then_some(interest)
     }
 
     /// Applies a message another node published (called by the broker). Returns local deliveries.
@@ -150,7 +150,7 @@ impl Hub {
     ) -> Result<Subscribed, SubscribeError> {
         let mut interest = self.prepare_channel(channel);
         if let Some(interest) = interest.as_mut() {
-            if !matches!(tokio::time::timeout(CLUSTER_WAIT, interest.ready()).await, Ok(true)) {
+            if !interest.routed_now() && !matches!(tokio::time::timeout(CLUSTER_WAIT, interest.ready()).await, Ok(true)) {
                 metrics::counter!("herald_errors_total", "kind" => "cluster_subscribe_timeout").increment(1);
             }
         }

@@ -226,10 +226,12 @@ impl Broker for LocalBroker {
         let (tx, rx) = oneshot::channel();
         {
             let mut routes = self.shared.routes.lock();
-            if routes.is_routed(self.slot.id, app_id, topic) {
-                return None;
-            }
+            // Counted even when routed already: the route then stays while the caller subscribes.
             *routes.prepared.entry((self.slot.id, Arc::from(app_id), topic.clone())).or_default() += 1;
+            if routes.is_routed(self.slot.id, app_id, topic) {
+                let _ = tx.send(());
+                return Some(rx);
+            }
         }
         if self.update(app_id, topic).is_ok() {
             let _ = tx.send(());

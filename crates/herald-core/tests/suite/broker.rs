@@ -37,6 +37,7 @@ macro_rules! broker_conformance {
             publications_of_one_publisher_arrive_in_order,
             a_confirmed_first_subscriber_misses_nothing_published_elsewhere,
             released_interest_without_a_subscriber_stops_routing,
+            a_prepare_keeps_a_routed_channel_while_its_last_subscriber_leaves,
         );
     };
     (@tests #[$attr:meta] $cluster:expr; $($name:ident),* $(,)?) => {
@@ -281,13 +282,39 @@ pub async fn a_confirmed_first_subscriber_misses_nothing_published_elsewhere(clu
         let f = frame(&format!("{{\"round\":{round}}}"));
         a.hub().publish_raw(&channel, &f, None);
         assert_eq!(next(&outbox, ARRIVES_MS).await.as_ref(), Some(&f), "round {round}");
-        // A second subscriber on the same node has nothing to prepare.
-        assert!(b.hub().prepare_channel(&channel).is_none());
+        // A second subscriber on the same node has nothing to wait for.
+        assert!(b.hub().prepare_channel(&channel).expect("a cluster node prepares").routed_now());
     }
     // A node already receiving a user has nothing to prepare either.
     let _ = signed_in(&b, "u1", None).await;
     assert!(b.hub().prepare_user("u1").is_none());
     assert!(b.hub().has_local(&Topic::User(Arc::from("u1"))));
+}
+
+/// A subscribe that prepared while the channel was routed here keeps the route, even when the last
+/// local subscriber leaves before the new one lands: without that, the route would be dropped and
+/// taken again, and what other nodes published in between would be lost to a confirmed subscriber.
+pub async fn a_prepare_keeps_a_routed_channel_while_its_last_subscriber_leaves(cluster: &impl Cluster) {
+    let a = cluster.node().await;
+    let b = cluster.node().await;
+    let (first, _first_box) = subscriber(&b, "handover").await;
+    assert!(routes(&b, 1).await);
+    let mut interest = b.hub().prepare_channel("handover").expect("a cluster node prepares");
+    assert!(interest.routed_now(), "routed already: nothing to wait for");
+    assert!(b.hub().leave(first, "handover").await.is_some());
+    // The backend had time to act on the leave; the prepared subscribe still holds the route.
+    tokio::time::sleep(Duration::from_millis(QUIET_MS)).await;
+    assert_eq!(b.routes(), 1, "the route is kept while a subscribe is prepared");
+    let (id, outbox) = b.hub().connect().unwrap();
+    b.hub().subscribe(id, "handover", None).unwrap();
+    drop(interest);
+    let f = frame("{\"handover\":true}");
+    a.hub().publish_raw("handover", &f, None);
+    assert_eq!(next(&outbox, ARRIVES_MS).await.as_ref(), Some(&f), "published right after the subscribe was confirmed");
+    // Released with a local subscriber: the route stays; without one it goes.
+    assert!(routes(&b, 1).await);
+    b.hub().unsubscribe(id, "handover");
+    assert!(routes(&b, 0).await, "released");
 }
 
 pub async fn released_interest_without_a_subscriber_stops_routing(cluster: &impl Cluster) {
