@@ -2,16 +2,16 @@
 //! and idempotency keys, broadcast, history, history_remove, presence, channels, info, and refusals
 //! with Centrifugo's error codes.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_centrifugo::{Centrifugo, CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace};
+use common::{call, post, serve};
+use herald_centrifugo::{CentrifugoApp, ChannelOptions, Namespace};
 use herald_core::{App, Engine, MemberJoin};
-use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 struct Server {
     port: u16,
@@ -35,41 +35,8 @@ async fn start() -> Server {
         options: ChannelOptions { history_size: 10, history_ttl: Duration::from_secs(300), ..Default::default() },
     });
     let shutdown = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let front = Centrifugo::new(engine.clone(), vec![app], CentrifugoConfig::default(), shutdown.clone(), tasks);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = front.router();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
-    });
+    let port = serve(engine.clone(), app, &shutdown).await;
     Server { port, engine, shutdown }
-}
-
-/// One HTTP/1.1 request; the status and the body parsed as JSON.
-async fn post(port: u16, path: &str, auth: Option<(&str, &str)>, body: &[u8]) -> (u16, Value) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let auth = auth.map(|(name, value)| format!("{name}: {value}\r\n")).unwrap_or_default();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    // The server may answer (413) and close before reading a large body.
-    let _ = stream.write_all(body).await;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response);
-    let status: u16 = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
-
-async fn call(port: u16, method: &str, body: Value) -> Value {
-    let (status, answer) = post(port, &format!("/api/{method}"), Some(("X-API-Key", "api-key")), body.to_string().as_bytes()).await;
-    assert_eq!(status, 200, "{method}: {answer}");
-    answer
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

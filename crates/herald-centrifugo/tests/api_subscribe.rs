@@ -4,23 +4,17 @@
 //! push (none, and `recovered` unset, from a wrong epoch), and overrides change the channel options
 //! for that one subscription.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::{SinkExt, StreamExt};
-use herald_centrifugo::{Centrifugo, CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace};
+use common::{call, serve, Client, DEADLINE};
+use herald_centrifugo::{CentrifugoApp, ChannelOptions, Namespace};
 use herald_core::{App, Engine};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-
-/// How long a test waits for something that should happen.
-const DEADLINE: Duration = Duration::from_secs(5);
 
 struct Server {
     port: u16,
@@ -54,35 +48,14 @@ async fn start() -> Server {
     app.namespaces
         .push(Namespace { name: "quiet".into(), options: ChannelOptions { allow_subscribe_for_client: true, ..Default::default() } });
     let shutdown = CancellationToken::new();
-    let front = Centrifugo::new(engine.clone(), vec![app], CentrifugoConfig::default(), shutdown.clone(), TaskTracker::new());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = front.router();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
-    });
+    let port = serve(engine.clone(), app, &shutdown).await;
     Server { port, shutdown, _engine: engine }
 }
 
 impl Server {
     /// Calls API `method` with `body` (HTTP 200 expected); the answer.
     async fn api(&self, method: &str, body: Value) -> Value {
-        let body = body.to_string();
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
-        let head = format!(
-            "POST /api/{method} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-API-Key: api-key\r\n\
-             Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        stream.write_all(body.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).await.unwrap();
-        let text = String::from_utf8_lossy(&response);
-        assert!(text.starts_with("HTTP/1.1 200"), "{method}: {text}");
-        let (_, body) = text.split_once("\r\n\r\n").unwrap();
-        serde_json::from_str(body).unwrap()
+        call(self.port, method, body).await
     }
 
     async fn publish(&self, channel: &str, n: u64) -> Value {
@@ -103,74 +76,6 @@ impl Server {
             assert!(tokio::time::Instant::now() < deadline, "presence of {channel}: {answer}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-}
-
-/// A Centrifugo JSON client.
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// Objects of a frame not yet returned (a frame may carry several, one a line).
-    pending: std::collections::VecDeque<Value>,
-}
-
-impl Client {
-    /// Connects as `user` (an HS256 token of the dev app, no info) and waits for the connect reply.
-    async fn connect(port: u16, user: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/connection/websocket")).await.unwrap();
-        let mut client = Client { ws, pending: Default::default() };
-        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
-        let key = jsonwebtoken::EncodingKey::from_secret(b"app-secret");
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &json!({"sub": user, "exp": exp}), &key).unwrap();
-        client.send(json!({"id": 1, "connect": {"token": token}})).await;
-        let (_, reply) = client.until(|m| m["id"] == 1).await;
-        assert!(reply["connect"]["client"].is_string(), "{reply}");
-        client
-    }
-
-    async fn send(&mut self, command: Value) {
-        self.ws.send(Message::text(command.to_string())).await.unwrap();
-    }
-
-    /// The next message from the server (server pings skipped).
-    async fn next(&mut self) -> Value {
-        loop {
-            if let Some(m) = self.pending.pop_front() {
-                if m != json!({}) {
-                    return m;
-                }
-                continue;
-            }
-            let message = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("a message in time").expect("open").unwrap();
-            match message {
-                Message::Text(text) => self.pending.extend(text.lines().map(|line| serde_json::from_str::<Value>(line).unwrap())),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    /// Reads until a message matches `found`: the messages before it, and it.
-    async fn until(&mut self, found: impl Fn(&Value) -> bool) -> (Vec<Value>, Value) {
-        let mut before = Vec::new();
-        loop {
-            let m = self.next().await;
-            if found(&m) {
-                return (before, m);
-            }
-            before.push(m);
-        }
-    }
-
-    /// The `subscribe` push for `channel` (whatever came before it).
-    async fn subscribe_push(&mut self, channel: &str) -> Value {
-        let (_, push) = self.until(|m| m["push"]["channel"] == channel && m["push"]["subscribe"].is_object()).await;
-        push["push"]["subscribe"].clone()
-    }
-
-    /// The publications on `channel` up to and including the one with data `{"n": last}`.
-    async fn publications_until(&mut self, channel: &str, last: u64) -> Vec<Value> {
-        let on = |m: &Value| m["push"]["channel"] == channel && m["push"]["pub"].is_object();
-        let (before, found) = self.until(|m| on(m) && m["push"]["pub"]["data"]["n"] == last).await;
-        before.into_iter().chain([found]).filter(on).map(|m| m["push"]["pub"].clone()).collect()
     }
 }
 

@@ -9,27 +9,23 @@
 //! comes back to this node's hub as a broker's would). The engine is also a node of a one-node
 //! [`LocalCluster`], so subscriptions are counted in a cluster state too.
 
+mod common;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
-use herald_centrifugo::{Centrifugo, CentrifugoApp, CentrifugoConfig, ChannelOptions, Namespace};
+use common::{serve, Client, DEADLINE};
+use herald_centrifugo::{CentrifugoApp, ChannelOptions, Namespace};
 use herald_core::{
     App, BoxFuture, DataKind, Engine, HistoryBroadcast, HistoryError, HistoryOptions, HistoryStore, Hub, LocalCluster, MemoryHistory,
     Publication, Recovery, Remote, StreamPosition, Topic, UserAction, UserCommand,
 };
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-/// How long a test waits for something that should happen.
-const DEADLINE: Duration = Duration::from_secs(5);
 const HISTORY: HistoryOptions = HistoryOptions { size: 10, ttl: Duration::from_secs(300) };
 
 /// The memory history store, whose reads (`since`, `position`) fail while `fail` is set, and the next
@@ -184,14 +180,7 @@ async fn start() -> Server {
         },
     });
     let shutdown = CancellationToken::new();
-    let front = Centrifugo::new(engine.clone(), vec![app], CentrifugoConfig::default(), shutdown.clone(), TaskTracker::new());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = front.router();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
-    });
+    let port = serve(engine.clone(), app, &shutdown).await;
     let hub = engine.by_id("app-id").unwrap().clone();
     Server { port, hub, history, shutdown, _engine: engine, _cluster: cluster }
 }
@@ -213,72 +202,6 @@ impl Server {
         } else {
             self.hub.publish(&publication);
         }
-    }
-}
-
-/// A Centrifugo JSON client.
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    /// Objects of a frame not yet returned (a frame may carry several, one a line).
-    pending: std::collections::VecDeque<Value>,
-}
-
-impl Client {
-    /// Connects as `user` (an HS256 token of the dev app) and waits for the connect reply.
-    async fn connect(port: u16, user: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("ws://127.0.0.1:{port}/connection/websocket")).await.unwrap();
-        let mut client = Client { ws, pending: Default::default() };
-        let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 3600;
-        let key = jsonwebtoken::EncodingKey::from_secret(b"app-secret");
-        let token = jsonwebtoken::encode(&jsonwebtoken::Header::default(), &json!({"sub": user, "exp": exp}), &key).unwrap();
-        client.send(json!({"id": 1, "connect": {"token": token}})).await;
-        let (_, reply) = client.until(|m| m["id"] == 1).await;
-        assert!(reply["connect"]["client"].is_string(), "{reply}");
-        client
-    }
-
-    async fn send(&mut self, command: Value) {
-        self.ws.send(Message::text(command.to_string())).await.unwrap();
-    }
-
-    /// The next message from the server (server pings skipped); WebSocket pongs come as `{"pong": true}`.
-    async fn next(&mut self) -> Value {
-        loop {
-            if let Some(m) = self.pending.pop_front() {
-                if m != json!({}) {
-                    return m;
-                }
-                continue;
-            }
-            let message = tokio::time::timeout(DEADLINE, self.ws.next()).await.expect("a message in time").expect("open").unwrap();
-            match message {
-                Message::Text(text) => self.pending.extend(text.lines().map(|line| serde_json::from_str::<Value>(line).unwrap())),
-                Message::Pong(_) => return json!({"pong": true}),
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    }
-
-    /// Reads until a message matches `found`: the messages before it, and it.
-    async fn until(&mut self, found: impl Fn(&Value) -> bool) -> (Vec<Value>, Value) {
-        let mut before = Vec::new();
-        loop {
-            let m = self.next().await;
-            if found(&m) {
-                return (before, m);
-            }
-            before.push(m);
-        }
-    }
-
-    /// Subscribes to `channel` (with `extra` subscribe fields) as command `id`; the reply.
-    async fn subscribe(&mut self, id: u32, channel: &str, extra: Value) -> Value {
-        let mut request = json!({"channel": channel});
-        request.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        self.send(json!({"id": id, "subscribe": request})).await;
-        let (before, reply) = self.until(|m| m["id"] == id).await;
-        assert!(before.iter().all(|m| m["push"]["channel"] != channel), "nothing of {channel} before its reply: {before:?}");
-        reply
     }
 }
 
@@ -363,7 +286,7 @@ async fn a_server_side_subscribe_waiting_on_history_leaves_the_session_reading_a
     server.history.held().await;
 
     // A session stuck in the command reads nothing: no pong.
-    alice.ws.send(Message::Ping(Bytes::from_static(b"are you there"))).await.unwrap();
+    alice.ping().await;
     let (before, _) = alice.until(|m| m["pong"] == true).await;
     assert!(before.is_empty(), "{before:?}");
     server.publish("plain", r#"{"while":"waiting"}"#).await;
@@ -396,14 +319,7 @@ async fn a_peer_subscribe_command_to_an_invalid_channel_name_is_ignored() {
     app.channel_options = ChannelOptions { allow_subscribe_for_client: true, ..Default::default() };
     let shutdown = CancellationToken::new();
     let _stop = shutdown.clone().drop_guard();
-    let front = Centrifugo::new(a.clone(), vec![app], CentrifugoConfig::default(), shutdown.clone(), TaskTracker::new());
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let router = front.router();
-    let stop = shutdown.clone();
-    tokio::spawn(async move {
-        axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await.unwrap();
-    });
+    let port = serve(a.clone(), app, &shutdown).await;
     let mut alice = Client::connect(port, "alice").await;
     let (hub_a, hub_b) = (a.by_id("app-id").unwrap(), b.by_id("app-id").unwrap());
 
