@@ -284,9 +284,12 @@ struct ChannelRequest {
     channel: String,
 }
 
+/// A stream position; either field may be left out (protobuf-JSON clients omit zero values).
 #[derive(Deserialize)]
 struct Since {
+    #[serde(default)]
     offset: u64,
+    #[serde(default)]
     epoch: String,
 }
 

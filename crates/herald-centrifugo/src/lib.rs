@@ -100,6 +100,9 @@ pub struct Centrifugo {
     uni: CodecId,
 }
 
+/// Largest frame [`Encoding::join`] makes of several replies.
+pub(crate) const MAX_JOINED_FRAME: usize = 64 * 1024;
+
 /// The encoding of one connection, chosen by its WebSocket subprotocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Encoding {
@@ -130,6 +133,36 @@ impl Encoding {
             Encoding::Protobuf => protobuf::encode_push(channel, push),
             Encoding::UniJson => json::encode_uni_push(channel, push),
         }
+    }
+
+    /// Whether several replies may share one frame (JSON: newline-separated; protobuf: each
+    /// varint-delimited). A unidirectional connection gets one push per message.
+    pub(crate) fn joins(self) -> bool {
+        matches!(self, Encoding::Json | Encoding::Protobuf)
+    }
+
+    /// `frames` (replies or pushes of this encoding) as few frames of at most [`MAX_JOINED_FRAME`]
+    /// bytes as they fit in (a larger one goes alone), where the encoding allows it.
+    pub(crate) fn join(self, frames: impl IntoIterator<Item = bytes::Bytes>) -> Vec<bytes::Bytes> {
+        if !self.joins() {
+            return frames.into_iter().collect();
+        }
+        let separator: &[u8] = if self == Encoding::Json { b"\n" } else { b"" };
+        let mut out = Vec::new();
+        let mut current = bytes::BytesMut::new();
+        for frame in frames {
+            if !current.is_empty() && current.len() + separator.len() + frame.len() > MAX_JOINED_FRAME {
+                out.push(current.split().freeze());
+            }
+            if !current.is_empty() {
+                current.extend_from_slice(separator);
+            }
+            current.extend_from_slice(&frame);
+        }
+        if !current.is_empty() {
+            out.push(current.freeze());
+        }
+        out
     }
 
     pub(crate) fn ping(self) -> bytes::Bytes {
@@ -302,3 +335,22 @@ fn connect(front: Arc<Centrifugo>, app: Option<Arc<ReadyApp>>, mut request: Requ
 
 /// The version the server reports in connect replies.
 pub const VERSION: &str = concat!("herald ", env!("CARGO_PKG_VERSION"));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn replies_are_joined_per_encoding_up_to_the_frame_limit() {
+        let frames = || [Bytes::from_static(b"{\"a\":1}"), Bytes::from_static(b"{\"b\":2}")];
+        assert_eq!(Encoding::Json.join(frames()), [Bytes::from_static(b"{\"a\":1}\n{\"b\":2}")]);
+        assert_eq!(Encoding::Protobuf.join(frames()), [Bytes::from_static(b"{\"a\":1}{\"b\":2}")]);
+        assert_eq!(Encoding::UniJson.join(frames()), frames(), "a unidirectional client gets one push per message");
+        let half = Bytes::from(vec![b'x'; MAX_JOINED_FRAME / 2]);
+        let joined = Encoding::Protobuf.join([half.clone(), half.clone(), half.clone()]);
+        assert_eq!(joined.iter().map(Bytes::len).collect::<Vec<_>>(), [MAX_JOINED_FRAME, MAX_JOINED_FRAME / 2]);
+        let huge = Bytes::from(vec![b'y'; MAX_JOINED_FRAME + 1]);
+        assert_eq!(Encoding::Json.join([huge.clone(), half.clone()]).len(), 2, "a frame over the limit goes alone");
+    }
+}

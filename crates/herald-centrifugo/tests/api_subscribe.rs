@@ -30,9 +30,14 @@ impl Drop for Server {
 
 /// The dev app's front: channels without a namespace keep presence with join/leave pushes on request;
 /// `hist:` keeps history and allows recovery; `kept:` keeps history without recovery; `quiet:` has
-/// neither presence nor join/leave.
+/// neither presence nor join/leave; `long:` keeps 100 publications and allows recovery.
 async fn start() -> Server {
-    let engine = Arc::new(Engine::new([App::dev()]));
+    start_with(App::dev()).await
+}
+
+/// [`start`] with the engine's app `dev` (its limits).
+async fn start_with(dev: App) -> Server {
+    let engine = Arc::new(Engine::new([dev]));
     let mut app = CentrifugoApp::dev();
     app.api_key = Some("api-key".into());
     app.channel_options = ChannelOptions { presence: true, join_leave: true, allow_subscribe_for_client: true, ..Default::default() };
@@ -45,6 +50,7 @@ async fn start() -> Server {
     };
     app.namespaces.push(Namespace { name: "hist".into(), options: history(true) });
     app.namespaces.push(Namespace { name: "kept".into(), options: history(false) });
+    app.namespaces.push(Namespace { name: "long".into(), options: ChannelOptions { history_size: 100, ..history(true) } });
     app.namespaces
         .push(Namespace { name: "quiet".into(), options: ChannelOptions { allow_subscribe_for_client: true, ..Default::default() } });
     let shutdown = CancellationToken::new();
@@ -210,4 +216,41 @@ async fn presence_and_join_leave_overrides_apply_to_one_subscription_only() {
     assert!(presence["erin"].is_null(), "{presence}");
     let stats = server.api("presence_stats", json!({"channel": "room"})).await;
     assert_eq!(stats["result"], json!({"num_clients": 2, "num_users": 1}), "both subscribed, one present");
+}
+
+/// A server-side recovery is queued at once, so it is bounded by the connection's outbox: the missed
+/// publications share frames with the `subscribe` push (39 of them fit an outbox of 20 messages), and
+/// what would not fit the outbox's bytes is reported as not recovered, the connection kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_side_recovery_is_joined_into_few_frames_and_bounded_by_the_outbox() {
+    let mut dev = App::dev();
+    dev.limits.outbox.max_messages = 20;
+    dev.limits.outbox.max_bytes = 8 * 1024;
+    let server = start_with(dev).await;
+    let epoch = server.publish("long:feed", 1).await["epoch"].as_str().unwrap().to_string();
+    for n in 2..=40 {
+        server.publish("long:feed", n).await;
+    }
+    let mut alice = Client::connect(server.port, "alice").await;
+    let since = json!({"offset": 1, "epoch": epoch});
+    server.api("subscribe", json!({"user": "alice", "channel": "long:feed", "recover_since": since})).await;
+    assert_eq!(alice.subscribe_push("long:feed").await["recovered"], true);
+    server.publish("long:feed", 41).await;
+    assert_eq!(offsets(&alice.publications_until("long:feed", 41).await), (2..=41).collect::<Vec<_>>());
+
+    // 30 publications of 300 bytes are more than the outbox's 8 KiB.
+    let pad = "x".repeat(300);
+    let big = server.api("publish", json!({"channel": "long:big", "data": {"n": 1, "pad": pad}})).await;
+    let epoch = big["result"]["epoch"].as_str().unwrap().to_string();
+    for n in 2..=30 {
+        server.api("publish", json!({"channel": "long:big", "data": {"n": n, "pad": pad}})).await;
+    }
+    let mut bob = Client::connect(server.port, "bob").await;
+    let since = json!({"offset": 1, "epoch": epoch});
+    server.api("subscribe", json!({"user": "bob", "channel": "long:big", "recover_since": since})).await;
+    let push = bob.subscribe_push("long:big").await;
+    assert_eq!(push["recovered"], Value::Null, "not recovered (left out): {push}");
+    assert_eq!(push["offset"].as_u64(), Some(30), "the current position: {push}");
+    server.publish("long:big", 31).await;
+    assert_eq!(offsets(&bob.publications_until("long:big", 31).await), [31], "still connected, nothing missed sent");
 }

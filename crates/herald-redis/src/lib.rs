@@ -316,15 +316,20 @@ impl Broker for RedisBroker {
 
     fn release(&self, app_id: &str, topic: &Topic) {
         let key = self.key(app_id, topic);
-        {
+        let last = {
             let mut prepared = self.prepared.lock();
-            if let Some(n) = prepared.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    prepared.remove(&key);
+            match prepared.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
                 }
+                Some(_) => {
+                    prepared.remove(&key);
+                    true
+                }
+                None => false,
             }
-        }
+        };
         {
             // Waiters that gave up (timed out) leave closed senders behind; drop them.
             let mut live = self.live.lock();
@@ -335,7 +340,10 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        self.interest_changed(app_id, topic.clone());
+        // While other prepares hold the key, whether it is wanted can't have changed.
+        if last {
+            self.interest_changed(app_id, topic.clone());
+        }
     }
 
     /// Redis answers (the last probe or call succeeded) and the subscriber connection is up.

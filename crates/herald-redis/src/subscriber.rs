@@ -73,10 +73,11 @@ impl RedisBroker {
         let (mut add, mut remove) = (Vec::new(), Vec::new());
         for (app, topic) in dirty {
             let key = self.key(&app, &topic);
-            let local = engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
-            // Decided under the `live` lock, where a prepare pins a live key (see `Broker::prepare`).
+            // Decided under the `live` lock, where a prepare pins a live key (see `Broker::prepare`), and
+            // `prepared` read before local interest: a subscriber's pin is released only after its
+            // local subscribe, so one of the two reads sees it.
             let mut live = self.live.lock();
-            let wanted = local || self.prepared.lock().contains_key(&key);
+            let wanted = self.prepared.lock().contains_key(&key) || engine.by_id(&app).is_some_and(|hub| hub.has_local(&topic));
             match (wanted, subscribed.contains_key(&key)) {
                 (true, false) => {
                     subscribed.insert(key.clone(), (app, topic));
@@ -238,10 +239,15 @@ pub(crate) async fn subscribe_loop(client: redis::Client, engine: Weak<Engine>, 
                 }
             }
         };
+        {
+            // One step: a prepare sees either the old routes or none, never a live key of a dead
+            // connection after its waiters were let go.
+            let mut live = broker.live.lock();
+            live.keys.clear();
+            live.waiting.clear();
+        }
         broker.health.set_subscriber_up(false);
-        broker.release_waiters();
         broker.subscriptions.store(0, Ordering::Release);
-        broker.live.lock().keys.clear();
         warn!(reason = lost.as_deref().unwrap_or(""), "redis subscriber connection lost; reconnecting");
         drop(engine);
     }

@@ -220,7 +220,8 @@ async fn a_first_subscriber_racing_the_unsubscribe_of_its_channel_waits_for_rout
     // A new first subscriber of x meanwhile: x is on its way out, so it is not routed here.
     let prepared = b.hub().prepare_channel("x");
     redis.resume().await;
-    let mut interest = prepared.expect("x is being unsubscribed: the subscribe must wait for routing");
+    let mut interest = prepared.expect("a healthy node prepares");
+    assert!(!interest.routed_now(), "x is being unsubscribed: the subscribe must wait for routing");
     assert!(tokio::time::timeout(Duration::from_secs(5), interest.ready()).await.unwrap(), "routed again");
     let (_, on_x) = b.subscriber("x");
     drop(interest);

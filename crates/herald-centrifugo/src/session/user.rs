@@ -10,8 +10,12 @@
 //! `subscribe` push has no room for recovered publications (Centrifugo's protocol: position, flags
 //! and data), so when recovery succeeds the push carries the recovered-from offset and the missed
 //! publications follow it as ordinary publications, before any live one (as the client would have
-//! received them); when it fails the push carries the stream's current position and none follow.
+//! received them), joined into as few frames as the encoding allows; when it fails, or when what
+//! was missed would not fit in the connection's outbox, the push carries the stream's current
+//! position with `recovered: false` and none follow (the client reloads, rather than being closed as
+//! a slow consumer).
 
+use bytes::Bytes;
 use herald_core::{StreamPosition, UserAction};
 
 use super::commands::{join, Grant, Release, State};
@@ -81,16 +85,30 @@ async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Endin
                     // JSON clients take JSON data only.
                     result.data = data.filter(|d| ctx.encoding == Encoding::Protobuf || json::is_json(d));
                     let missed = std::mem::take(&mut result.publications);
-                    let missed = match recover_since {
+                    let current = result.offset;
+                    let mut frames = Vec::with_capacity(missed.len() + 1);
+                    match recover_since {
                         Some(StreamPosition { offset, .. }) if result.recovered => {
-                            result.offset = offset;
-                            missed
+                            let mut recovered = result.clone();
+                            recovered.offset = offset;
+                            frames.push(ctx.encoding.push(&channel, &Push::Subscribe(recovered)));
+                            frames.extend(missed.into_iter().map(|p| ctx.encoding.push(&channel, &Push::Pub(p))));
+                            if !fits(ctx, &frames) {
+                                // More than the outbox has room for: the client is told recovery failed
+                                // (it reloads its state from the current position) instead of being
+                                // closed as a slow consumer.
+                                frames.clear();
+                                result.recovered = false;
+                                result.offset = current;
+                            }
                         }
-                        _ => Vec::new(),
-                    };
-                    ctx.send(ctx.encoding.push(&channel, &Push::Subscribe(result)));
-                    for publication in missed {
-                        ctx.send(ctx.encoding.push(&channel, &Push::Pub(publication)));
+                        _ => {}
+                    }
+                    if frames.is_empty() {
+                        frames.push(ctx.encoding.push(&channel, &Push::Subscribe(result)));
+                    }
+                    for frame in ctx.encoding.join(frames) {
+                        ctx.send(frame);
                     }
                     drop(release);
                 }
@@ -118,6 +136,16 @@ fn close_reason(reason: &str) -> String {
         end -= 1;
     }
     reason[..end].to_string()
+}
+
+/// Whether `frames` fit in what the connection's outbox has left, joined as [`Encoding::join`]
+/// would send them.
+fn fits(ctx: &Ctx, frames: &[Bytes]) -> bool {
+    let limits = &ctx.hub.app().limits.outbox;
+    let (queued, queued_bytes) = ctx.outbox.len();
+    let bytes: usize = frames.iter().map(Bytes::len).sum::<usize>() + frames.len();
+    let messages = if ctx.encoding.joins() { bytes.div_ceil(crate::MAX_JOINED_FRAME) + 1 } else { frames.len() };
+    queued + messages <= limits.max_messages && queued_bytes + bytes <= limits.max_bytes
 }
 
 #[cfg(test)]

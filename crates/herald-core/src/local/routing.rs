@@ -240,17 +240,25 @@ impl Broker for LocalBroker {
     }
 
     fn release(&self, app_id: &str, topic: &Topic) {
-        {
+        let last = {
             let mut routes = self.shared.routes.lock();
             let key = (self.slot.id, Arc::from(app_id), topic.clone());
-            if let Some(n) = routes.prepared.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    routes.prepared.remove(&key);
+            match routes.prepared.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
                 }
+                Some(_) => {
+                    routes.prepared.remove(&key);
+                    true
+                }
+                None => false,
             }
+        };
+        // While other prepares hold the route, whether it is wanted can't have changed.
+        if last {
+            let _ = self.update(app_id, topic);
         }
-        let _ = self.update(app_id, topic);
     }
 
     /// Always: nothing outside the process can fail.
