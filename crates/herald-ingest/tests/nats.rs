@@ -134,8 +134,8 @@ async fn a_dead_consumers_messages_are_redelivered_once() {
         }
         assert_eq!(n, 5);
     }
-    let node = Node::start(&config(&nats.url()));
-    let b = node.device("u1", "tv");
+    // Signed in before the source starts: the redelivered messages are relayed to it, not to nobody.
+    let (node, [b]) = Node::start_with_devices(&config(&nats.url()), [("u1", "tv")]);
     for (i, sequence) in sequences.iter().take(2).enumerate() {
         let mut p = herald_core::Publication::new(
             "#server-to-user-u1",

@@ -90,8 +90,8 @@ async fn rows_held_by_another_transaction_are_skipped_then_relayed_once_it_is_go
     let held = other.transaction().await.unwrap();
     let locked = held.query("SELECT id FROM herald_outbox ORDER BY id LIMIT 2 FOR UPDATE SKIP LOCKED", &[]).await.unwrap();
     assert_eq!(locked.len(), 2);
-    let node = Node::start(&config(&pg.url()));
-    let b = node.device("u1", "tv");
+    // tv signs in before the source starts: row 3, relayed before it, would reach nobody and be deleted.
+    let (node, [b]) = Node::start_with_devices(&config(&pg.url()), [("u1", "tv")]);
     let first = collect(&b, 1, 10).await;
     assert_eq!(first, vec![json!({"type":"progress_update","position":3})], "the free row only");
     // That node dies: its transaction is rolled back and its rows are claimed here.

@@ -105,8 +105,8 @@ async fn entries_a_dead_consumer_left_pending_are_claimed_and_not_delivered_twic
         .await
         .unwrap();
     assert_eq!(pending(&mut conn).await, 5);
-    let node = Node::start(&config(&redis.url(), "claim_idle = 0.3"));
-    let b = node.device("u1", "device-b");
+    // Signed in before the source starts: the claimed entries are relayed to it, not to nobody.
+    let (node, [b]) = Node::start_with_devices(&config(&redis.url(), "claim_idle = 0.3"), [("u1", "device-b")]);
     for (position, id) in ids.iter().take(2).enumerate() {
         let mut p = herald_core::Publication::new(
             "#server-to-user-u1",

@@ -123,11 +123,19 @@ impl Node {
         self.engine.by_id("app-id").unwrap()
     }
 
+    /// Like [`Node::start`], with connections signed in as each `(user, device)` before the sources
+    /// start: a user publication reaches only the devices signed in when it is relayed, so what is on
+    /// the bus already could otherwise be relayed to nobody (and acked) first.
+    pub fn start_with_devices<const N: usize>(toml: &str, devices: [(&str, &str); N]) -> (Node, [Outbox; N]) {
+        let engine = Arc::new(Engine::new([App::dev()]));
+        let hub = engine.by_id("app-id").unwrap();
+        let outboxes = devices.map(|(user, device)| sign_in(hub, user, device));
+        (Node::start_on(engine, toml), outboxes)
+    }
+
     /// A connection signed in as `user` from `device`.
     pub fn device(&self, user: &str, device: &str) -> Outbox {
-        let (id, outbox) = self.hub().connect().unwrap();
-        self.hub().sign_in(id, user, Some(device)).unwrap();
-        outbox
+        sign_in(self.hub(), user, device)
     }
 
     pub fn up(&self) -> bool {
@@ -140,6 +148,13 @@ impl Node {
         self.tasks.close();
         tokio::time::timeout(Duration::from_secs(10), self.tasks.wait()).await.expect("sources stop on shutdown");
     }
+}
+
+/// A connection to `hub` signed in as `user` from `device`.
+fn sign_in(hub: &Hub, user: &str, device: &str) -> Outbox {
+    let (id, outbox) = hub.connect().unwrap();
+    hub.sign_in(id, user, Some(device)).unwrap();
+    outbox
 }
 
 /// Everything queued to `outbox` now (the raw codec: each frame is the publication's data).
