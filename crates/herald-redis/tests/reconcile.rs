@@ -87,7 +87,12 @@ async fn a_flushed_redis_is_refilled_without_reaping_live_nodes_or_announcing_me
     assert_eq!(total(&state).await, Some(expected));
     assert_eq!(b_said.count(removals), 0, "B reaped live node A: {:?}", &b_said.transitions()[..4.min(b_said.transitions().len())]);
     assert_eq!(a_said.count(removals), 0);
-    assert_eq!(a_said.count(additions), 0, "members who never left were announced again");
+    assert_eq!(
+        a_said.count(additions),
+        0,
+        "members who never left were announced again: {:?}",
+        &a_said.transitions().iter().filter(|(_, t)| additions(t)).take(6).collect::<Vec<_>>()
+    );
     assert!(a.healthy() && b.healthy());
     drop(sockets);
     redis.stop().await;
