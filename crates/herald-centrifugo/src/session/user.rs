@@ -22,7 +22,7 @@ use super::commands::{join, Grant, Release, State};
 use super::{Ctx, Ending, Handled};
 use crate::codec::{ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes;
-use crate::protocol::{Push, SubscribeRequest};
+use crate::protocol::{Push, SubscribeRequest, SubscribeResult};
 use crate::{json, Encoding};
 
 /// Longest close reason a WebSocket close frame carries (125 bytes of payload less the code).
@@ -85,24 +85,19 @@ async fn apply(ctx: &Ctx, state: &mut State, action: UserAction) -> Option<Endin
                     // JSON clients take JSON data only.
                     result.data = data.filter(|d| ctx.encoding == Encoding::Protobuf || json::is_json(d));
                     let missed = std::mem::take(&mut result.publications);
-                    let current = result.offset;
-                    let mut frames = Vec::with_capacity(missed.len() + 1);
-                    match recover_since {
-                        Some(StreamPosition { offset, .. }) if result.recovered => {
-                            let mut recovered = result.clone();
-                            recovered.offset = offset;
-                            frames.push(ctx.encoding.push(&channel, &Push::Subscribe(recovered)));
-                            frames.extend(missed.into_iter().map(|p| ctx.encoding.push(&channel, &Push::Pub(p))));
-                            if !fits(ctx, &frames) {
-                                // More than the outbox has room for: the client is told recovery failed
-                                // (it reloads its state from the current position) instead of being
-                                // closed as a slow consumer.
-                                frames.clear();
-                                result.recovered = false;
-                                result.offset = current;
-                            }
+                    let mut frames = Vec::new();
+                    if let Some(StreamPosition { offset, .. }) = recover_since.filter(|_| result.recovered) {
+                        // The push names the recovered-from offset; the missed publications follow.
+                        let recovered = SubscribeResult { offset, ..result.clone() };
+                        frames.push(ctx.encoding.push(&channel, &Push::Subscribe(recovered)));
+                        frames.extend(missed.into_iter().map(|p| ctx.encoding.push(&channel, &Push::Pub(p))));
+                        if !fits(ctx, &frames) {
+                            // More than the outbox has room for: the client is told recovery failed (it
+                            // reloads its state from the current position, `result`'s) instead of being
+                            // closed as a slow consumer.
+                            frames.clear();
+                            result.recovered = false;
                         }
-                        _ => {}
                     }
                     if frames.is_empty() {
                         frames.push(ctx.encoding.push(&channel, &Push::Subscribe(result)));
