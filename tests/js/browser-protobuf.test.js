@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { eventually, startBackend, startHerald } from './harness.js';
-import { connToken, connected, disconnectCentrifuges, subToken, subscribed } from './centrifugo-harness.js';
+import { connToken, connected, disconnectCentrifuges, serverApi, subToken, subscribed } from './centrifugo-harness.js';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -93,16 +93,6 @@ after(async () => {
   await herald?.stop();
 });
 
-/** POSTs `body` to the server API of the default app (its API key is its secret); returns the reply. */
-async function api(method, body) {
-  const res = await fetch(`http://127.0.0.1:${herald.port}/api/${method}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
-    body,
-  });
-  return res.json();
-}
-
 /** Waits until the page holds `n` publications, and returns them. */
 async function pagePublications(n) {
   const handle = await page.waitForFunction((k) => window.cfReceived.length >= k && window.cfReceived, n, { timeout: 5000 });
@@ -124,10 +114,10 @@ test('browser centrifuge-js protobuf: subprotocol, JWT, sub token, API and brows
   // A server API publish of JSON `data` reaches the protobuf client as the JSON text's UTF-8 bytes,
   // exactly as the API request carried it; `b64data` arrives as its raw bytes.
   const json = '{"title":"to the browser","n":1}';
-  assert.deepEqual(await api('publish', `{"channel":"${channel}","data":${json}}`), { result: {} });
+  assert.deepEqual(await serverApi(herald, 'publish', `{"channel":"${channel}","data":${json}}`), { result: {} });
   const binary = [0, 1, 2, 127, 128, 254, 255];
   const b64 = Buffer.from(binary).toString('base64');
-  assert.deepEqual(await api('publish', JSON.stringify({ channel, b64data: b64 })), { result: {} });
+  assert.deepEqual(await serverApi(herald, 'publish', JSON.stringify({ channel, b64data: b64 })), { result: {} });
   const [first, second] = await pagePublications(2);
   assert.deepEqual(first, { channel, data: { type: 'Uint8Array', bytes: [...Buffer.from(json)] } });
   assert.deepEqual(second, { channel, data: { type: 'Uint8Array', bytes: binary } });

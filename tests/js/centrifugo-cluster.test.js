@@ -3,7 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect, disconnectAll, eventually, sdk, startBackend, startHerald, startRedis, subscribe } from './harness.js';
-import { connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
+import { connected, disconnectCentrifuges, serverApi, subscribed } from './centrifugo-harness.js';
 
 const CONFIG = `
 log = "warn"
@@ -77,38 +77,28 @@ test('recovery across nodes: publications made through node 2 while a node 1 cli
   assert.deepEqual(history.publications.map((p) => p.data.n), [1, 2, 3, 4]);
 });
 
-/** Centrifugo API call on `node` (the API key defaults to the app secret). */
-async function api(node, method, body) {
-  const res = await fetch(`http://127.0.0.1:${node.port}/api/${method}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
-    body: JSON.stringify(body),
-  });
-  return res.json();
-}
-
 test('server API user commands cross nodes: subscribe, unsubscribe and a custom disconnect from node 2 reach node 1', async () => {
   const c = await connected(node1, 'far-user');
   const subscribedCtx = new Promise((resolve) => c.once('subscribed', resolve));
   const publications = [];
   c.on('publication', (ctx) => publications.push(ctx.data));
-  assert.deepEqual(await api(node2, 'subscribe', { user: 'far-user', channel: 'far-room' }), { result: {} });
+  assert.deepEqual(await serverApi(node2, 'subscribe', { user: 'far-user', channel: 'far-room' }), { result: {} });
   assert.equal((await subscribedCtx).channel, 'far-room');
-  await api(node2, 'publish', { channel: 'far-room', data: { n: 1 } });
+  await serverApi(node2, 'publish', { channel: 'far-room', data: { n: 1 } });
   await eventually(() => publications.length === 1);
   const unsubscribed = new Promise((resolve) => c.once('unsubscribed', resolve));
-  assert.deepEqual(await api(node2, 'unsubscribe', { user: 'far-user', channel: 'far-room' }), { result: {} });
+  assert.deepEqual(await serverApi(node2, 'unsubscribe', { user: 'far-user', channel: 'far-room' }), { result: {} });
   assert.equal((await unsubscribed).channel, 'far-room');
   const closed = new Promise((resolve) => c.once('disconnected', resolve));
-  assert.deepEqual(await api(node2, 'disconnect', { user: 'far-user', disconnect: { code: 4503, reason: 'elsewhere' } }), { result: {} });
+  assert.deepEqual(await serverApi(node2, 'disconnect', { user: 'far-user', disconnect: { code: 4503, reason: 'elsewhere' } }), { result: {} });
   const ctx = await closed;
   assert.deepEqual([ctx.code, ctx.reason], [4503, 'elsewhere']);
 });
 
 test('a server API subscribe with info, recover_since and override crosses nodes (Redis envelope kind 4)', async () => {
-  const first = await api(node2, 'publish', { channel: 'hist:far-since', data: { n: 1 } });
+  const first = await serverApi(node2, 'publish', { channel: 'hist:far-since', data: { n: 1 } });
   const { epoch } = first.result;
-  await api(node2, 'publish', { channel: 'hist:far-since', data: { n: 2 } });
+  await serverApi(node2, 'publish', { channel: 'hist:far-since', data: { n: 2 } });
   const c = await connected(node1, 'far-since');
   const subscribedCtx = new Promise((resolve) => c.once('subscribed', resolve));
   const publications = [];
@@ -122,7 +112,7 @@ test('a server API subscribe with info, recover_since and override crosses nodes
     recover_since: { offset: 1, epoch },
     override: { presence: { value: true }, join_leave: { value: true }, force_push_join_leave: { value: true } },
   };
-  assert.deepEqual(await api(node2, 'subscribe', body), { result: {} });
+  assert.deepEqual(await serverApi(node2, 'subscribe', body), { result: {} });
   const ctx = await subscribedCtx;
   assert.equal(ctx.recovered, true);
   assert.deepEqual(ctx.streamPosition, { offset: 1, epoch });
@@ -130,7 +120,7 @@ test('a server API subscribe with info, recover_since and override crosses nodes
   // Its override turned presence on (`hist` keeps none): another user's join reaches it with her info.
   const other = await connected(node2, 'far-other');
   const otherSubscribed = new Promise((resolve) => other.once('subscribed', resolve));
-  await api(node2, 'subscribe', { user: 'far-other', channel: 'hist:far-since', info: { desk: 4 }, override: { presence: { value: true } } });
+  await serverApi(node2, 'subscribe', { user: 'far-other', channel: 'hist:far-since', info: { desk: 4 }, override: { presence: { value: true } } });
   await otherSubscribed;
   await eventually(() => joins.some((i) => i.user === 'far-other'));
   assert.deepEqual(joins.find((i) => i.user === 'far-other').connInfo, { desk: 4 });

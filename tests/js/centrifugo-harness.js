@@ -1,6 +1,7 @@
 // Helpers for the Centrifugo front's tests: HS256/RS256 JWTs made with node:crypto (as a backend
 // would with any JWT library), unmodified centrifuge-js clients over `ws`, and a raw WebSocket client
 // for protocol-level checks.
+import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import { Centrifuge } from 'centrifuge';
 import { Centrifuge as CentrifugeProtobuf } from 'centrifuge/build/protobuf';
@@ -8,6 +9,20 @@ import WebSocket from 'ws';
 import { eventually } from './harness.js';
 
 export const SECRET = 'app-secret';
+
+/**
+ * A server API call to `herald` (`{ port }`) with the default app's key (its secret): `body` as an
+ * object, or as the exact JSON text to send. Asserts HTTP 200; resolves with the reply.
+ */
+export async function serverApi(herald, method, body) {
+  const res = await fetch(`http://127.0.0.1:${herald.port}/api/${method}`, {
+    method: 'POST',
+    headers: { 'Content-Type': 'application/json', 'X-API-Key': SECRET },
+    body: typeof body === 'string' ? body : JSON.stringify(body),
+  });
+  assert.equal(res.status, 200, `${method}: HTTP ${res.status}`);
+  return res.json();
+}
 
 const b64url = (buf) => Buffer.from(buf).toString('base64url');
 

@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { eventually, startHerald, startRedis } from './harness.js';
-import { connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
+import { connected, disconnectCentrifuges, serverApi, subscribed } from './centrifugo-harness.js';
 
 const CONFIG = `
 log = "warn"
@@ -63,26 +63,16 @@ after(async () => {
   await redis.stop();
 });
 
-async function api(method, body) {
-  const res = await fetch(`http://127.0.0.1:${publisher.port}/api/${method}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
-    body: JSON.stringify(body),
-  });
-  assert.equal(res.status, 200);
-  return res.json();
-}
-
 test('subscribing with recovery while a publisher hammers the channel: every offset once, in order', async () => {
   const channel = 'race:hammer';
-  const first = await api('publish', { channel, data: { n: 0 } });
+  const first = await serverApi(publisher, 'publish', { channel, data: { n: 0 } });
   const epoch = first.result.epoch;
   let running = true;
   let last = first.result.offset;
   // Four publishers in parallel, each publishing as fast as the API answers.
   const publishers = Array.from({ length: 8 }, async () => {
     while (running) {
-      const r = await api('publish', { channel, data: { n: 1 } });
+      const r = await serverApi(publisher, 'publish', { channel, data: { n: 1 } });
       last = Math.max(last, r.result.offset);
     }
   });
@@ -113,9 +103,9 @@ test('subscribing with recovery while a publisher hammers the channel: every off
 test('a positioned subscription without recovery starts right after its reply position', async () => {
   const channel = 'race:positioned';
   let running = true;
-  let last = (await api('publish', { channel, data: {} })).result.offset;
-  const publisher = (async () => {
-    while (running) last = (await api('publish', { channel, data: {} })).result.offset;
+  let last = (await serverApi(publisher, 'publish', { channel, data: {} })).result.offset;
+  const publishing = (async () => {
+    while (running) last = (await serverApi(publisher, 'publish', { channel, data: {} })).result.offset;
   })();
   const subs = [];
   for (let i = 0; i < 6; i++) {
@@ -129,7 +119,7 @@ test('a positioned subscription without recovery starts right after its reply po
     subs.push({ publications, start: ctx.streamPosition.offset });
   }
   running = false;
-  await publisher;
+  await publishing;
   const end = last;
   for (const { publications, start } of subs) {
     await eventually(() => publications.at(-1) >= end || start >= end, { timeout: 10000, message: 'caught up' });
@@ -163,7 +153,7 @@ test('join/leave go only to subscriptions that asked, unless force_push_join_lea
   await eventually(() => joins.asked.includes('dan'), { message: 'the subscription that asked got the join' });
   await eventually(() => joins.forced.includes('dan'), { message: 'force_push_join_leave: a join without asking' });
   // A publication after the join reaches `silent` after the join would have: it had none.
-  await api('publish', { channel: 'room-jl2', data: { after: 'join' } });
+  await serverApi(publisher, 'publish', { channel: 'room-jl2', data: { after: 'join' } });
   await eventually(() => silent.publications.length === 1, { message: 'the publication after the join' });
   assert.deepEqual(joins.silent, [], 'no join for a subscription that did not ask');
 });

@@ -8,7 +8,7 @@ import net from 'node:net';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { eventually, startHerald, startRedis } from './harness.js';
-import { connected, disconnectCentrifuges, subscribed } from './centrifugo-harness.js';
+import { connected, disconnectCentrifuges, serverApi, subscribed } from './centrifugo-harness.js';
 
 const run = promisify(execFile);
 
@@ -41,19 +41,9 @@ after(async () => {
   await redis.stop();
 });
 
-/** Centrifugo server API call on `node` (the API key defaults to the app secret). */
-async function api(node, method, body) {
-  const res = await fetch(`http://127.0.0.1:${node.port}/api/${method}`, {
-    method: 'POST',
-    headers: { 'Content-Type': 'application/json', 'X-API-Key': 'app-secret' },
-    body: JSON.stringify(body),
-  });
-  return res.json();
-}
-
 /** Publishes `data` on `channel` through `node`'s API; resolves with the publication's position. */
 async function publish(node, channel, data) {
-  const reply = await api(node, 'publish', { channel, data });
+  const reply = await serverApi(node, 'publish', { channel, data });
   assert.ok(reply.result, `publish ${JSON.stringify(data)}: ${JSON.stringify(reply)}`);
   return reply.result;
 }
