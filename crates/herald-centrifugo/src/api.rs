@@ -30,8 +30,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use base64::Engine as _;
-use herald_core::{DataKind, Hub, Publication, Published, SocketId, StreamPosition, SubscribeOverrides, UserAction, UserCommand};
-use serde::Deserialize;
+use herald_core::{DataKind, Hub, Publication, Published, SocketId, StreamPosition, UserAction, UserCommand};
 use serde_json::{json, Map, Value};
 
 use crate::app::ReadyApp;
@@ -39,6 +38,13 @@ use crate::codec::{to_pub, ENGINE_USER_PREFIX, PERSONAL_PREFIX};
 use crate::codes::{self, ErrorCode};
 use crate::options::valid_channel;
 use crate::Centrifugo;
+
+mod requests;
+
+use requests::{
+    parse, BroadcastRequest, ChannelRequest, ChannelsRequest, DisconnectRequest, HistoryRequest, PublishRequest, RefreshRequest,
+    SubscribeRequest, Target, UserChannelRequest,
+};
 
 /// Largest request body the API reads (HTTP 413 beyond).
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -137,178 +143,6 @@ async fn serve(front: &Centrifugo, app: Option<Arc<ReadyApp>>, method: &str, hea
 }
 
 type Work<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Value> + Send + 'a>>;
-
-fn parse<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, String> {
-    serde_json::from_slice(body).map_err(|e| format!("bad request: {e}"))
-}
-
-/// `publish`'s body.
-#[derive(Deserialize)]
-struct PublishRequest<'a> {
-    channel: String,
-    #[serde(borrow, default)]
-    data: Option<&'a serde_json::value::RawValue>,
-    #[serde(default)]
-    b64data: Option<String>,
-    #[serde(default)]
-    skip_history: bool,
-    #[serde(default)]
-    tags: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
-
-/// `broadcast`'s body.
-#[derive(Deserialize)]
-struct BroadcastRequest<'a> {
-    channels: Vec<String>,
-    #[serde(borrow, default)]
-    data: Option<&'a serde_json::value::RawValue>,
-    #[serde(default)]
-    b64data: Option<String>,
-    #[serde(default)]
-    skip_history: bool,
-    #[serde(default)]
-    tags: std::collections::BTreeMap<String, String>,
-    #[serde(default)]
-    idempotency_key: Option<String>,
-}
-
-/// Which of a user's connections a request is for: all, or the one `client` (or `session`: Herald's
-/// session id is the client id) names.
-#[derive(Deserialize)]
-struct Target {
-    user: String,
-    #[serde(default)]
-    client: Option<String>,
-    #[serde(default)]
-    session: Option<String>,
-}
-
-/// A custom disconnect: Centrifugo's `{code, reason}`.
-#[derive(Deserialize, Default)]
-struct CustomDisconnect {
-    #[serde(default)]
-    code: u32,
-    #[serde(default)]
-    reason: String,
-}
-
-/// `disconnect`'s body.
-#[derive(Deserialize)]
-struct DisconnectRequest {
-    #[serde(flatten)]
-    target: Target,
-    #[serde(default)]
-    whitelist: Vec<String>,
-    #[serde(default)]
-    disconnect: Option<CustomDisconnect>,
-}
-
-/// `unsubscribe`'s body.
-#[derive(Deserialize)]
-struct UserChannelRequest {
-    #[serde(flatten)]
-    target: Target,
-    channel: String,
-}
-
-/// `subscribe`'s body.
-#[derive(Deserialize)]
-struct SubscribeRequest<'a> {
-    #[serde(flatten)]
-    target: Target,
-    channel: String,
-    #[serde(borrow, default)]
-    data: Option<&'a serde_json::value::RawValue>,
-    #[serde(default)]
-    b64data: Option<String>,
-    #[serde(borrow, default)]
-    info: Option<&'a serde_json::value::RawValue>,
-    #[serde(default)]
-    b64info: Option<String>,
-    #[serde(default)]
-    recover_since: Option<Since>,
-    #[serde(default, rename = "override")]
-    overrides: Option<Overrides>,
-}
-
-/// One override: Centrifugo's `{"value": bool}`.
-#[derive(Deserialize, Clone, Copy)]
-struct BoolValue {
-    #[serde(default)]
-    value: bool,
-}
-
-/// `subscribe`'s `override`.
-#[derive(Deserialize, Default)]
-struct Overrides {
-    #[serde(default)]
-    presence: Option<BoolValue>,
-    #[serde(default)]
-    join_leave: Option<BoolValue>,
-    #[serde(default)]
-    force_push_join_leave: Option<BoolValue>,
-    #[serde(default)]
-    force_recovery: Option<BoolValue>,
-    #[serde(default)]
-    force_positioning: Option<BoolValue>,
-}
-
-impl Overrides {
-    fn engine(&self) -> SubscribeOverrides {
-        let value = |o: Option<BoolValue>| o.map(|o| o.value);
-        SubscribeOverrides {
-            presence: value(self.presence),
-            join_leave: value(self.join_leave),
-            force_push_join_leave: value(self.force_push_join_leave),
-            force_recovery: value(self.force_recovery),
-            force_positioning: value(self.force_positioning),
-        }
-    }
-}
-
-/// `refresh`'s body.
-#[derive(Deserialize)]
-struct RefreshRequest {
-    #[serde(flatten)]
-    target: Target,
-    #[serde(default)]
-    expired: bool,
-    #[serde(default)]
-    expire_at: Option<u64>,
-}
-
-#[derive(Deserialize)]
-struct ChannelRequest {
-    channel: String,
-}
-
-/// A stream position; either field may be left out (protobuf-JSON clients omit zero values).
-#[derive(Deserialize)]
-struct Since {
-    #[serde(default)]
-    offset: u64,
-    #[serde(default)]
-    epoch: String,
-}
-
-#[derive(Deserialize)]
-struct HistoryRequest {
-    channel: String,
-    #[serde(default)]
-    limit: i64,
-    #[serde(default)]
-    since: Option<Since>,
-    #[serde(default)]
-    reverse: bool,
-}
-
-#[derive(Deserialize, Default)]
-struct ChannelsRequest {
-    #[serde(default)]
-    pattern: String,
-}
 
 /// One request's app.
 struct Api<'a> {
